@@ -1,0 +1,175 @@
+/* foundry.h - the public C API of the pyfoundry core.
+ *
+ * Opaque handles, plain structs for read-only views, and status codes.  Nothing here
+ * prints, aborts or exits: every function that can fail returns an fdy_status and leaves a
+ * thread-local message (fdy_last_error) and, for file errors, the byte offset where the
+ * problem was found (fdy_last_error_offset).  The header is plain C so that it can be used
+ * from C, C++ and through cffi.
+ */
+#ifndef FOUNDRY_H
+#define FOUNDRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status ---------------------------------------------------------------------------- */
+
+typedef enum fdy_status {
+    FDY_OK = 0,
+    FDY_ERR_INVALID = 1,     /* bad argument: shape, dtype, size, name (ValueError) */
+    FDY_ERR_FORMAT = 2,      /* malformed or unsupported file contents (GGUFError) */
+    FDY_ERR_IO = 3,          /* the operating system refused (OSError) */
+    FDY_ERR_NOMEM = 4,       /* an allocation failed (MemoryError) */
+    FDY_ERR_UNSUPPORTED = 5, /* valid request this build cannot do (NotImplementedError) */
+    FDY_ERR_RANGE = 6,       /* index or key out of range (IndexError / KeyError) */
+    FDY_ERR_STATE = 7        /* object used in the wrong state (RuntimeError) */
+} fdy_status;
+
+const char *fdy_last_error(void);        /* message of the last failure on this thread */
+int64_t fdy_last_error_offset(void);     /* byte offset of a file error, or -1 */
+const char *fdy_version(void);
+
+/* ---- CPU features ------------------------------------------------------------------------ */
+
+enum {
+    FDY_CPU_AVX2 = 1u << 0,
+    FDY_CPU_FMA = 1u << 1,
+    FDY_CPU_F16C = 1u << 2,
+    FDY_CPU_AVX512 = 1u << 3,     /* F + BW + VL + DQ */
+    FDY_CPU_AVX512VNNI = 1u << 4,
+    FDY_CPU_AVXVNNI = 1u << 5,
+    FDY_CPU_NEON = 1u << 6,
+    FDY_CPU_DOTPROD = 1u << 7
+};
+uint32_t fdy_cpu_features(void);          /* what the processor has */
+uint32_t fdy_cpu_features_enabled(void);  /* what the kernels may use (detected & mask) */
+void fdy_cpu_set_feature_mask(uint32_t mask); /* tests force paths with this */
+
+/* ---- policies (weight formats) ------------------------------------------------------------ */
+
+typedef struct fdy_policy fdy_policy;
+
+int32_t fdy_policy_count(void);
+const fdy_policy *fdy_policy_at(int32_t index);
+const fdy_policy *fdy_policy_by_name(const char *name);   /* case-insensitive, NULL if none */
+const fdy_policy *fdy_policy_by_type(int32_t type_id);    /* NULL if none */
+
+const char *fdy_policy_name(const fdy_policy *p);
+int32_t fdy_policy_type(const fdy_policy *p);        /* GGUF type id (>= 1000: not GGUF) */
+int64_t fdy_policy_block_elems(const fdy_policy *p);
+int64_t fdy_policy_block_bytes(const fdy_policy *p);
+int64_t fdy_policy_sub_elems(const fdy_policy *p);   /* elements one decode call yields */
+double fdy_policy_bits_per_weight(const fdy_policy *p);
+int fdy_policy_can_quantize(const fdy_policy *p);
+int fdy_policy_is_gguf(const fdy_policy *p);
+const char *fdy_policy_dot_type(const fdy_policy *p); /* activation format of the q8 variant */
+double fdy_policy_tolerance(const fdy_policy *p, const char *what);
+
+/* bytes needed for n elements, or -1 with an error when n is not a multiple of the block */
+int64_t fdy_policy_row_bytes(const fdy_policy *p, int64_t n);
+/* n elements (a multiple of block_elems); src holds fdy_policy_row_bytes(p, n) bytes */
+fdy_status fdy_policy_dequantize(const fdy_policy *p, const void *src, float *dst, int64_t n);
+fdy_status fdy_policy_quantize(const fdy_policy *p, const float *src, void *dst, int64_t n);
+
+/* ---- GGUF values ------------------------------------------------------------------------ */
+
+typedef enum fdy_gguf_type {
+    FDY_GGUF_UINT8 = 0,
+    FDY_GGUF_INT8 = 1,
+    FDY_GGUF_UINT16 = 2,
+    FDY_GGUF_INT16 = 3,
+    FDY_GGUF_UINT32 = 4,
+    FDY_GGUF_INT32 = 5,
+    FDY_GGUF_FLOAT32 = 6,
+    FDY_GGUF_BOOL = 7,
+    FDY_GGUF_STRING = 8,
+    FDY_GGUF_ARRAY = 9,
+    FDY_GGUF_UINT64 = 10,
+    FDY_GGUF_INT64 = 11,
+    FDY_GGUF_FLOAT64 = 12
+} fdy_gguf_type;
+
+typedef struct fdy_str {
+    const char *ptr; /* not NUL-terminated */
+    uint64_t len;
+} fdy_str;
+
+/* One metadata value.  Scalars: integers and bools in u64/i64, floats widened to f64.
+ * Arrays: elem_type and count; `data` points to `count` little-endian items for numeric
+ * element types, to fdy_str[count] for strings and to fdy_value[count] for nested arrays. */
+typedef struct fdy_value {
+    int32_t type;
+    int32_t elem_type;
+    uint64_t count;
+    union {
+        uint64_t u64;
+        int64_t i64;
+        double f64;
+        fdy_str str;
+        const void *data;
+    } v;
+} fdy_value;
+
+size_t fdy_gguf_type_size(int32_t type); /* bytes of a numeric or bool scalar, 0 otherwise */
+
+/* ---- GGUF reader ------------------------------------------------------------------------- */
+
+#define FDY_MAX_DIMS 4
+
+typedef struct fdy_tensor_info {
+    fdy_str name;
+    int32_t n_dims;
+    int64_t ne[FDY_MAX_DIMS];  /* GGML order: ne[0] is the row length (innermost) */
+    int32_t type;              /* GGUF type id */
+    const fdy_policy *policy;
+    uint64_t offset;           /* relative to the start of the data section */
+    uint64_t nbytes;
+    int64_t n_elements;
+    const void *data;          /* inside the mapping */
+} fdy_tensor_info;
+
+typedef struct fdy_gguf fdy_gguf;
+
+fdy_status fdy_gguf_open(const char *path, fdy_gguf **out);
+/* parse a buffer the caller keeps alive and unchanged until fdy_gguf_close */
+fdy_status fdy_gguf_open_memory(const void *data, size_t size, fdy_gguf **out);
+void fdy_gguf_close(fdy_gguf *g);
+
+uint32_t fdy_gguf_version(const fdy_gguf *g);
+uint32_t fdy_gguf_alignment(const fdy_gguf *g);
+uint64_t fdy_gguf_data_offset(const fdy_gguf *g);
+const void *fdy_gguf_base(const fdy_gguf *g); /* first byte of the file */
+uint64_t fdy_gguf_size(const fdy_gguf *g);
+
+int64_t fdy_gguf_n_kv(const fdy_gguf *g);
+fdy_str fdy_gguf_kv_key(const fdy_gguf *g, int64_t i);
+const fdy_value *fdy_gguf_kv_value(const fdy_gguf *g, int64_t i);
+int64_t fdy_gguf_find_kv(const fdy_gguf *g, const char *key); /* -1 if absent */
+
+int64_t fdy_gguf_n_tensors(const fdy_gguf *g);
+const fdy_tensor_info *fdy_gguf_tensor(const fdy_gguf *g, int64_t i);
+int64_t fdy_gguf_find_tensor(const fdy_gguf *g, const char *name); /* -1 if absent */
+
+/* ---- GGUF writer ------------------------------------------------------------------------- */
+
+typedef struct fdy_gguf_writer fdy_gguf_writer;
+
+fdy_status fdy_gguf_writer_new(fdy_gguf_writer **out);
+void fdy_gguf_writer_free(fdy_gguf_writer *w);
+/* the value is copied (deeply); a key "general.alignment" (uint32) sets the alignment */
+fdy_status fdy_gguf_writer_add_kv(fdy_gguf_writer *w, const char *key, const fdy_value *value);
+/* the data is NOT copied: it must stay valid until fdy_gguf_writer_write returns */
+fdy_status fdy_gguf_writer_add_tensor(fdy_gguf_writer *w, const char *name, int32_t n_dims,
+                                      const int64_t *ne, int32_t type, const void *data,
+                                      uint64_t nbytes);
+fdy_status fdy_gguf_writer_write(fdy_gguf_writer *w, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FOUNDRY_H */

@@ -1,0 +1,87 @@
+/* features.c - run-time detection of the processor's SIMD extensions.  Kernels ask
+ * fdy_cpu_features_enabled() and pick their path; nothing is tied to the build machine.  Tests
+ * narrow the set with fdy_cpu_set_feature_mask() to force each path. */
+#include <stdatomic.h>
+
+#include "internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static uint32_t detect(void) {
+    uint32_t a, b, c, d, f = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) {
+        return 0;
+    }
+    int osxsave = (c >> 27) & 1;
+    int fma = (c >> 12) & 1, f16c = (c >> 29) & 1, avx = (c >> 28) & 1;
+    uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    int ymm_ok = (xcr0 & 0x6) == 0x6;
+    int zmm_ok = (xcr0 & 0xe6) == 0xe6;
+    if (!avx || !ymm_ok) {
+        return 0;
+    }
+    if (fma) {
+        f |= FDY_CPU_FMA;
+    }
+    if (f16c) {
+        f |= FDY_CPU_F16C;
+    }
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        if ((b >> 5) & 1) {
+            f |= FDY_CPU_AVX2;
+        }
+        int avx512f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+        if (zmm_ok && avx512f && dq && bw && vl) {
+            f |= FDY_CPU_AVX512;
+            if ((c >> 11) & 1) {
+                f |= FDY_CPU_AVX512VNNI;
+            }
+        }
+        __cpuid_count(7, 1, a, b, c, d);
+        if ((a >> 4) & 1) {
+            f |= FDY_CPU_AVXVNNI;
+        }
+    }
+    return f;
+}
+#elif defined(__aarch64__)
+static uint32_t detect(void) {
+    uint32_t f = FDY_CPU_NEON;
+#if defined(__ARM_FEATURE_DOTPROD)
+    f |= FDY_CPU_DOTPROD;
+#endif
+    return f;
+}
+#else
+static uint32_t detect(void) {
+    return 0;
+}
+#endif
+
+static _Atomic uint32_t fdy_detected = 0xffffffffu;
+static _Atomic uint32_t fdy_mask = 0xffffffffu;
+
+uint32_t fdy_cpu_features(void) {
+    uint32_t f = atomic_load(&fdy_detected);
+    if (f == 0xffffffffu) {
+        f = detect();
+        atomic_store(&fdy_detected, f);
+    }
+    return f;
+}
+
+uint32_t fdy_cpu_features_enabled(void) {
+    return fdy_cpu_features() & atomic_load(&fdy_mask);
+}
+
+void fdy_cpu_set_feature_mask(uint32_t mask) {
+    atomic_store(&fdy_mask, mask);
+}

@@ -1,0 +1,88 @@
+/* policy.h - the descriptor every weight-format file in policies/ fills in, and the frozen
+ * type enum generated from policies/policies.def.
+ *
+ * A policy file has two parts.  Its device part (block struct, constants, decode function)
+ * is written in the dialect of metal/dialect.h so that the CPU, CUDA and Metal all compile
+ * the same text.  Its host part, inside `#ifdef FDY_HOST`, holds the reference quantizer,
+ * optional fast paths and one FDY_POLICY_DEFINE(...) descriptor.
+ *
+ * Decode contract: fdy_decode_<name>(blk, sub, out) writes the `sub_elems` floats of
+ * sub-block `sub` (elements [sub*sub_elems, (sub+1)*sub_elems) of the block) to out.
+ */
+#ifndef FDY_POLICY_H
+#define FDY_POLICY_H
+
+#include <stdint.h>
+
+#include "foundry.h"
+
+/* frozen type ids: FDY_TYPE_q4_0 == 2 etc. (the GGUF on-disk numbers) */
+enum fdy_type_id {
+#define FDY_POLICY(name, id) FDY_TYPE_##name = id,
+#include "policies.def"
+#undef FDY_POLICY
+};
+
+enum {
+    FDY_POLICY_GGUF = 1u << 0,    /* a format GGUF files carry (type id < 1000) */
+    FDY_POLICY_FLOAT = 1u << 1,   /* a plain float format: F32 / F16 / BF16 */
+    FDY_POLICY_ACT = 1u << 2      /* an activation format of the q8 variant (Q8_1, Q8_K) */
+};
+
+typedef void (*fdy_decode_fn)(const uint8_t *blk, int sub, float *out);
+typedef void (*fdy_row_fn)(const void *src, float *dst, int64_t n);
+typedef void (*fdy_quant_fn)(const float *src, void *dst, int64_t n);
+
+struct fdy_policy {
+    const char *name;        /* lower case, as users type it: "q4_k" */
+    int32_t type;            /* FDY_TYPE_<name> */
+    int32_t block_elems;
+    int32_t block_bytes;
+    int32_t sub_elems;       /* elements one decode call writes; divides block_elems */
+    uint32_t flags;
+    const char *dot_type;    /* activation format the q8 variant pairs with, NULL for floats */
+    /* test tolerances, relative L2 errors:
+     *   roundtrip: dequantize(quantize(x)) vs x for x ~ N(0, 1) rows
+     *   f32:       f32-variant kernels vs the float64 reference on the dequantized weights
+     *   q8:        q8-variant kernels vs the float64 reference on the dequantized weights */
+    float tol_roundtrip;
+    float tol_f32;
+    float tol_q8;
+    fdy_decode_fn decode;        /* the portable decode, compiled for the host */
+    fdy_row_fn dequantize_fast;  /* optional: whole rows, may use SIMD; must be bit-exact */
+    fdy_quant_fn quantize;       /* reference quantizer; NULL for dequantize-only formats */
+};
+
+#define FDY_POLICY_DEFINE(pname, ...) \
+    const struct fdy_policy fdy_policy_##pname = {.name = #pname, .type = FDY_TYPE_##pname, \
+                                                  __VA_ARGS__}
+
+/* the registry, in policies.def order */
+#define FDY_POLICY(name, id) extern const struct fdy_policy fdy_policy_##name;
+#include "policies.def"
+#undef FDY_POLICY
+
+/* ---- helpers for host-side quantizers (reference rounding of llama.cpp and gguf-py) ---- */
+#ifdef FDY_HOST
+#include <math.h>
+
+/* round half away from zero, as C roundf and gguf-py's np_roundf */
+static inline float fdy_roundf(float x) {
+    return roundf(x);
+}
+
+/* llama.cpp nearest_int: round to nearest with ties to even via the 1.5*2^23 trick */
+static inline int fdy_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* float -> IEEE half bits, round to nearest even (numpy's astype(float16)) */
+uint16_t fdy_float_to_half(float f);
+/* float -> bf16 bits, as gguf-py: round to nearest even, NaN kept quiet */
+uint16_t fdy_float_to_bf16(float f);
+#endif
+
+#endif

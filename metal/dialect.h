@@ -1,0 +1,74 @@
+/* dialect.h - the portable kernel dialect, host (C/C++) flavour.
+ *
+ * Policy decode code and GPU kernel templates are written against the macros below so that
+ * one text compiles as C (the CPU core), as CUDA C++ (prelude_cuda.h) and as Metal Shading
+ * Language (prelude_metal.h).  A GPU composer pastes its own prelude ahead of the policy
+ * text; the prelude defines FDY_DIALECT, so the `#include "dialect.h"` guarded by
+ * `#ifndef FDY_DIALECT` in each policy file is skipped there.
+ *
+ * The macros:
+ *   FDY_GLOBAL        address space of device / weight memory   (Metal: device)
+ *   FDY_THREAD        address space of per-thread arrays        (Metal: thread)
+ *   FDY_CONSTANT      a file-scope lookup table                 (Metal: constant)
+ *   FDY_FN            a helper function callable from kernels   (CUDA: __device__)
+ *   FDY_STATIC_ASSERT a compile-time check (no-op where the target lacks it)
+ *   fdy_half_to_float(uint16_t bits), fdy_bf16_to_float(uint16_t bits) -> float
+ *   fdy_as_float(uint32_t bits)                                   bit cast
+ * Host-only code (quantizers, descriptors, SIMD) sits inside `#ifdef FDY_HOST`.
+ */
+#ifndef FDY_DIALECT
+#define FDY_DIALECT 1
+#define FDY_HOST 1
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#define FDY_GLOBAL
+#define FDY_THREAD
+#define FDY_CONSTANT static const
+#ifdef __cplusplus
+#define FDY_FN static inline
+#define FDY_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define FDY_FN static inline
+#define FDY_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
+FDY_FN float fdy_as_float(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+FDY_FN uint32_t fdy_float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* IEEE half -> float, exact for every input (subnormals, inf, nan). */
+FDY_FN float fdy_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1fu) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {
+        /* subnormal: value = man * 2^-24, exact in float */
+        float v = (float)man * 5.9604644775390625e-08f;
+        return sign ? -v : v;
+    }
+    return fdy_as_float(bits);
+}
+
+FDY_FN float fdy_bf16_to_float(uint16_t h) {
+    return fdy_as_float((uint32_t)h << 16);
+}
+
+#endif /* FDY_DIALECT */

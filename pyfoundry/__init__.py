@@ -1,0 +1,49 @@
+"""pyfoundry: a C engine for quantized LLM inference, with a NumPy reference for every stage.
+
+Open GGUF files, inspect and (de)quantize tensors in every weight format, and write GGUF
+files::
+
+    import pyfoundry as pf
+    with pf.open("model.gguf") as f:
+        print(f.architecture, len(f.tensors))
+        w = f.tensors["blk.0.attn_q.weight"].dequantize()     # float32, (out, in)
+    t = pf.Tensor.from_numpy(w, policy="q4_k")                 # quantize
+    pf.write_gguf("out.gguf", [t], metadata={"general.architecture": "llama"})
+"""
+from ._errors import (FoundryError, FoundryIndexError, FoundryIOError, FoundryMemoryError,
+                      FoundryNotImplementedError, FoundryStateError, GGUFError, ShapeError)
+from . import _core
+from .policy import Policy, policies, policy
+from .gguf import GGUFFile, Tensor, infer_type, open, write_gguf
+
+__version__ = _core.version
+
+_CPU_FLAGS = ["avx2", "fma", "f16c", "avx512", "avx512vnni", "avxvnni", "neon", "dotprod"]
+
+
+def cpu_features():
+    """The SIMD extensions the processor has and those the kernels may use:
+    ``{"detected": [...], "enabled": [...]}``."""
+    det, en = _core.cpu_features()
+    return {"detected": [n for i, n in enumerate(_CPU_FLAGS) if det >> i & 1],
+            "enabled": [n for i, n in enumerate(_CPU_FLAGS) if en >> i & 1]}
+
+
+def set_cpu_features(names=None):
+    """Restrict the SIMD paths kernels may use to ``names`` (None: all detected).  Tests use
+    this to force each path; the portable path is ``set_cpu_features([])``."""
+    if names is None:
+        _core.set_cpu_feature_mask(0xFFFFFFFF)
+        return
+    mask = 0
+    for n in names:
+        if n not in _CPU_FLAGS:
+            raise ShapeError(f"unknown CPU feature {n!r}; known: {', '.join(_CPU_FLAGS)}")
+        mask |= 1 << _CPU_FLAGS.index(n)
+    _core.set_cpu_feature_mask(mask)
+
+
+__all__ = ["FoundryError", "GGUFError", "ShapeError", "FoundryMemoryError", "FoundryIOError",
+           "FoundryNotImplementedError", "FoundryIndexError", "FoundryStateError",
+           "Policy", "policies", "policy", "GGUFFile", "Tensor", "open", "write_gguf",
+           "infer_type", "cpu_features", "set_cpu_features", "__version__"]

@@ -1,0 +1,155 @@
+/* policy_bind.c - Python bindings of the policy registry: descriptor info, quantize and
+ * dequantize of flat buffers.  Shapes and friendly checks live in pyfoundry/policy.py. */
+#include "common.h"
+
+#define NPY_NO_DEPRECATED_API NPY_1_20_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL fdy_ARRAY_API
+#define NO_IMPORT_ARRAY
+#include <numpy/arrayobject.h>
+
+static const fdy_policy *policy_arg(fdy_module_state *st, PyObject *arg) {
+    long t = PyLong_AsLong(arg);
+    if (t == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    const fdy_policy *p = fdy_policy_by_type((int32_t)t);
+    if (!p) {
+        PyErr_Format(st->ShapeError, "unknown policy type id %ld", t);
+    }
+    return p;
+}
+
+static PyObject *policy_info(PyObject *module, PyObject *noargs) {
+    int32_t n = fdy_policy_count();
+    PyObject *list = PyList_New(n);
+    if (!list) {
+        return NULL;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        const fdy_policy *p = fdy_policy_at(i);
+        const char *dot = fdy_policy_dot_type(p);
+        PyObject *d = Py_BuildValue(
+            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:z,s:d,s:d,s:d}", "name", fdy_policy_name(p),
+            "type", (int)fdy_policy_type(p), "block_elems", (long long)fdy_policy_block_elems(p),
+            "block_bytes", (long long)fdy_policy_block_bytes(p), "sub_elems",
+            (long long)fdy_policy_sub_elems(p), "bits_per_weight", fdy_policy_bits_per_weight(p),
+            "can_quantize", fdy_policy_can_quantize(p) ? Py_True : Py_False, "is_gguf",
+            fdy_policy_is_gguf(p) ? Py_True : Py_False, "dot_type", dot, "tol_roundtrip",
+            fdy_policy_tolerance(p, "roundtrip"), "tol_f32", fdy_policy_tolerance(p, "f32"),
+            "tol_q8", fdy_policy_tolerance(p, "q8"));
+        if (!d) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, d);
+    }
+    return list;
+}
+
+/* dequantize(type_id, raw, n) -> float32 ndarray of n elements */
+static PyObject *dequantize(PyObject *module, PyObject *args) {
+    fdy_module_state *st = fdy_state_from_module(module);
+    PyObject *type_obj, *raw_obj;
+    long long n;
+    Py_buffer view = {0};
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "OOL:dequantize", &type_obj, &raw_obj, &n)) {
+        return NULL;
+    }
+    const fdy_policy *p = policy_arg(st, type_obj);
+    if (!p) {
+        return NULL;
+    }
+    int64_t need = fdy_policy_row_bytes(p, n);
+    if (need < 0) {
+        return fdy_raise(st, FDY_ERR_INVALID);
+    }
+    if (PyObject_GetBuffer(raw_obj, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    if (view.len != need) {
+        PyErr_Format(st->ShapeError,
+                     "dequantize(%s): raw data has %zd bytes, %lld elements need %lld",
+                     fdy_policy_name(p), view.len, n, (long long)need);
+        goto fail;
+    }
+    npy_intp dims[1] = {(npy_intp)n};
+    out = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (!out) {
+        goto fail;
+    }
+    fdy_status s;
+    float *dst = (float *)PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = fdy_policy_dequantize(p, view.buf, dst, n);
+    Py_END_ALLOW_THREADS
+    if (s) {
+        fdy_raise(st, s);
+        goto fail;
+    }
+    PyBuffer_Release(&view);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* quantize(type_id, float32 C-contiguous ndarray) -> uint8 ndarray of the blocks */
+static PyObject *quantize(PyObject *module, PyObject *args) {
+    fdy_module_state *st = fdy_state_from_module(module);
+    PyObject *type_obj, *arr_obj;
+    PyArrayObject *arr = NULL;
+    PyObject *out = NULL;
+    if (!PyArg_ParseTuple(args, "OO:quantize", &type_obj, &arr_obj)) {
+        return NULL;
+    }
+    const fdy_policy *p = policy_arg(st, type_obj);
+    if (!p) {
+        return NULL;
+    }
+    arr = (PyArrayObject *)PyArray_FROMANY(arr_obj, NPY_FLOAT32, 0, 0, NPY_ARRAY_IN_ARRAY);
+    if (!arr) {
+        return NULL;
+    }
+    int64_t n = (int64_t)PyArray_SIZE(arr);
+    int64_t need = fdy_policy_row_bytes(p, n);
+    if (need < 0) {
+        fdy_raise(st, FDY_ERR_INVALID);
+        goto fail;
+    }
+    npy_intp dims[1] = {(npy_intp)need};
+    out = PyArray_SimpleNew(1, dims, NPY_UINT8);
+    if (!out) {
+        goto fail;
+    }
+    fdy_status s;
+    const float *src = (const float *)PyArray_DATA(arr);
+    void *dst = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = fdy_policy_quantize(p, src, dst, n);
+    Py_END_ALLOW_THREADS
+    if (s) {
+        fdy_raise(st, s);
+        goto fail;
+    }
+    Py_DECREF(arr);
+    return out;
+fail:
+    Py_XDECREF(arr);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyMethodDef policy_methods[] = {
+    {"policy_info", policy_info, METH_NOARGS, "policy_info() -> list of descriptor dicts"},
+    {"dequantize", dequantize, METH_VARARGS,
+     "dequantize(type_id, raw, n) -> float32 array of n elements"},
+    {"quantize", quantize, METH_VARARGS,
+     "quantize(type_id, float32 array) -> uint8 array of blocks"},
+    {NULL, NULL, 0, NULL},
+};
+
+int fdy_init_policy_bindings(PyObject *module) {
+    return PyModule_AddFunctions(module, policy_methods);
+}

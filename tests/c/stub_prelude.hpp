@@ -1,0 +1,21 @@
+// stub_prelude.hpp - a minimal kernel-dialect prelude for checking, on any machine with a C++
+// compiler, that the device part of each policy file is portable: it is compiled as C++ with
+// only what the CUDA and Metal preludes also provide.  No libc: a memcpy or fabsf in device
+// code fails here as it would on the GPU.
+#define FDY_DIALECT 1
+#include <cstdint>
+#define FDY_GLOBAL
+#define FDY_THREAD
+#define FDY_CONSTANT static const
+#define FDY_FN static inline
+#define FDY_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+float fdy_half_to_float(uint16_t h);
+float fdy_bf16_to_float(uint16_t h);
+float fdy_as_float(uint32_t bits);
+uint32_t fdy_float_bits(float f);
+// the math functions every target has (Metal: metal_stdlib, CUDA: device math)
+float fabs(float);
+float fmin(float, float);
+float fmax(float, float);
+float exp(float);
+float sqrt(float);

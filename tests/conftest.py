@@ -1,0 +1,55 @@
+"""Shared fixtures: the registry of policies (tests iterate over it, never over a hand-written
+list), paths to ../shared/testdata (skip when absent), and the gguf package oracle."""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+import pyfoundry as pf
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+TESTDATA = SHARED / "testdata"
+
+
+def testdata(name):
+    p = TESTDATA / name
+    if not p.exists():
+        pytest.skip(f"{name} not available (../shared/testdata missing)")
+    return p
+
+
+@pytest.fixture
+def stories_path():
+    return testdata("stories260K.gguf")
+
+
+@pytest.fixture
+def tiny_llama_path():
+    return testdata("llama-2-tiny-random.gguf")
+
+
+def gguf_qtype(p):
+    """The gguf package's GGMLQuantizationType for a policy, or None."""
+    gguf = pytest.importorskip("gguf")
+    try:
+        return gguf.GGMLQuantizationType(p.gguf_type)
+    except ValueError:
+        return None
+
+
+ALL_POLICIES = list(pf.policies)
+QUANTIZABLE = [p for p in ALL_POLICIES if p.can_quantize]
+
+
+def policy_ids(ps):
+    return [p.name for p in ps]
+
+
+def random_rows(p, rows=8, blocks=4, seed=0, scale=1.0):
+    """Gaussian rows whose length is a whole number of blocks (and at least 256)."""
+    rng = np.random.default_rng(seed)
+    n = max(p.block_elems * blocks, 256)
+    n = (n + p.block_elems - 1) // p.block_elems * p.block_elems
+    return (rng.standard_normal((rows, n)) * scale).astype(np.float32)
