@@ -252,3 +252,25 @@ def test_policy_decode_code_compiles_as_cpp_with_stub_prelude(name, tmp_path):
                         str(ROOT / "tests" / "c" / "stub_prelude.hpp"), "-x", "c++", str(src)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---- every SIMD path gives the portable path's bits ---------------------------------------
+
+CPU_PATHS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
+
+
+@pytest.mark.parametrize("path", list(CPU_PATHS))
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_every_cpu_path_matches_portable_path(p, path):
+    x = random_rows(p, rows=5, blocks=8, seed=11)
+    x[1, 3] = np.nan if p.name in ("f16", "bf16", "f32") else x[1, 3]
+    try:
+        pf.set_cpu_features([])
+        raw = p.quantize(x) if p.can_quantize else valid_random_blocks(p, 40, 12).reshape(5, -1)
+        ref = p.dequantize(raw)
+        pf.set_cpu_features(CPU_PATHS[path])
+        if p.can_quantize:
+            assert_bits_equal(p.quantize(x), raw, f"{p.name} quantize on path {path}")
+        assert_bits_equal(p.dequantize(raw), ref, f"{p.name} dequantize on path {path}")
+    finally:
+        pf.set_cpu_features(None)

@@ -1,0 +1,106 @@
+"""The ``pyfoundry`` command.
+
+  pyfoundry policies            the weight formats, their layout and measured round-trip error
+  pyfoundry info MODEL.gguf     architecture, key metadata, tensors, totals per format
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from . import gguf as _gguf
+from .policy import policies
+
+
+def _table(rows: List[List[str]], header: List[str], align: str) -> str:
+    cols = [header] + rows
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(header))]
+
+    def fmt(r):
+        return "  ".join(str(c).rjust(w) if a == "r" else str(c).ljust(w)
+                         for c, w, a in zip(r, widths, align))
+    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_policies(args) -> int:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 4096)).astype(np.float32)
+    rows = []
+    for p in policies:
+        err = "-"
+        if p.can_quantize and x.shape[1] % p.block_elems == 0:
+            y = p.dequantize(p.quantize(x))
+            err = f"{np.linalg.norm(y - x) / np.linalg.norm(x):.2e}"
+        rows.append([p.name, str(p.gguf_type) if p.is_gguf else f"{p.gguf_type} (not GGUF)",
+                     str(p.block_elems), str(p.block_bytes), f"{p.bits_per_weight:.4g}",
+                     "yes" if p.can_quantize else "dequant only", p.dot_type or "-", err])
+    print(_table(rows, ["policy", "type id", "block", "bytes", "bits/w", "quantize",
+                        "q8 pairs with", "roundtrip rel L2 (N(0,1))"], "lrrrrllr"))
+    return 0
+
+
+def _fmt_value(v, limit=60) -> str:
+    if isinstance(v, list):
+        head = ", ".join(_fmt_value(x, 20) for x in v[:4])
+        return f"[{head}{', ...' if len(v) > 4 else ''}] ({len(v)} items)"
+    s = repr(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def cmd_info(args) -> int:
+    with _gguf.open(args.model) as f:
+        print(f"file          {args.model}")
+        print(f"GGUF version  {f.version}, alignment {f.alignment}, "
+              f"{f.file_size:,} bytes")
+        print(f"architecture  {f.architecture}")
+        print()
+        print("metadata:")
+        for k, v in f.metadata.items():
+            if args.all_metadata or not k.startswith("tokenizer.ggml.") or not isinstance(v, list):
+                if f.metadata_types[k] == "float32":
+                    v = float(f"{v:.7g}")
+                print(f"  {k:<40} {f.metadata_types[k]:<16} {_fmt_value(v)}")
+        print()
+        rows, totals = [], {}
+        for t in f.tensors.values():
+            rows.append([t.name, t.policy.name, "x".join(map(str, t.shape)), f"{t.nbytes:,}"])
+            n, b, c = totals.get(t.policy.name, (0, 0, 0))
+            totals[t.policy.name] = (n + t.size, b + t.nbytes, c + 1)
+        print(_table(rows, ["tensor", "format", "shape", "bytes"], "llrr"))
+        print()
+        trows = [[k, str(c), f"{n:,}", f"{b:,}", f"{8 * b / max(n, 1):.3f}"]
+                 for k, (n, b, c) in totals.items()]
+        tn = sum(v[0] for v in totals.values())
+        tb = sum(v[1] for v in totals.values())
+        trows.append(["total", str(len(f.tensors)), f"{tn:,}", f"{tb:,}",
+                      f"{8 * tb / max(tn, 1):.3f}"])
+        print(_table(trows, ["format", "tensors", "weights", "bytes", "bits/w"], "lrrrr"))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="pyfoundry", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("policies", help="list the weight formats")
+    sp.set_defaults(fn=cmd_policies)
+    si = sub.add_parser("info", help="describe a GGUF file")
+    si.add_argument("model")
+    si.add_argument("--all-metadata", action="store_true",
+                    help="also print the long tokenizer arrays")
+    si.set_defaults(fn=cmd_info)
+    args = ap.parse_args(argv)
+    from ._errors import FoundryError
+    try:
+        return args.fn(args)
+    except (FoundryError, OSError) as e:
+        print(f"pyfoundry: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
