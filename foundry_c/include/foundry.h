@@ -168,6 +168,66 @@ fdy_status fdy_gguf_writer_add_tensor(fdy_gguf_writer *w, const char *name, int3
                                       uint64_t nbytes);
 fdy_status fdy_gguf_writer_write(fdy_gguf_writer *w, const char *path);
 
+/* ---- threads ------------------------------------------------------------------------------ */
+
+fdy_status fdy_set_num_threads(int n); /* the pool size, caller included */
+int fdy_get_num_threads(void);         /* default: PYFOUNDRY_NUM_THREADS, else online CPUs */
+
+/* ---- CPU stages --------------------------------------------------------------------------
+ * Activations are row-major float32, NumPy shapes in comments.  A weight is a view of `rows`
+ * rows of `cols` weights in some policy: (rows, cols), the row being the reduction axis. */
+
+typedef enum fdy_variant {
+    FDY_VARIANT_F32 = 0, /* dequantize, accumulate in float */
+    FDY_VARIANT_Q8 = 1   /* activations quantized to the policy's dot_type, integer dots */
+} fdy_variant;
+
+typedef enum fdy_activation {
+    FDY_ACT_NONE = 0,
+    FDY_ACT_SILU = 1,
+    FDY_ACT_GELU = 2, /* tanh approximation */
+    FDY_ACT_RELU = 3
+} fdy_activation;
+
+typedef struct fdy_weight {
+    const fdy_policy *policy;
+    const void *data;  /* rows * row_bytes(cols) bytes */
+    int64_t rows;      /* N: output features */
+    int64_t cols;      /* K: input features */
+} fdy_weight;
+
+/* out (M, N) = act(x (M, K) @ w.T + bias (N)), or out += that when accumulate != 0 */
+fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const float *bias,
+                      float *out, int accumulate, int activation, int variant);
+/* out (M, K) = x / sqrt(mean(x^2) + eps) * weight (K); out may equal x */
+fdy_status fdy_rmsnorm(const float *x, int64_t M, int64_t K, const float *weight, float eps,
+                       float *out);
+/* matmul of rmsnorm(x); the normalised rows live in a temporary */
+fdy_status fdy_rmsnorm_matmul(const float *x, int64_t M, const float *norm_weight, float eps,
+                              const fdy_weight *w, const float *bias, float *out,
+                              int accumulate, int activation, int variant);
+/* n_parts (2 or 3) matmuls of one rmsnorm(x): out[i] (M, w[i]->rows) */
+fdy_status fdy_rmsnorm_qkv(const float *x, int64_t M, const float *norm_weight, float eps,
+                           int n_parts, const fdy_weight *const *w, const float *const *bias,
+                           float *const *out, int variant);
+/* rotary embedding of x (M, H, D) at positions (M,) into out (may equal x) */
+fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32_t *positions,
+                    int64_t rot_dims, float theta, const float *freq_factors, int neox,
+                    float *out);
+/* causal attention: q (M, H, D) at positions start_pos.., caches (C, Hkv, D), out (M, H, D) */
+fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
+                         const float *v_cache, int64_t C, int64_t Hkv, int64_t start_pos,
+                         float scale, float *out);
+fdy_status fdy_softmax(const float *x, int64_t M, int64_t N, float *out);
+fdy_status fdy_swiglu(const float *gate, const float *up, int64_t n, float *out);
+fdy_status fdy_add(const float *a, const float *b, int64_t n, float *out);
+/* out (M, K) = x + down(swiglu(gate(rmsnorm(x)), up(rmsnorm(x)))); out may equal x */
+fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float eps,
+                   const fdy_weight *w_gate, const fdy_weight *w_up, const fdy_weight *w_down,
+                   float *out, int variant);
+/* out (M, K) = rows ids (M,) of table (V, K) */
+fdy_status fdy_embedding(const fdy_weight *table, const int32_t *ids, int64_t M, float *out);
+
 #ifdef __cplusplus
 }
 #endif

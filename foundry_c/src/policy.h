@@ -32,6 +32,9 @@ enum {
 typedef void (*fdy_decode_fn)(const uint8_t *blk, int sub, float *out);
 typedef void (*fdy_row_fn)(const void *src, float *dst, int64_t n);
 typedef void (*fdy_quant_fn)(const float *src, void *dst, int64_t n);
+/* dot product of one weight row (n weights in this format) with one activation row of n
+ * values quantized in the policy's dot_type (the q8 variant's integer kernels) */
+typedef float (*fdy_vec_dot_fn)(const void *w, const void *a, int64_t n);
 
 struct fdy_policy {
     const char *name;        /* lower case, as users type it: "q4_k" */
@@ -51,6 +54,9 @@ struct fdy_policy {
     fdy_decode_fn decode;        /* the portable decode, compiled for the host */
     fdy_row_fn dequantize_fast;  /* optional: whole rows, may use SIMD; must be bit-exact */
     fdy_quant_fn quantize;       /* reference quantizer; NULL for dequantize-only formats */
+    fdy_vec_dot_fn vec_dot;      /* optional q8-variant kernel: weight row x dot_type row */
+    fdy_quant_fn quantize_act;   /* optional fast activation quantizer (this is a dot_type);
+                                    must give the bytes of `quantize` */
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \

@@ -99,7 +99,8 @@ static int module_exec(PyObject *module) {
     if (load_errors(module) < 0) {
         return -1;
     }
-    if (fdy_init_policy_bindings(module) < 0 || fdy_init_gguf_bindings(module) < 0) {
+    if (fdy_init_policy_bindings(module) < 0 || fdy_init_gguf_bindings(module) < 0 ||
+        fdy_init_ops_bindings(module) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "version", fdy_version()) < 0) {

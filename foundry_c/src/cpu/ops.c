@@ -1,0 +1,484 @@
+/* ops.c - the CPU stages: matmul (GEMV / GEMM, every policy, both compute variants), rmsnorm,
+ * the fused rmsnorm+matmul and Q/K/V forms, rope, attention, softmax, swiglu, the fused FFN,
+ * add and embedding.
+ *
+ * The drivers are generic over the policy: the f32 variant decodes weight rows with the
+ * policy's decode code and accumulates in float; the q8 variant quantizes the activations to
+ * the policy's dot_type once per call and runs the policy's integer vec_dot (falling back to
+ * float dots over the dequantized activations for policies without one).  No kernel switches
+ * on a format.  Most of the time of a decode step is spent in matmul_task.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dialect.h"
+#include "internal.h"
+#include "policy.h"
+#include "threadpool.h"
+#include "cpu/simd.h"
+
+/* ---- argument checks ------------------------------------------------------------------- */
+
+#define CHECK(cond, ...)                                   \
+    do {                                                   \
+        if (!(cond)) {                                     \
+            return fdy_fail(FDY_ERR_INVALID, __VA_ARGS__); \
+        }                                                  \
+    } while (0)
+
+static fdy_status check_weight(const fdy_weight *w, const char *what) {
+    CHECK(w && w->policy && w->data, "%s: missing weight", what);
+    CHECK(w->rows > 0 && w->cols > 0, "%s: weight shape (%lld, %lld) must be positive", what,
+          (long long)w->rows, (long long)w->cols);
+    CHECK(w->cols % w->policy->block_elems == 0,
+          "%s: %s weight rows of %lld are not a multiple of the block size %d", what,
+          w->policy->name, (long long)w->cols, w->policy->block_elems);
+    return FDY_OK;
+}
+
+static float apply_act(float v, int act) {
+    switch (act) {
+    case FDY_ACT_SILU: return v / (1.0f + expf(-v));
+    case FDY_ACT_GELU: {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        return 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+    case FDY_ACT_RELU: return v > 0.0f ? v : 0.0f;
+    default: return v;
+    }
+}
+
+/* ---- matmul ------------------------------------------------------------------------------ */
+
+typedef struct mm_ctx {
+    const fdy_weight *w;
+    int64_t M, K, N;
+    const float *x;       /* (M, K) float activations (f32 path) */
+    const uint8_t *xq;    /* (M, xq_row) quantized activations (vec_dot path) */
+    int64_t xq_row;
+    int64_t w_row;        /* bytes per weight row */
+    const float *bias;
+    float *out;
+    int accumulate, act;
+    int64_t rows_per_task;
+    fdy_dot_f32_fn dot;
+} mm_ctx;
+
+static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
+    if (c->bias) {
+        v += c->bias[n];
+    }
+    v = apply_act(v, c->act);
+    float *o = &c->out[m * c->N + n];
+    if (c->accumulate) {
+        *o += v;
+    } else {
+        *o = v;
+    }
+}
+
+static void mm_task_f32(void *vctx, int64_t task, int thread) {
+    const mm_ctx *c = (const mm_ctx *)vctx;
+    float *row = (float *)fdy_scratch(thread);
+    int64_t r0 = task * c->rows_per_task;
+    int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
+    const uint8_t *wd = (const uint8_t *)c->w->data;
+    for (int64_t n = r0; n < r1; n++) {
+        fdy_policy_dequantize(c->w->policy, wd + n * c->w_row, row, c->K);
+        for (int64_t m = 0; m < c->M; m++) {
+            mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
+        }
+    }
+}
+
+static void mm_task_q8(void *vctx, int64_t task, int thread) {
+    const mm_ctx *c = (const mm_ctx *)vctx;
+    int64_t r0 = task * c->rows_per_task;
+    int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
+    const uint8_t *wd = (const uint8_t *)c->w->data;
+    const fdy_vec_dot_fn vd = c->w->policy->vec_dot;
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *wr = wd + n * c->w_row;
+        for (int64_t m = 0; m < c->M; m++) {
+            mm_store(c, m, n, vd(wr, c->xq + m * c->xq_row, c->K));
+        }
+    }
+}
+
+/* quantize activation rows to the policy's dot_type: returns malloc'd blocks (caller frees) */
+static fdy_status quantize_activations(const fdy_policy *dot, const float *x, int64_t M,
+                                       int64_t K, uint8_t **out, int64_t *row_bytes) {
+    int64_t rb = fdy_policy_row_bytes(dot, K);
+    if (rb < 0) {
+        return FDY_ERR_INVALID;
+    }
+    uint8_t *q = (uint8_t *)malloc((size_t)(rb * M) + 64);
+    if (!q) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate quantized activations");
+    }
+    fdy_quant_fn qf = dot->quantize_act ? dot->quantize_act : dot->quantize;
+    for (int64_t m = 0; m < M; m++) {
+        qf(x + m * K, q + m * rb, K);
+    }
+    *out = q;
+    *row_bytes = rb;
+    return FDY_OK;
+}
+
+fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const float *bias,
+                      float *out, int accumulate, int activation, int variant) {
+    fdy_status s = check_weight(w, "matmul");
+    if (s) {
+        return s;
+    }
+    CHECK(x && out, "matmul: missing input or output");
+    CHECK(M > 0, "matmul: M must be positive, got %lld", (long long)M);
+    CHECK(activation >= FDY_ACT_NONE && activation <= FDY_ACT_RELU,
+          "matmul: unknown activation %d", activation);
+    CHECK(variant == FDY_VARIANT_F32 || variant == FDY_VARIANT_Q8, "matmul: unknown variant %d",
+          variant);
+    mm_ctx c = {0};
+    c.w = w;
+    c.M = M;
+    c.K = w->cols;
+    c.N = w->rows;
+    c.x = x;
+    c.w_row = fdy_policy_row_bytes(w->policy, w->cols);
+    c.bias = bias;
+    c.out = out;
+    c.accumulate = accumulate;
+    c.act = activation;
+    c.dot = fdy_select_dot_f32();
+    int threads = fdy_get_num_threads();
+    int64_t n_tasks = (int64_t)threads * 8;
+    if (n_tasks > c.N) {
+        n_tasks = c.N;
+    }
+    c.rows_per_task = (c.N + n_tasks - 1) / n_tasks;
+    n_tasks = (c.N + c.rows_per_task - 1) / c.rows_per_task;
+
+    const fdy_policy *dot = NULL;
+    if (variant == FDY_VARIANT_Q8 && w->policy->dot_type) {
+        dot = fdy_policy_by_name(w->policy->dot_type);
+        if (!dot || !dot->quantize || c.K % dot->block_elems != 0) {
+            dot = NULL; /* rows that the activation format cannot tile: exact f32 path */
+        }
+    }
+    if (dot && w->policy->vec_dot) {
+        uint8_t *xq = NULL;
+        if ((s = quantize_activations(dot, x, M, c.K, &xq, &c.xq_row))) {
+            return s;
+        }
+        c.xq = xq;
+        fdy_parallel(mm_task_q8, &c, n_tasks);
+        free(xq);
+        return FDY_OK;
+    }
+    float *xd = NULL;
+    if (dot) {
+        /* no integer kernel for this format: float dots over the quantized activations, the
+         * same numbers up to float rounding */
+        uint8_t *xq = NULL;
+        if ((s = quantize_activations(dot, x, M, c.K, &xq, &c.xq_row))) {
+            return s;
+        }
+        xd = (float *)malloc((size_t)(M * c.K) * sizeof(float));
+        if (!xd) {
+            free(xq);
+            return fdy_fail(FDY_ERR_NOMEM, "cannot allocate activations");
+        }
+        for (int64_t m = 0; m < M; m++) {
+            fdy_policy_dequantize(dot, xq + m * c.xq_row, xd + m * c.K, c.K);
+        }
+        free(xq);
+        c.x = xd;
+    }
+    if ((s = fdy_scratch_reserve((size_t)c.K * sizeof(float)))) {
+        free(xd);
+        return s;
+    }
+    fdy_parallel(mm_task_f32, &c, n_tasks);
+    free(xd);
+    return FDY_OK;
+}
+
+/* ---- rmsnorm ----------------------------------------------------------------------------- */
+
+static void rmsnorm_row(const float *x, int64_t K, const float *w, float eps, float *out) {
+    double ss = 0.0;
+    for (int64_t k = 0; k < K; k++) {
+        ss += (double)x[k] * (double)x[k];
+    }
+    const float scale = (float)(1.0 / sqrt(ss / (double)K + (double)eps));
+    for (int64_t k = 0; k < K; k++) {
+        out[k] = (x[k] * scale) * w[k];
+    }
+}
+
+fdy_status fdy_rmsnorm(const float *x, int64_t M, int64_t K, const float *weight, float eps,
+                       float *out) {
+    CHECK(x && weight && out, "rmsnorm: missing argument");
+    CHECK(M > 0 && K > 0, "rmsnorm: shape (%lld, %lld) must be positive", (long long)M,
+          (long long)K);
+    CHECK(eps >= 0.0f, "rmsnorm: eps must be >= 0");
+    for (int64_t m = 0; m < M; m++) {
+        rmsnorm_row(x + m * K, K, weight, eps, out + m * K);
+    }
+    return FDY_OK;
+}
+
+fdy_status fdy_rmsnorm_matmul(const float *x, int64_t M, const float *norm_weight, float eps,
+                              const fdy_weight *w, const float *bias, float *out,
+                              int accumulate, int activation, int variant) {
+    fdy_status s = check_weight(w, "rmsnorm_matmul");
+    if (s) {
+        return s;
+    }
+    CHECK(M > 0, "rmsnorm_matmul: M must be positive");
+    float *xn = (float *)malloc((size_t)(M * w->cols) * sizeof(float));
+    if (!xn) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate normalised activations");
+    }
+    s = fdy_rmsnorm(x, M, w->cols, norm_weight, eps, xn);
+    if (!s) {
+        s = fdy_matmul(w, xn, M, bias, out, accumulate, activation, variant);
+    }
+    free(xn);
+    return s;
+}
+
+fdy_status fdy_rmsnorm_qkv(const float *x, int64_t M, const float *norm_weight, float eps,
+                           int n_parts, const fdy_weight *const *w, const float *const *bias,
+                           float *const *out, int variant) {
+    CHECK(n_parts == 2 || n_parts == 3, "rmsnorm_qkv: 2 or 3 weights, got %d", n_parts);
+    CHECK(w && out, "rmsnorm_qkv: missing weights or outputs");
+    fdy_status s;
+    for (int i = 0; i < n_parts; i++) {
+        if ((s = check_weight(w[i], "rmsnorm_qkv"))) {
+            return s;
+        }
+        CHECK(w[i]->cols == w[0]->cols, "rmsnorm_qkv: weight %d has %lld columns, weight 0 %lld",
+              i, (long long)w[i]->cols, (long long)w[0]->cols);
+        CHECK(out[i], "rmsnorm_qkv: missing output %d", i);
+    }
+    CHECK(M > 0, "rmsnorm_qkv: M must be positive");
+    float *xn = (float *)malloc((size_t)(M * w[0]->cols) * sizeof(float));
+    if (!xn) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate normalised activations");
+    }
+    s = fdy_rmsnorm(x, M, w[0]->cols, norm_weight, eps, xn);
+    for (int i = 0; !s && i < n_parts; i++) {
+        s = fdy_matmul(w[i], xn, M, bias ? bias[i] : NULL, out[i], 0, FDY_ACT_NONE, variant);
+    }
+    free(xn);
+    return s;
+}
+
+/* ---- rope -------------------------------------------------------------------------------- */
+
+fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32_t *positions,
+                    int64_t rot_dims, float theta, const float *freq_factors, int neox,
+                    float *out) {
+    CHECK(x && out && positions, "rope: missing argument");
+    CHECK(M > 0 && H > 0 && D > 0, "rope: shape (%lld, %lld, %lld) must be positive",
+          (long long)M, (long long)H, (long long)D);
+    CHECK(rot_dims > 0 && rot_dims <= D && rot_dims % 2 == 0,
+          "rope: rot_dims %lld must be even and in (0, %lld]", (long long)rot_dims,
+          (long long)D);
+    CHECK(theta > 0.0f, "rope: theta must be positive");
+    const int64_t half = rot_dims / 2;
+    double *cs = (double *)malloc((size_t)half * 2 * sizeof(double));
+    if (!cs) {
+        return fdy_fail(FDY_ERR_NOMEM, "rope: out of memory");
+    }
+    for (int64_t m = 0; m < M; m++) {
+        const double pos = (double)positions[m];
+        for (int64_t i = 0; i < half; i++) {
+            double a = pos * pow((double)theta, -2.0 * (double)i / (double)rot_dims);
+            if (freq_factors) {
+                a /= (double)freq_factors[i];
+            }
+            cs[2 * i] = cos(a);
+            cs[2 * i + 1] = sin(a);
+        }
+        for (int64_t h = 0; h < H; h++) {
+            const float *xr = x + (m * H + h) * D;
+            float *o = out + (m * H + h) * D;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t i0 = neox ? i : 2 * i;
+                int64_t i1 = neox ? i + half : 2 * i + 1;
+                double a = xr[i0], b = xr[i1];
+                double c = cs[2 * i], s = cs[2 * i + 1];
+                o[i0] = (float)(a * c - b * s);
+                o[i1] = (float)(a * s + b * c);
+            }
+            if (o != xr) {
+                for (int64_t d = rot_dims; d < D; d++) {
+                    o[d] = xr[d];
+                }
+            }
+        }
+    }
+    free(cs);
+    return FDY_OK;
+}
+
+/* ---- attention --------------------------------------------------------------------------- */
+
+typedef struct attn_ctx {
+    const float *q, *k, *v;
+    float *out;
+    int64_t M, H, D, Hkv, start_pos;
+    float scale;
+    fdy_dot_f32_fn dot;
+} attn_ctx;
+
+static void attn_task(void *vctx, int64_t task, int thread) {
+    const attn_ctx *c = (const attn_ctx *)vctx;
+    const int64_t m = task / c->H, h = task % c->H;
+    const int64_t hk = h / (c->H / c->Hkv);
+    const int64_t n = c->start_pos + m + 1; /* causal: positions 0 .. start_pos + m */
+    const float *q = c->q + (m * c->H + h) * c->D;
+    float *s = (float *)fdy_scratch(thread);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = c->dot(q, c->k + (j * c->Hkv + hk) * c->D, c->D) * c->scale;
+        mx = s[j] > mx ? s[j] : mx;
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    const float inv = 1.0f / sum;
+    float *o = c->out + (m * c->H + h) * c->D;
+    for (int64_t d = 0; d < c->D; d++) {
+        o[d] = 0.0f;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const float p = s[j] * inv;
+        const float *vr = c->v + (j * c->Hkv + hk) * c->D;
+        for (int64_t d = 0; d < c->D; d++) {
+            o[d] += p * vr[d];
+        }
+    }
+}
+
+fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
+                         const float *v_cache, int64_t C, int64_t Hkv, int64_t start_pos,
+                         float scale, float *out) {
+    CHECK(q && k_cache && v_cache && out, "attention: missing argument");
+    CHECK(M > 0 && H > 0 && D > 0 && Hkv > 0, "attention: shapes must be positive");
+    CHECK(H % Hkv == 0, "attention: %lld heads is not a multiple of %lld kv heads",
+          (long long)H, (long long)Hkv);
+    CHECK(start_pos >= 0, "attention: start_pos must be >= 0");
+    CHECK(start_pos + M <= C, "attention: positions up to %lld do not fit a cache of %lld",
+          (long long)(start_pos + M), (long long)C);
+    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, scale,
+                  fdy_select_dot_f32()};
+    fdy_status s = fdy_scratch_reserve((size_t)(start_pos + M) * sizeof(float));
+    if (s) {
+        return s;
+    }
+    fdy_parallel(attn_task, &c, M * H);
+    return FDY_OK;
+}
+
+/* ---- elementwise ------------------------------------------------------------------------- */
+
+fdy_status fdy_softmax(const float *x, int64_t M, int64_t N, float *out) {
+    CHECK(x && out, "softmax: missing argument");
+    CHECK(M > 0 && N > 0, "softmax: shape must be positive");
+    for (int64_t m = 0; m < M; m++) {
+        const float *r = x + m * N;
+        float *o = out + m * N;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < N; i++) {
+            mx = r[i] > mx ? r[i] : mx;
+        }
+        double sum = 0.0;
+        for (int64_t i = 0; i < N; i++) {
+            o[i] = expf(r[i] - mx);
+            sum += o[i];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t i = 0; i < N; i++) {
+            o[i] *= inv;
+        }
+    }
+    return FDY_OK;
+}
+
+fdy_status fdy_swiglu(const float *gate, const float *up, int64_t n, float *out) {
+    CHECK(gate && up && out, "swiglu: missing argument");
+    CHECK(n >= 0, "swiglu: negative size");
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        out[i] = (g / (1.0f + expf(-g))) * up[i];
+    }
+    return FDY_OK;
+}
+
+fdy_status fdy_add(const float *a, const float *b, int64_t n, float *out) {
+    CHECK(a && b && out, "add: missing argument");
+    CHECK(n >= 0, "add: negative size");
+    for (int64_t i = 0; i < n; i++) {
+        out[i] = a[i] + b[i];
+    }
+    return FDY_OK;
+}
+
+fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float eps,
+                   const fdy_weight *w_gate, const fdy_weight *w_up, const fdy_weight *w_down,
+                   float *out, int variant) {
+    fdy_status s;
+    if ((s = check_weight(w_gate, "ffn gate")) || (s = check_weight(w_up, "ffn up")) ||
+        (s = check_weight(w_down, "ffn down"))) {
+        return s;
+    }
+    const int64_t K = w_gate->cols, F = w_gate->rows;
+    CHECK(w_up->cols == K && w_up->rows == F, "ffn: up weight shape differs from gate");
+    CHECK(w_down->cols == F && w_down->rows == K,
+          "ffn: down weight must be (%lld, %lld), got (%lld, %lld)", (long long)K, (long long)F,
+          (long long)w_down->rows, (long long)w_down->cols);
+    CHECK(M > 0, "ffn: M must be positive");
+    float *g = (float *)malloc((size_t)(M * F) * sizeof(float));
+    float *u = (float *)malloc((size_t)(M * F) * sizeof(float));
+    if (!g || !u) {
+        free(g);
+        free(u);
+        return fdy_fail(FDY_ERR_NOMEM, "ffn: out of memory");
+    }
+    const fdy_weight *gu[2] = {w_gate, w_up};
+    float *go[2] = {g, u};
+    s = fdy_rmsnorm_qkv(x, M, norm_weight, eps, 2, gu, NULL, go, variant);
+    if (!s) {
+        fdy_swiglu(g, u, M * F, g);
+        if (out != x) {
+            memcpy(out, x, (size_t)(M * K) * sizeof(float));
+        }
+        s = fdy_matmul(w_down, g, M, NULL, out, 1, FDY_ACT_NONE, variant);
+    }
+    free(g);
+    free(u);
+    return s;
+}
+
+fdy_status fdy_embedding(const fdy_weight *table, const int32_t *ids, int64_t M, float *out) {
+    fdy_status s = check_weight(table, "embedding");
+    if (s) {
+        return s;
+    }
+    CHECK(ids && out, "embedding: missing argument");
+    const int64_t rb = fdy_policy_row_bytes(table->policy, table->cols);
+    for (int64_t m = 0; m < M; m++) {
+        CHECK(ids[m] >= 0 && ids[m] < table->rows, "embedding: token id %d out of range [0, %lld)",
+              ids[m], (long long)table->rows);
+    }
+    for (int64_t m = 0; m < M; m++) {
+        fdy_policy_dequantize(table->policy, (const uint8_t *)table->data + ids[m] * rb,
+                              out + m * table->cols, table->cols);
+    }
+    return FDY_OK;
+}
