@@ -1,0 +1,87 @@
+/* q4_1 - blocks of 32 weights: f16 scale and minimum, 32 unsigned 4-bit codes; w = d * q + m.
+ *
+ *   block (32 elements, 20 bytes):
+ *   | d: f16 (2) | m: f16 (2) | qs[0..15]: u8 (16) |
+ *   qs[j] low nibble = element j, high nibble = element j + 16
+ *
+ * Quantizer (llama.cpp / gguf-py reference): d = (max - min) / 15,
+ * q = min(15, trunc((x - min) / d + 0.5)), d and m = min stored as f16.
+ * A block of mixed +0 / -0 may store m = +0 where gguf-py stores -0 or the reverse (NumPy's
+ * min of signed zeros depends on its SIMD width; here the first of equal minima wins, as
+ * llama.cpp); the decoded weights are the same.
+ * Dequantize rounds the product first: w = (d * q) + m, as gguf-py (no FMA).
+ */
+#ifndef FDY_DIALECT
+#include "dialect.h"
+#endif
+
+#define FDY_Q4_1_BLOCK_ELEMS 32
+#define FDY_Q4_1_BLOCK_BYTES 20
+#define FDY_Q4_1_SUB_ELEMS 16
+
+typedef struct fdy_block_q4_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qs[16];
+} fdy_block_q4_1;
+FDY_STATIC_ASSERT(sizeof(fdy_block_q4_1) == FDY_Q4_1_BLOCK_BYTES, "q4_1 block size");
+
+/* sub 0: the low nibbles (elements 0..15), sub 1: the high nibbles (elements 16..31) */
+FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {
+    FDY_GLOBAL const fdy_block_q4_1 *b = (FDY_GLOBAL const fdy_block_q4_1 *)blk;
+    const float d = fdy_half_to_float(b->d);
+    const float m = fdy_half_to_float(b->m);
+    const int shift = sub * 4;
+    for (int i = 0; i < 16; i++) {
+        out[i] = d * (float)((b->qs[i] >> shift) & 0x0F) + m;
+    }
+}
+
+#ifdef FDY_HOST
+#include "policy.h"
+
+static void q4_1_dequantize(const void *src, float *dst, int64_t n) {
+    const fdy_block_q4_1 *b = (const fdy_block_q4_1 *)src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        const float m = fdy_half_to_float(b[i].m);
+        float *y = dst + i * 32;
+        uint8_t q[32]; /* unpack first: the convert loop then vectorizes */
+        for (int j = 0; j < 16; j++) {
+            q[j] = b[i].qs[j] & 0x0F;
+            q[j + 16] = b[i].qs[j] >> 4;
+        }
+        for (int j = 0; j < 32; j++) {
+            y[j] = d * (float)q[j] + m;
+        }
+    }
+}
+
+static void q4_1_quantize(const float *src, void *dst, int64_t n) {
+    fdy_block_q4_1 *b = (fdy_block_q4_1 *)dst;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *x = src + i * 32;
+        float min = x[0], max = x[0];
+        for (int j = 1; j < 32; j++) {
+            min = x[j] < min ? x[j] : min;
+            max = x[j] > max ? x[j] : max;
+        }
+        const float d = (max - min) / 15.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = fdy_float_to_half(d);
+        b[i].m = fdy_float_to_half(min);
+        for (int j = 0; j < 16; j++) {
+            const int q0 = (int)truncf((x[j] - min) * id + 0.5f);
+            const int q1 = (int)truncf((x[j + 16] - min) * id + 0.5f);
+            b[i].qs[j] = (uint8_t)((q0 < 15 ? q0 : 15) | ((q1 < 15 ? q1 : 15) << 4));
+        }
+    }
+}
+
+FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
+                  .block_bytes = FDY_Q4_1_BLOCK_BYTES, .sub_elems = FDY_Q4_1_SUB_ELEMS,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
+                  .tol_roundtrip = 0.10f /* measured 0.0782 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
+                  .decode = fdy_decode_q4_1, .dequantize_fast = q4_1_dequantize,
+                  .quantize = q4_1_quantize);
+#endif

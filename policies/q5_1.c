@@ -1,0 +1,113 @@
+/* q5_1 - blocks of 32 weights: f16 scale and minimum, 32 unsigned 5-bit codes; w = d * q + m.
+ *
+ *   block (32 elements, 24 bytes):
+ *   | d: f16 (2) | m: f16 (2) | qh[0..3]: u8 (4) | qs[0..15]: u8 (16) |
+ *   qs[j] low nibble = bits 0..3 of element j, high nibble = bits 0..3 of element j + 16;
+ *   qh read as a little-endian u32: bit k = bit 4 of element k
+ *
+ * Quantizer (llama.cpp / gguf-py reference): d = (max - min) / 31,
+ * q = min(31, trunc((x - min) / d + 0.5)), d and m = min stored as f16.
+ * A block of mixed +0 / -0 may store m = +0 where gguf-py stores -0 or the reverse (NumPy's
+ * min of signed zeros depends on its SIMD width; here the first of equal minima wins, as
+ * llama.cpp); the decoded weights are the same.
+ * Dequantize rounds the product first: w = (d * q) + m, as gguf-py (no FMA).
+ */
+#ifndef FDY_DIALECT
+#include "dialect.h"
+#endif
+
+#define FDY_Q5_1_BLOCK_ELEMS 32
+#define FDY_Q5_1_BLOCK_BYTES 24
+#define FDY_Q5_1_SUB_ELEMS 16
+
+typedef struct fdy_block_q5_1 {
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[16];
+} fdy_block_q5_1;
+FDY_STATIC_ASSERT(sizeof(fdy_block_q5_1) == FDY_Q5_1_BLOCK_BYTES, "q5_1 block size");
+
+/* sub 0: elements 0..15 (low nibbles), sub 1: elements 16..31 (high nibbles) */
+FDY_FN void fdy_decode_q5_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {
+    FDY_GLOBAL const fdy_block_q5_1 *b = (FDY_GLOBAL const fdy_block_q5_1 *)blk;
+    const float d = fdy_half_to_float(b->d);
+    const float m = fdy_half_to_float(b->m);
+    const uint32_t qh = (uint32_t)b->qh[0] | ((uint32_t)b->qh[1] << 8) |
+                        ((uint32_t)b->qh[2] << 16) | ((uint32_t)b->qh[3] << 24);
+    const int shift = sub * 4;
+    for (int i = 0; i < 16; i++) {
+        const int hi = (int)((qh >> (sub * 16 + i)) & 1u) << 4;
+        const int q = (int)((b->qs[i] >> shift) & 0x0F) | hi;
+        out[i] = d * (float)q + m;
+    }
+}
+
+#ifdef FDY_HOST
+#include "policy.h"
+
+/* bit j of a u32, per lane */
+static const uint32_t q5_1_bit[32] = {
+    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+    1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+
+static void q5_1_dequantize(const void *src, float *dst, int64_t n) {
+    const fdy_block_q5_1 *b = (const fdy_block_q5_1 *)src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        const float m = fdy_half_to_float(b[i].m);
+        const uint32_t qh = (uint32_t)b[i].qh[0] | ((uint32_t)b[i].qh[1] << 8) |
+                            ((uint32_t)b[i].qh[2] << 16) | ((uint32_t)b[i].qh[3] << 24);
+        float *y = dst + i * 32;
+        uint8_t q[32]; /* unpack first: the convert loop then vectorizes */
+        for (int j = 0; j < 16; j++) {
+            q[j] = b[i].qs[j] & 0x0F;
+            q[j + 16] = b[i].qs[j] >> 4;
+        }
+        for (int j = 0; j < 32; j++) {
+            q[j] |= (qh & q5_1_bit[j]) ? 16 : 0; /* mask, not shift: vectorizes */
+        }
+        for (int j = 0; j < 32; j++) {
+            y[j] = d * (float)q[j] + m;
+        }
+    }
+}
+
+static void q5_1_quantize(const float *src, void *dst, int64_t n) {
+    fdy_block_q5_1 *b = (fdy_block_q5_1 *)dst;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *x = src + i * 32;
+        float min = x[0], max = x[0];
+        for (int j = 1; j < 32; j++) {
+            min = x[j] < min ? x[j] : min;
+            max = x[j] > max ? x[j] : max;
+        }
+        const float d = (max - min) / 31.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = fdy_float_to_half(d);
+        b[i].m = fdy_float_to_half(min);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            int q0 = (int)truncf((x[j] - min) * id + 0.5f);
+            int q1 = (int)truncf((x[j + 16] - min) * id + 0.5f);
+            q0 = q0 < 31 ? q0 : 31;
+            q1 = q1 < 31 ? q1 : 31;
+            b[i].qs[j] = (uint8_t)((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+            qh |= ((uint32_t)(q0 >> 4) & 1u) << j;
+            qh |= ((uint32_t)(q1 >> 4) & 1u) << (j + 16);
+        }
+        for (int k = 0; k < 4; k++) {
+            b[i].qh[k] = (uint8_t)(qh >> (8 * k));
+        }
+    }
+}
+
+FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
+                  .block_bytes = FDY_Q5_1_BLOCK_BYTES, .sub_elems = FDY_Q5_1_SUB_ELEMS,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
+                  .tol_roundtrip = 0.05f /* measured 0.0375 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
+                  .decode = fdy_decode_q5_1, .dequantize_fast = q5_1_dequantize,
+                  .quantize = q5_1_quantize);
+#endif
