@@ -2,6 +2,7 @@
 into the extension pyfoundry._core.  No flag ties the binary to the build machine's CPU: SIMD
 code paths carry per-function target attributes and are chosen at run time."""
 import glob
+import hashlib
 import os
 
 import numpy
@@ -19,12 +20,26 @@ def sources():
     return out
 
 
+def build_id(files):
+    """sha256 of every source that determines the compiled code: part of every step key."""
+    h = hashlib.sha256()
+    for f in sorted(files + glob.glob(os.path.join(HERE, "**", "*.h"), recursive=True) +
+                    glob.glob(os.path.join(HERE, "policies", "*.def"))):
+        path = f if os.path.isabs(f) else os.path.join(HERE, f)
+        h.update(os.path.relpath(path, HERE).encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:32]
+
+
+SOURCES = sources()
+
 core = Extension(
     "pyfoundry._core",
-    sources=sources(),
+    sources=SOURCES,
     include_dirs=["foundry_c/include", "foundry_c/src", "policies", "metal",
                   numpy.get_include()],
-    define_macros=[("_GNU_SOURCE", "1")],
+    define_macros=[("_GNU_SOURCE", "1"), ("FDY_BUILD_ID", '"%s"' % build_id(SOURCES))],
     extra_compile_args=["-std=c11", "-O3", "-ffp-contract=off", "-fno-strict-aliasing",
                         "-Wno-unused-function", "-Wno-unused-parameter"],
     extra_link_args=["-lm", "-lpthread"],

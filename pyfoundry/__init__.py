@@ -15,6 +15,8 @@ from ._errors import (FoundryError, FoundryIndexError, FoundryIOError, FoundryMe
 from . import _core
 from .policy import Policy, policies, policy
 from .gguf import GGUFFile, Tensor, infer_type, open, write_gguf
+from .steps import Step, compile
+from . import reference, drift, steps
 
 __version__ = _core.version
 
@@ -27,6 +29,16 @@ def cpu_features():
     det, en = _core.cpu_features()
     return {"detected": [n for i, n in enumerate(_CPU_FLAGS) if det >> i & 1],
             "enabled": [n for i, n in enumerate(_CPU_FLAGS) if en >> i & 1]}
+
+
+def set_num_threads(n: int) -> None:
+    """Size of the persistent thread pool the CPU kernels run on (the caller included).
+    The default is PYFOUNDRY_NUM_THREADS, else the number of online CPUs."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return _core.get_num_threads()
 
 
 def set_cpu_features(names=None):
@@ -46,4 +58,5 @@ def set_cpu_features(names=None):
 __all__ = ["FoundryError", "GGUFError", "ShapeError", "FoundryMemoryError", "FoundryIOError",
            "FoundryNotImplementedError", "FoundryIndexError", "FoundryStateError",
            "Policy", "policies", "policy", "GGUFFile", "Tensor", "open", "write_gguf",
-           "infer_type", "cpu_features", "set_cpu_features", "__version__"]
+           "infer_type", "cpu_features", "set_cpu_features", "set_num_threads",
+           "get_num_threads", "Step", "compile", "reference", "drift", "steps", "__version__"]

@@ -31,6 +31,7 @@ typedef struct pool {
     _Atomic int64_t next_task;
     _Atomic int active;        /* workers still inside the current region */
     _Atomic int stop;
+    uint64_t start_generation; /* generation when the workers were created */
     fdy_task_fn fn;
     void *ctx;
     int64_t n_tasks;
@@ -64,7 +65,8 @@ typedef struct worker_arg {
 static void *worker_main(void *arg) {
     int index = (int)(intptr_t)arg;
     pool *p = &fdy_pool;
-    uint64_t seen = atomic_load(&p->generation);
+    /* not the current value: a region may already have been posted before this thread ran */
+    uint64_t seen = p->start_generation;
     for (;;) {
         uint64_t g;
         int spins = 0;
@@ -137,6 +139,7 @@ static fdy_status ensure_started(pool *p) {
         return FDY_OK;
     }
     stop_workers(p);
+    p->start_generation = atomic_load(&p->generation);
     for (int i = 1; i < p->n_threads; i++) {
         if (pthread_create(&p->workers[i], NULL, worker_main, (void *)(intptr_t)i) != 0) {
             /* run with what we have */

@@ -103,6 +103,12 @@ static int module_exec(PyObject *module) {
         fdy_init_ops_bindings(module) < 0) {
         return -1;
     }
+#ifndef FDY_BUILD_ID
+#define FDY_BUILD_ID "unknown"
+#endif
+    if (PyModule_AddStringConstant(module, "build_id", FDY_BUILD_ID) < 0) {
+        return -1;
+    }
     if (PyModule_AddStringConstant(module, "version", fdy_version()) < 0) {
         return -1;
     }

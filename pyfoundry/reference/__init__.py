@@ -1,2 +1,6 @@
-"""NumPy reference implementations: the executable specification of every stage and format."""
-from . import quants  # noqa: F401
+"""NumPy reference implementations: the executable specification of every stage and format.
+
+``pyfoundry.reference.stages``: every stage (float32 or float64 accumulation);
+``pyfoundry.reference.quants``: the formats GGUF lacks.
+"""
+from . import quants, stages  # noqa: F401
