@@ -44,16 +44,20 @@ FDY_FN void fdy_decode_iq4_nl(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #include "policy.h"
 #include "kquant_ref.h"
 
+/* two passes per block: look the grid values up in element order (a byte table lookup), then
+ * one plain float loop the compiler vectorizes (same float expression as the decode) */
 static void iq4_nl_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_iq4_nl *b = (const fdy_block_iq4_nl *)src;
+    int8_t v[32];
     for (int64_t i = 0; i < n / 32; i++) {
+        for (int j = 0; j < 16; j++) {
+            v[j] = fdy_iq4_nl_grid[b[i].qs[j] & 0xF];
+            v[j + 16] = fdy_iq4_nl_grid[b[i].qs[j] >> 4];
+        }
         const float d = fdy_half_to_float(b[i].d);
         float *y = dst + i * 32;
-        for (int j = 0; j < 16; j++) {
-            y[j] = d * (float)fdy_iq4_nl_grid[b[i].qs[j] & 0xF];
-        }
-        for (int j = 0; j < 16; j++) {
-            y[j + 16] = d * (float)fdy_iq4_nl_grid[b[i].qs[j] >> 4];
+        for (int j = 0; j < 32; j++) {
+            y[j] = d * (float)v[j];
         }
     }
 }
@@ -75,9 +79,10 @@ static void iq4_nl_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.0754 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_NL_BLOCK_BYTES, .sub_elems = FDY_IQ4_NL_SUB_ELEMS,
-                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.5f,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_nl,
                   .dequantize_fast = iq4_nl_dequantize, .quantize = iq4_nl_quantize);
 #endif

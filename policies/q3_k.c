@@ -55,22 +55,28 @@ FDY_FN void fdy_decode_q3_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "policy.h"
 #include "kquant_ref.h"
 
+/* two passes per block, both plain loops the compiler vectorizes: unpack the signed 3-bit
+ * codes in element order, then scale them group by group (same float expression as decode) */
 static void q3_k_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
+    int8_t q[256];
     for (int64_t i = 0; i < n / 256; i++) {
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 4; k++) {
+                const int hbit = 4 * h + k;
+                for (int l = 0; l < 32; l++) {
+                    const int low = (b[i].qs[32 * h + l] >> (2 * k)) & 3;
+                    const int off = (((b[i].hmask[l] >> hbit) & 1) ^ 1) << 2; /* 4 when bit clear */
+                    q[128 * h + 32 * k + l] = (int8_t)(low - off);
+                }
+            }
+        }
         const float d = fdy_half_to_float(b[i].d);
         float *y = dst + i * 256;
         for (int g = 0; g < 16; g++) {
             const float dl = d * (float)fdy_q3_k_scale(b[i].scales, g);
-            const int h = g >> 3;
-            const int k = (g & 7) >> 1;
-            const int l0 = 16 * (g & 1);
-            const uint8_t *q = b[i].qs + 32 * h + l0;
-            const uint8_t *hm = b[i].hmask + l0;
-            const int hbit = 4 * h + k;
             for (int l = 0; l < 16; l++) {
-                const int v = ((q[l] >> (2 * k)) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4);
-                y[16 * g + l] = dl * (float)v;
+                y[16 * g + l] = dl * (float)q[16 * g + l];
             }
         }
     }
@@ -139,9 +145,10 @@ static void q3_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.150 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q3_k, .block_elems = FDY_Q3_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q3_K_BLOCK_BYTES, .sub_elems = FDY_Q3_K_SUB_ELEMS,
-                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.5f,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.2f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q3_k,
                   .dequantize_fast = q3_k_dequantize, .quantize = q3_k_quantize);
 #endif

@@ -141,9 +141,10 @@ static void q4_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.0715 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q4_k, .block_elems = FDY_Q4_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_K_BLOCK_BYTES, .sub_elems = FDY_Q4_K_SUB_ELEMS,
-                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.5f,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.095f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q4_k,
                   .dequantize_fast = q4_k_dequantize, .quantize = q4_k_quantize);
 #endif

@@ -144,9 +144,10 @@ static void q5_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.0363 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q5_k, .block_elems = FDY_Q5_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_K_BLOCK_BYTES, .sub_elems = FDY_Q5_K_SUB_ELEMS,
-                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.5f,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.047f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q5_k,
                   .dequantize_fast = q5_k_dequantize, .quantize = q5_k_quantize);
 #endif

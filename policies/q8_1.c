@@ -65,10 +65,11 @@ static void q8_1_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.00527 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q8_1, .block_elems = FDY_Q8_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_1_BLOCK_BYTES, .sub_elems = FDY_Q8_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF | FDY_POLICY_ACT, .dot_type = "q8_1",
-                  .tol_roundtrip = 0.01f, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
+                  .tol_roundtrip = 0.007f, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q8_1, .dequantize_fast = q8_1_dequantize,
                   .quantize = q8_1_quantize);
 #endif

@@ -79,10 +79,11 @@ static void q8_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* roundtrip: measured relative L2 error 0.00690 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q8_k, .block_elems = FDY_Q8_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_K_BLOCK_BYTES, .sub_elems = FDY_Q8_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF | FDY_POLICY_ACT, .dot_type = "q8_k",
-                  .tol_roundtrip = 0.01f, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
+                  .tol_roundtrip = 0.009f, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q8_k, .dequantize_fast = q8_k_dequantize,
                   .quantize = q8_k_quantize);
 #endif
