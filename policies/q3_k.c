@@ -1,0 +1,154 @@
+/* q3_k - super-blocks of 256 weights in 16 groups of 16: 3-bit signed codes with a 6-bit
+ * signed scale per group and one f16 super-scale; w = d * (sc - 32) * q, q in [-4, 3].
+ *
+ *   block (256 elements, 110 bytes):
+ *   | hmask[0..31]: u8 (32) | qs[0..63]: u8 (64) | scales[0..11]: u8 (12) | d: f16 (2) |
+ *
+ *   Element e = 128h + 32k + l (h = 0..1, k = 0..3, l = 0..31): low two bits in bits 2k..2k+1
+ *   of qs[32h + l]; high bit in bit 4h+k of hmask[l]; q = low - (high ? 0 : 4).
+ *   Scale of group g (elements 16g ..): low nibble from scales[g] (g < 8) or the high nibble
+ *   of scales[g-8] (g >= 8); bits 4-5 from bits 2(g/4)..2(g/4)+1 of scales[8 + g%4].
+ *
+ * Quantizer (llama.cpp quantize_row_q3_K_ref): per group a symmetric fit with weights x^2 and
+ * single-level refinement (make_q3_quants, nmax 4); the group scales are quantized to 6 bits
+ * against the largest-magnitude one (d = -max / 32) and the codes recomputed.
+ */
+#ifndef FDY_DIALECT
+#include "dialect.h"
+#endif
+
+#define FDY_Q3_K_BLOCK_ELEMS 256
+#define FDY_Q3_K_BLOCK_BYTES 110
+#define FDY_Q3_K_SUB_ELEMS 16
+
+typedef struct fdy_block_q3_k {
+    uint8_t hmask[32];
+    uint8_t qs[64];
+    uint8_t scales[12];
+    uint16_t d;
+} fdy_block_q3_k;
+FDY_STATIC_ASSERT(sizeof(fdy_block_q3_k) == FDY_Q3_K_BLOCK_BYTES, "q3_k block size");
+
+/* the 6-bit scale of group g, minus 32 */
+FDY_FN int fdy_q3_k_scale(FDY_GLOBAL const uint8_t *s, int g) {
+    const int lo = g < 8 ? (s[g] & 0xF) : (s[g - 8] >> 4);
+    const int hi = (s[8 + (g & 3)] >> (2 * (g >> 2))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+FDY_FN void fdy_decode_q3_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {
+    FDY_GLOBAL const fdy_block_q3_k *b = (FDY_GLOBAL const fdy_block_q3_k *)blk;
+    const float dl = fdy_half_to_float(b->d) * (float)fdy_q3_k_scale(b->scales, sub);
+    const int h = sub >> 3;
+    const int k = (sub & 7) >> 1;
+    const int l0 = 16 * (sub & 1);
+    FDY_GLOBAL const uint8_t *q = b->qs + 32 * h + l0;
+    FDY_GLOBAL const uint8_t *hm = b->hmask + l0;
+    const int hbit = 4 * h + k;
+    for (int l = 0; l < 16; l++) {
+        const int v = ((q[l] >> (2 * k)) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4);
+        out[l] = dl * (float)v;
+    }
+}
+
+#ifdef FDY_HOST
+#include "policy.h"
+#include "kquant_ref.h"
+
+/* two passes per block, both plain loops the compiler vectorizes: unpack the signed 3-bit
+ * codes in element order, then scale them group by group (same float expression as decode) */
+static void q3_k_dequantize(const void *src, float *dst, int64_t n) {
+    const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
+    int8_t q[256];
+    for (int64_t i = 0; i < n / 256; i++) {
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 4; k++) {
+                const int hbit = 4 * h + k;
+                for (int l = 0; l < 32; l++) {
+                    const int low = (b[i].qs[32 * h + l] >> (2 * k)) & 3;
+                    const int off = (((b[i].hmask[l] >> hbit) & 1) ^ 1) << 2; /* 4 when bit clear */
+                    q[128 * h + 32 * k + l] = (int8_t)(low - off);
+                }
+            }
+        }
+        const float d = fdy_half_to_float(b[i].d);
+        float *y = dst + i * 256;
+        for (int g = 0; g < 16; g++) {
+            const float dl = d * (float)fdy_q3_k_scale(b[i].scales, g);
+            for (int l = 0; l < 16; l++) {
+                y[16 * g + l] = dl * (float)q[16 * g + l];
+            }
+        }
+    }
+}
+
+static void q3_k_quantize(const float *src, void *dst, int64_t n) {
+    fdy_block_q3_k *b = (fdy_block_q3_k *)dst;
+    int8_t L[256];
+    float scales[16];
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float *x = src + i * 256;
+        float max_scale = 0.0f, amax = 0.0f;
+        for (int g = 0; g < 16; g++) {
+            scales[g] = fdy_kq_q3(16, 4, x + 16 * g, L + 16 * g);
+            const float a = fabsf(scales[g]);
+            if (a > amax) {
+                amax = a;
+                max_scale = scales[g];
+            }
+        }
+        memset(b[i].scales, 0, 12);
+        if (max_scale != 0.0f) {
+            const float iscale = -32.0f / max_scale;
+            for (int g = 0; g < 16; g++) {
+                /* llama.cpp narrows the rounded value to int8 before clamping */
+                const int8_t r = (int8_t)fdy_nearest_int(iscale * scales[g]);
+                const int l = fdy_kq_clamp(r, -32, 31) + 32;
+                if (g < 8) {
+                    b[i].scales[g] = (uint8_t)(l & 0xF);
+                } else {
+                    b[i].scales[g - 8] |= (uint8_t)((l & 0xF) << 4);
+                }
+                b[i].scales[8 + (g & 3)] |= (uint8_t)((l >> 4) << (2 * (g >> 2)));
+            }
+            b[i].d = fdy_float_to_half(1.0f / iscale);
+        } else {
+            b[i].d = fdy_float_to_half(0.0f);
+        }
+        /* recompute the codes against the rounded scales; a group whose scale rounds to zero
+         * keeps the codes of the search */
+        const float d = fdy_half_to_float(b[i].d);
+        for (int g = 0; g < 16; g++) {
+            const float dl = d * (float)fdy_q3_k_scale(b[i].scales, g);
+            if (dl == 0.0f) {
+                continue;
+            }
+            for (int l = 0; l < 16; l++) {
+                L[16 * g + l] =
+                    (int8_t)(fdy_kq_clamp(fdy_nearest_int(x[16 * g + l] / dl), -4, 3) + 4);
+            }
+        }
+        memset(b[i].hmask, 0, 32);
+        for (int j = 0; j < 256; j++) {
+            if (L[j] > 3) {
+                b[i].hmask[j & 31] |= (uint8_t)(1u << (j >> 5));
+                L[j] = (int8_t)(L[j] - 4);
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            const int8_t *Lh = L + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                b[i].qs[32 * h + l] = (uint8_t)(Lh[l] | (Lh[l + 32] << 2) | (Lh[l + 64] << 4) |
+                                                (Lh[l + 96] << 6));
+            }
+        }
+    }
+}
+
+/* roundtrip: measured relative L2 error 0.150 on N(0, 1) rows (random_rows seed 6) */
+FDY_POLICY_DEFINE(q3_k, .block_elems = FDY_Q3_K_BLOCK_ELEMS,
+                  .block_bytes = FDY_Q3_K_BLOCK_BYTES, .sub_elems = FDY_Q3_K_SUB_ELEMS,
+                  .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.2f,
+                  .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q3_k,
+                  .dequantize_fast = q3_k_dequantize, .quantize = q3_k_quantize);
+#endif
