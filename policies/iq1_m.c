@@ -584,21 +584,30 @@ static inline __attribute__((always_inline)) void iq1_m_rows(const void *src, fl
     const fdy_block_iq1_m *b = (const fdy_block_iq1_m *)src;
     for (int64_t i = 0; i < n / FDY_IQ1_M_BLOCK_ELEMS; i++, b++) {
         const float d = fdy_iq1_m_d(b->scales);
-        for (int s = 0; s < 16; s++) {
-            const int m = s >> 2;
+        for (int g = 0; g < 8; g++) { /* two scale groups of 16: one 32-wide loop */
+            int8_t q[32];
+            float dl[32], delta[32];
             const uint32_t word =
-                (uint32_t)b->scales[2 * m] | ((uint32_t)b->scales[2 * m + 1] << 8);
-            const float dl = d * (float)(2u * ((word >> (3 * (s & 3))) & 7u) + 1u);
-            for (int l = 0; l < 2; l++) {
-                int8_t gb[8];
-                const int k = 2 * s + l;
-                const uint32_t nib = ((uint32_t)b->qh[s] >> (4 * l)) & 0xfu;
-                const float delta = (nib & 8u) ? -0.125f : 0.125f;
-                memcpy(gb, &fdy_iq1_m_grid[(uint32_t)b->qs[k] | ((nib & 7u) << 8)], 8);
-                float *o = dst + 8 * k;
-                for (int j = 0; j < 8; j++) {
-                    o[j] = dl * ((float)gb[j] + delta);
+                (uint32_t)b->scales[2 * (g >> 1)] | ((uint32_t)b->scales[2 * (g >> 1) + 1] << 8);
+            for (int h = 0; h < 2; h++) {
+                const int s = 2 * g + h;
+                const float dlh = d * (float)(2u * ((word >> (3 * (s & 3))) & 7u) + 1u);
+                for (int j = 0; j < 16; j++) {
+                    dl[16 * h + j] = dlh;
                 }
+            }
+            for (int l = 0; l < 4; l++) {
+                const int k = 4 * g + l;
+                const uint32_t nib = ((uint32_t)b->qh[k >> 1] >> (4 * (k & 1))) & 0xfu;
+                const float dk = fdy_as_float(0x3e000000u | ((nib & 8u) << 28)); /* +-0.125 */
+                memcpy(q + 8 * l, &fdy_iq1_m_grid[(uint32_t)b->qs[k] | ((nib & 7u) << 8)], 8);
+                for (int j = 0; j < 8; j++) {
+                    delta[8 * l + j] = dk;
+                }
+            }
+            float *o = dst + 32 * g;
+            for (int j = 0; j < 32; j++) {
+                o[j] = dl[j] * ((float)q[j] + delta[j]);
             }
         }
         dst += FDY_IQ1_M_BLOCK_ELEMS;

@@ -576,15 +576,15 @@ static inline __attribute__((always_inline)) void iq1_s_rows(const void *src, fl
         for (int g = 0; g < 8; g++) {
             const uint32_t qh = b->qh[g];
             const float dl = d * (float)(2u * ((qh >> 12) & 7u) + 1u);
-            const float delta = (qh & 0x8000u) ? -0.125f : 0.125f;
+            const float delta = fdy_as_float(0x3e000000u | ((qh & 0x8000u) << 16)); /* +-0.125 */
+            int8_t q[32];
             for (int l = 0; l < 4; l++) {
-                int8_t gb[8];
                 const uint32_t idx = (uint32_t)b->qs[4 * g + l] | (((qh >> (3 * l)) & 7u) << 8);
-                memcpy(gb, &fdy_iq1_s_grid[idx], 8);
-                float *o = dst + 32 * g + 8 * l;
-                for (int j = 0; j < 8; j++) {
-                    o[j] = dl * ((float)gb[j] + delta);
-                }
+                memcpy(q + 8 * l, &fdy_iq1_s_grid[idx], 8);
+            }
+            float *o = dst + 32 * g;
+            for (int j = 0; j < 32; j++) {
+                o[j] = dl * ((float)q[j] + delta);
             }
         }
         dst += FDY_IQ1_S_BLOCK_ELEMS;

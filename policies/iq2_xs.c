@@ -193,12 +193,6 @@ FDY_FN void fdy_decode_iq2_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #ifdef FDY_HOST
 #include "policy.h"
 
-/* the 8 sign bits of s spread to bytes 0x00 / 0x80 (byte j <- bit j) */
-static inline uint64_t iq2_xs_sign_bytes(uint32_t s) {
-    const uint64_t t = ((uint64_t)s * 0x0101010101010101ull) & 0x8040201008040201ull;
-    return (((t & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | t) & 0x8080808080808080ull;
-}
-
 /* Whole rows: the decode arithmetic in the same order, written so that the compiler vectorizes
  * the 8-weight loop: grid bytes read in place (GGUF and the host are little endian) and the sign
  * applied as a flip of the sign bit (v * -1 == -v bit for bit, NaN payloads aside). */
@@ -207,21 +201,26 @@ static inline __attribute__((always_inline)) void iq2_xs_rows(const void *src, f
     const fdy_block_iq2_xs *b = (const fdy_block_iq2_xs *)src;
     for (int64_t i = 0; i < n / FDY_IQ2_XS_BLOCK_ELEMS; i++, b++) {
         const float d = fdy_half_to_float(b->d);
-        for (int s = 0; s < 16; s++) {
-            const uint32_t sc = ((uint32_t)b->scales[s >> 1] >> (4 * (s & 1))) & 0xfu;
-            const float db = d * (0.5f + (float)sc) * 0.25f;
-            for (int l = 0; l < 2; l++) {
-                uint8_t gb[8], sb[8];
-                const uint32_t q = b->qs[2 * s + l];
-                const uint64_t grid = fdy_iq2_xs_grid[q & 0x1ffu];
-                const uint64_t sign = iq2_xs_sign_bytes(fdy_iq2_xs_ksigns[q >> 9]);
-                memcpy(gb, &grid, 8);
-                memcpy(sb, &sign, 8);
-                float *o = dst + 16 * s + 8 * l;
-                for (int j = 0; j < 8; j++) {
-                    o[j] = fdy_as_float(fdy_float_bits(db * (float)gb[j]) ^
-                                        ((uint32_t)sb[j] << 24));
+        for (int g = 0; g < 8; g++) { /* two scale groups of 16: one 32-wide loop */
+            uint8_t q[32];
+            float db[32];
+            uint32_t sw = 0;
+            for (int h = 0; h < 2; h++) {
+                const uint32_t sc = ((uint32_t)b->scales[g] >> (4 * h)) & 0xfu;
+                const float dbh = d * (0.5f + (float)sc) * 0.25f;
+                for (int j = 0; j < 16; j++) {
+                    db[16 * h + j] = dbh;
                 }
+            }
+            for (int l = 0; l < 4; l++) {
+                const uint32_t qs = b->qs[4 * g + l];
+                memcpy(q + 8 * l, &fdy_iq2_xs_grid[qs & 0x1ffu], 8);
+                sw |= (uint32_t)fdy_iq2_xs_ksigns[qs >> 9] << (8 * l);
+            }
+            float *o = dst + 32 * g;
+            for (int j = 0; j < 32; j++) {
+                o[j] = fdy_as_float(fdy_float_bits(db[j] * (float)q[j]) ^
+                                    ((sw << (31 - j)) & 0x80000000u));
             }
         }
         dst += FDY_IQ2_XS_BLOCK_ELEMS;

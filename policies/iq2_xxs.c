@@ -129,12 +129,6 @@ FDY_FN void fdy_decode_iq2_xxs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREA
 #ifdef FDY_HOST
 #include "policy.h"
 
-/* the 8 sign bits of s spread to bytes 0x00 / 0x80 (byte j <- bit j) */
-static inline uint64_t iq2_xxs_sign_bytes(uint32_t s) {
-    const uint64_t t = ((uint64_t)s * 0x0101010101010101ull) & 0x8040201008040201ull;
-    return (((t & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | t) & 0x8080808080808080ull;
-}
-
 /* Whole rows: the decode arithmetic in the same order, written so that the compiler vectorizes
  * the 8-weight loop: grid bytes read in place (GGUF and the host are little endian) and the sign
  * applied as a flip of the sign bit (v * -1 == -v bit for bit, NaN payloads aside). */
@@ -147,18 +141,16 @@ static inline __attribute__((always_inline)) void iq2_xxs_rows(const void *src, 
             uint32_t aux[2];
             memcpy(aux, b->qs + 4 * g, 8);
             const float db = d * (0.5f + (float)(aux[1] >> 28)) * 0.25f;
+            uint8_t q[32];
+            uint32_t sw = 0;
             for (int l = 0; l < 4; l++) {
-                uint8_t gb[8], sb[8];
-                const uint64_t grid = fdy_iq2_xxs_grid[(aux[0] >> (8 * l)) & 0xffu];
-                const uint64_t sign =
-                    iq2_xxs_sign_bytes(fdy_iq2_xxs_ksigns[(aux[1] >> (7 * l)) & 0x7fu]);
-                memcpy(gb, &grid, 8);
-                memcpy(sb, &sign, 8);
-                float *o = dst + 32 * g + 8 * l;
-                for (int j = 0; j < 8; j++) {
-                    o[j] = fdy_as_float(fdy_float_bits(db * (float)gb[j]) ^
-                                        ((uint32_t)sb[j] << 24));
-                }
+                memcpy(q + 8 * l, &fdy_iq2_xxs_grid[(aux[0] >> (8 * l)) & 0xffu], 8);
+                sw |= (uint32_t)fdy_iq2_xxs_ksigns[(aux[1] >> (7 * l)) & 0x7fu] << (8 * l);
+            }
+            float *o = dst + 32 * g;
+            for (int j = 0; j < 32; j++) {
+                o[j] = fdy_as_float(fdy_float_bits(db * (float)q[j]) ^
+                                    ((sw << (31 - j)) & 0x80000000u));
             }
         }
         dst += FDY_IQ2_XXS_BLOCK_ELEMS;
