@@ -577,8 +577,11 @@ FDY_FN void fdy_decode_iq1_m(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 #ifdef FDY_HOST
 #include "policy.h"
 
-/* Whole rows: the decode arithmetic in the same order, written so that the compiler vectorizes
- * the 8-weight loop (grid bytes read in place: GGUF and the host are little endian). */
+/* Whole rows: the decode arithmetic in the same order, arranged so that the compiler
+ * vectorizes it.  The grid bytes of a 32-weight group are gathered first (GGUF and the host are
+ * little endian), then one 32-wide loop converts, offsets and scales.  The +-1/8 offset is built
+ * from its sign bit without a branch (the bits are as good as random to a branch predictor).
+ * The two 16-weight scale groups of a 32-weight group get a per-lane scale and offset. */
 static inline __attribute__((always_inline)) void iq1_m_rows(const void *src, float *dst,
                                                               int64_t n) {
     const fdy_block_iq1_m *b = (const fdy_block_iq1_m *)src;

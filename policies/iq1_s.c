@@ -566,8 +566,10 @@ FDY_FN void fdy_decode_iq1_s(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 #ifdef FDY_HOST
 #include "policy.h"
 
-/* Whole rows: the decode arithmetic in the same order, written so that the compiler vectorizes
- * the 8-weight loop (grid bytes read in place: GGUF and the host are little endian). */
+/* Whole rows: the decode arithmetic in the same order, arranged so that the compiler
+ * vectorizes it.  The grid bytes of a 32-weight group are gathered first (GGUF and the host are
+ * little endian), then one 32-wide loop converts, offsets and scales.  The +-1/8 offset is built
+ * from its sign bit without a branch (the bits are as good as random to a branch predictor). */
 static inline __attribute__((always_inline)) void iq1_s_rows(const void *src, float *dst,
                                                               int64_t n) {
     const fdy_block_iq1_s *b = (const fdy_block_iq1_s *)src;

@@ -193,16 +193,26 @@ FDY_FN void fdy_decode_iq2_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #ifdef FDY_HOST
 #include "policy.h"
 
-/* Whole rows: the decode arithmetic in the same order, written so that the compiler vectorizes
- * the 8-weight loop: grid bytes read in place (GGUF and the host are little endian) and the sign
- * applied as a flip of the sign bit (v * -1 == -v bit for bit, NaN payloads aside). */
+/* the 8 sign bits of s spread to bytes 0x00 / 0x80 (byte j <- bit j) */
+static inline uint64_t iq2_xs_sign_bytes(uint32_t s) {
+    const uint64_t t = ((uint64_t)s * 0x0101010101010101ull) & 0x8040201008040201ull;
+    return (((t & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | t) & 0x8080808080808080ull;
+}
+
+/* Whole rows: the decode arithmetic in the same order, arranged so that the compiler
+ * vectorizes it.  The grid bytes of a 32-weight group are gathered first (GGUF and the host are
+ * little endian), then one 32-wide loop converts, scales and applies each sign as a flip of the
+ * float's sign bit (v * -1 == -v bit for bit, NaN payloads aside).  With vshift the sign bit of
+ * lane j is shifted out of a 32-bit sign word (cheap with AVX2's per-lane shifts); without, the
+ * signs are first spread to one byte per weight (what plain SSE2 does well).
+ * The two 16-weight scale groups of a 32-weight group get a per-lane scale. */
 static inline __attribute__((always_inline)) void iq2_xs_rows(const void *src, float *dst,
-                                                               int64_t n) {
+                                                              int64_t n, int vshift) {
     const fdy_block_iq2_xs *b = (const fdy_block_iq2_xs *)src;
     for (int64_t i = 0; i < n / FDY_IQ2_XS_BLOCK_ELEMS; i++, b++) {
         const float d = fdy_half_to_float(b->d);
         for (int g = 0; g < 8; g++) { /* two scale groups of 16: one 32-wide loop */
-            uint8_t q[32];
+            uint8_t q[32], sg[32];
             float db[32];
             uint32_t sw = 0;
             for (int h = 0; h < 2; h++) {
@@ -217,10 +227,17 @@ static inline __attribute__((always_inline)) void iq2_xs_rows(const void *src, f
                 memcpy(q + 8 * l, &fdy_iq2_xs_grid[qs & 0x1ffu], 8);
                 sw |= (uint32_t)fdy_iq2_xs_ksigns[qs >> 9] << (8 * l);
             }
+            if (!vshift) {
+                for (int l = 0; l < 4; l++) {
+                    const uint64_t t = iq2_xs_sign_bytes((sw >> (8 * l)) & 0xffu);
+                    memcpy(sg + 8 * l, &t, 8);
+                }
+            }
             float *o = dst + 32 * g;
             for (int j = 0; j < 32; j++) {
-                o[j] = fdy_as_float(fdy_float_bits(db[j] * (float)q[j]) ^
-                                    ((sw << (31 - j)) & 0x80000000u));
+                const uint32_t m = vshift ? (sw << (31 - j)) & 0x80000000u
+                                          : (uint32_t)sg[j] << 24;
+                o[j] = fdy_as_float(fdy_float_bits(db[j] * (float)q[j]) ^ m);
             }
         }
         dst += FDY_IQ2_XS_BLOCK_ELEMS;
@@ -231,7 +248,7 @@ static inline __attribute__((always_inline)) void iq2_xs_rows(const void *src, f
 /* the same loops compiled for AVX2 (8 floats a vector), chosen at run time */
 __attribute__((target("avx2"))) static void iq2_xs_rows_avx2(const void *src, float *dst,
                                                              int64_t n) {
-    iq2_xs_rows(src, dst, n);
+    iq2_xs_rows(src, dst, n, 1);
 }
 #endif
 
@@ -242,7 +259,7 @@ static void iq2_xs_dequantize(const void *src, float *dst, int64_t n) {
         return;
     }
 #endif
-    iq2_xs_rows(src, dst, n);
+    iq2_xs_rows(src, dst, n, 0);
 }
 
 FDY_POLICY_DEFINE(iq2_xs, .block_elems = FDY_IQ2_XS_BLOCK_ELEMS,

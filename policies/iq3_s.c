@@ -120,11 +120,20 @@ FDY_FN void fdy_decode_iq3_s(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 #ifdef FDY_HOST
 #include "policy.h"
 
-/* Whole rows: the decode arithmetic in the same order, written so that the compiler vectorizes
- * the 8-weight loop: grid bytes read in place (GGUF and the host are little endian) and the sign
- * applied as a flip of the sign bit (v * -1 == -v bit for bit, NaN payloads aside). */
+/* the 8 sign bits of s spread to bytes 0x00 / 0x80 (byte j <- bit j) */
+static inline uint64_t iq3_s_sign_bytes(uint32_t s) {
+    const uint64_t t = ((uint64_t)s * 0x0101010101010101ull) & 0x8040201008040201ull;
+    return (((t & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | t) & 0x8080808080808080ull;
+}
+
+/* Whole rows: the decode arithmetic in the same order, arranged so that the compiler
+ * vectorizes it.  The grid bytes of a 32-weight group are gathered first (GGUF and the host are
+ * little endian), then one 32-wide loop converts, scales and applies each sign as a flip of the
+ * float's sign bit (v * -1 == -v bit for bit, NaN payloads aside).  With vshift the sign bit of
+ * lane j is shifted out of a 32-bit sign word (cheap with AVX2's per-lane shifts); without, the
+ * signs are first spread to one byte per weight (what plain SSE2 does well). */
 static inline __attribute__((always_inline)) void iq3_s_rows(const void *src, float *dst,
-                                                              int64_t n) {
+                                                             int64_t n, int vshift) {
     const fdy_block_iq3_s *b = (const fdy_block_iq3_s *)src;
     for (int64_t i = 0; i < n / FDY_IQ3_S_BLOCK_ELEMS; i++, b++) {
         const float d = fdy_half_to_float(b->d);
@@ -132,17 +141,24 @@ static inline __attribute__((always_inline)) void iq3_s_rows(const void *src, fl
             const uint32_t sc = ((uint32_t)b->scales[g >> 1] >> (4 * (g & 1))) & 0xfu;
             const float db = d * (float)(1u + 2u * sc);
             const uint32_t qh = b->qh[g];
-            uint8_t q[32];
+            uint8_t q[32], sg[32];
             uint32_t sw;
             for (int k = 0; k < 8; k++) {
                 const uint32_t idx = (uint32_t)b->qs[8 * g + k] | (((qh >> k) & 1u) << 8);
                 memcpy(q + 4 * k, &fdy_iq3_s_grid[idx], 4);
             }
             memcpy(&sw, b->signs + 4 * g, 4);
+            if (!vshift) {
+                for (int l = 0; l < 4; l++) {
+                    const uint64_t t = iq3_s_sign_bytes((sw >> (8 * l)) & 0xffu);
+                    memcpy(sg + 8 * l, &t, 8);
+                }
+            }
             float *o = dst + 32 * g;
             for (int j = 0; j < 32; j++) {
-                o[j] = fdy_as_float(fdy_float_bits(db * (float)q[j]) ^
-                                    ((sw << (31 - j)) & 0x80000000u));
+                const uint32_t m = vshift ? (sw << (31 - j)) & 0x80000000u
+                                          : (uint32_t)sg[j] << 24;
+                o[j] = fdy_as_float(fdy_float_bits(db * (float)q[j]) ^ m);
             }
         }
         dst += FDY_IQ3_S_BLOCK_ELEMS;
@@ -153,7 +169,7 @@ static inline __attribute__((always_inline)) void iq3_s_rows(const void *src, fl
 /* the same loops compiled for AVX2 (8 floats a vector), chosen at run time */
 __attribute__((target("avx2"))) static void iq3_s_rows_avx2(const void *src, float *dst,
                                                             int64_t n) {
-    iq3_s_rows(src, dst, n);
+    iq3_s_rows(src, dst, n, 1);
 }
 #endif
 
@@ -164,7 +180,7 @@ static void iq3_s_dequantize(const void *src, float *dst, int64_t n) {
         return;
     }
 #endif
-    iq3_s_rows(src, dst, n);
+    iq3_s_rows(src, dst, n, 0);
 }
 
 FDY_POLICY_DEFINE(iq3_s, .block_elems = FDY_IQ3_S_BLOCK_ELEMS,
