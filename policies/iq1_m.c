@@ -592,18 +592,19 @@ static inline __attribute__((always_inline)) void iq1_m_rows(const void *src, fl
             float dl[32], delta[32];
             const uint32_t word =
                 (uint32_t)b->scales[2 * (g >> 1)] | ((uint32_t)b->scales[2 * (g >> 1) + 1] << 8);
+            const uint32_t sc = word >> (6 * (g & 1));  /* the 3-bit scales 2g, 2g+1 */
+            const uint32_t qh = (uint32_t)b->qh[2 * g] | ((uint32_t)b->qh[2 * g + 1] << 8);
             for (int h = 0; h < 2; h++) {
-                const int s = 2 * g + h;
-                const float dlh = d * (float)(2u * ((word >> (3 * (s & 3))) & 7u) + 1u);
+                const float dlh = d * (float)(2u * ((sc >> (3 * h)) & 7u) + 1u);
                 for (int j = 0; j < 16; j++) {
                     dl[16 * h + j] = dlh;
                 }
             }
             for (int l = 0; l < 4; l++) {
-                const int k = 4 * g + l;
-                const uint32_t nib = ((uint32_t)b->qh[k >> 1] >> (4 * (k & 1))) & 0xfu;
+                const uint32_t nib = (qh >> (4 * l)) & 0xfu;
                 const float dk = fdy_as_float(0x3e000000u | ((nib & 8u) << 28)); /* +-0.125 */
-                memcpy(q + 8 * l, &fdy_iq1_m_grid[(uint32_t)b->qs[k] | ((nib & 7u) << 8)], 8);
+                memcpy(q + 8 * l, &fdy_iq1_m_grid[(uint32_t)b->qs[4 * g + l] | ((nib & 7u) << 8)],
+                       8);
                 for (int j = 0; j < 8; j++) {
                     delta[8 * l + j] = dk;
                 }
