@@ -29,12 +29,14 @@ class Policy:
     bits_per_weight : float    ``8 * block_bytes / block_elems``
     can_quantize : bool        False for dequantize-only formats
     is_gguf : bool             True when GGUF files can carry it
+    is_activation : bool       an activation format of the q8 variant (Q8_1, Q8_K)
     dot_type : str | None      activation format of the ``q8`` compute variant
     tolerances : dict          test tolerances (relative L2): roundtrip, f32, q8
     """
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
-                 "bits_per_weight", "can_quantize", "is_gguf", "dot_type", "tolerances")
+                 "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
+                 "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -45,6 +47,7 @@ class Policy:
         self.bits_per_weight = info["bits_per_weight"]
         self.can_quantize = info["can_quantize"]
         self.is_gguf = info["is_gguf"]
+        self.is_activation = info["is_activation"]
         self.dot_type = info["dot_type"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
                            "q8": info["tol_q8"]}

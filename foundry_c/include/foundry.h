@@ -66,6 +66,7 @@ int64_t fdy_policy_sub_elems(const fdy_policy *p);   /* elements one decode call
 double fdy_policy_bits_per_weight(const fdy_policy *p);
 int fdy_policy_can_quantize(const fdy_policy *p);
 int fdy_policy_is_gguf(const fdy_policy *p);
+int fdy_policy_is_activation(const fdy_policy *p); /* a q8-variant activation format */
 const char *fdy_policy_dot_type(const fdy_policy *p); /* activation format of the q8 variant */
 double fdy_policy_tolerance(const fdy_policy *p, const char *what);
 

@@ -56,6 +56,7 @@ int64_t fdy_policy_block_bytes(const fdy_policy *p) { return p->block_bytes; }
 int64_t fdy_policy_sub_elems(const fdy_policy *p) { return p->sub_elems; }
 int fdy_policy_can_quantize(const fdy_policy *p) { return p->quantize != NULL; }
 int fdy_policy_is_gguf(const fdy_policy *p) { return (p->flags & FDY_POLICY_GGUF) != 0; }
+int fdy_policy_is_activation(const fdy_policy *p) { return (p->flags & FDY_POLICY_ACT) != 0; }
 const char *fdy_policy_dot_type(const fdy_policy *p) { return p->dot_type; }
 
 double fdy_policy_bits_per_weight(const fdy_policy *p) {
