@@ -229,6 +229,52 @@ fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float ep
 /* out (M, K) = rows ids (M,) of table (V, K) */
 fdy_status fdy_embedding(const fdy_weight *table, const int32_t *ids, int64_t M, float *out);
 
+/* ---- model executor ----------------------------------------------------------------------
+ * A plan is a flat program of instructions over activation buffers (each (M, width) floats)
+ * and weights (views; norms, biases and rope frequency factors must be f32 rows).  It is built
+ * from a model spec by pyfoundry/model.py; fdy_model_forward runs it for M tokens. */
+
+typedef enum fdy_op {
+    FDY_I_EMBED = 1,   /* out = table[tokens]                                  weight */
+    FDY_I_RMSNORM = 2, /* out = rmsnorm(in0) * weight                        eps    */
+    FDY_I_MATMUL = 3,  /* out (+)= act(in0 @ weight.T + bias)                       */
+    FDY_I_ROPE = 4,    /* in0 rotated in place at the token positions               */
+    FDY_I_ATTN = 5,    /* k=in1, v=in2 stored in the layer's cache; out = attn(q=in0) */
+    FDY_I_SWIGLU = 6,  /* out = silu(in0) * in1                                     */
+    FDY_I_ADD = 7      /* out = in0 + in1                                           */
+} fdy_op;
+
+typedef struct fdy_instr {
+    int32_t op;
+    int32_t layer;       /* -1 outside the layers */
+    int32_t in0, in1, in2, out;
+    int32_t weight, bias, freq;  /* weight indices, -1 = none */
+    int32_t accumulate, act;
+    int32_t n_heads, n_kv_heads, head_dim, rot_dims, neox;
+    float eps, theta, scale;
+    int32_t capture;     /* capture slot, -1 = none */
+    int32_t tail;        /* runs on the last row only when only the last logits are asked */
+} fdy_instr;
+
+typedef struct fdy_model fdy_model;
+
+fdy_status fdy_model_create(const fdy_instr *prog, int32_t n_instr, const fdy_weight *weights,
+                            int32_t n_weights, const int64_t *widths, int32_t n_bufs,
+                            int32_t n_layers, int64_t kv_width, int64_t max_ctx,
+                            int32_t logits_buf, fdy_model **out);
+void fdy_model_free(fdy_model *m);
+/* run tokens (M,) at positions start_pos.. (start_pos <= n_past); captures[slot] receives
+ * (rows, width) floats for every instruction whose capture slot is non-NULL; logits receives
+ * (M or 1, vocab) */
+fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int64_t start_pos,
+                             int variant, float *const *captures, int32_t n_captures,
+                             int last_only, float *logits);
+fdy_status fdy_model_truncate(fdy_model *m, int64_t n_past);
+int64_t fdy_model_n_past(const fdy_model *m);
+int64_t fdy_model_kv_capacity(const fdy_model *m);
+int64_t fdy_model_max_context(const fdy_model *m);
+size_t fdy_model_kv_bytes(const fdy_model *m);
+
 #ifdef __cplusplus
 }
 #endif

@@ -30,5 +30,6 @@ PyObject *fdy_raise(fdy_module_state *st, fdy_status status);
 int fdy_init_policy_bindings(PyObject *module);
 int fdy_init_gguf_bindings(PyObject *module);
 int fdy_init_ops_bindings(PyObject *module);
+int fdy_init_model_bindings(PyObject *module);
 
 #endif

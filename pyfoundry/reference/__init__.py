@@ -4,3 +4,4 @@
 ``pyfoundry.reference.quants``: the formats GGUF lacks.
 """
 from . import quants, stages  # noqa: F401
+from .model import Model  # noqa: F401
