@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+import json
+from typing import List, Mapping, Optional, Sequence
+
 import numpy as np
 
 __all__ = ["compare", "Comparison"]
@@ -160,4 +163,183 @@ def compare(a, b, *, logits=False, k=5):
 
 
 # ---------------------------------------------------------------------------------------------
-# Layer-by-layer reports (``layerwise``) go here: a Comparison per stage of a forward pass.
+# Layer-by-layer reports: one row per (layer, intermediate) of a forward pass.
+
+METRICS = ("rel_l2", "max_abs", "cosine")
+
+
+class Row:
+    """One row of a :class:`Report`: the comparison of one intermediate of one layer."""
+
+    __slots__ = ("layer", "name", "rel_l2", "max_abs", "cosine", "shape")
+
+    def __init__(self, layer, name, c: Comparison):
+        self.layer, self.name = layer, name
+        self.rel_l2, self.max_abs, self.cosine = c.rel_l2, c.max_abs, c.cosine
+        self.shape = tuple(c.shape)
+
+    def as_dict(self):
+        return {"layer": self.layer, "name": self.name, "rel_l2": self.rel_l2,
+                "max_abs": self.max_abs, "cosine": self.cosine, "shape": list(self.shape)}
+
+
+class Report:
+    """A layer-by-layer drift report (see :func:`layerwise`).
+
+    ``rows``: list of :class:`Row` in forward order.  Renders as a text table (``str``), as
+    HTML in Jupyter (``_repr_html_``), as a plot (:meth:`plot`) and as JSON (:meth:`to_json`).
+    ``first_exceeding(threshold)`` gives the first layer where an error crosses a threshold.
+    ``logits``: the logits comparison (top-1/top-k/KL) when both traces hold logits.
+    """
+
+    def __init__(self, rows: List[Row], logits: Optional[Comparison] = None, title: str = ""):
+        self.rows = rows
+        self.logits = logits
+        self.title = title
+
+    # ---- queries ----
+    def names(self):
+        return list(dict.fromkeys(r.name for r in self.rows))
+
+    def layers(self):
+        return list(dict.fromkeys(r.layer for r in self.rows if r.layer is not None))
+
+    def first_exceeding(self, threshold: float, metric: str = "rel_l2",
+                        names: Optional[Sequence[str]] = None):
+        """The first row (in forward order) whose ``metric`` crosses ``threshold`` (for
+        cosine: falls below ``1 - threshold``), or None.  Returns the Row; ``row.layer`` is
+        the layer (None for global entries)."""
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+        for r in self.rows:
+            if names is not None and r.name not in names:
+                continue
+            v = getattr(r, metric)
+            bad = (v < 1 - threshold) if metric == "cosine" else (v > threshold)
+            if bad:
+                return r
+        return None
+
+    def first_layer_exceeding(self, threshold: float, metric: str = "rel_l2", names=None):
+        """The layer index of :meth:`first_exceeding` (None when no row crosses)."""
+        r = self.first_exceeding(threshold, metric, names)
+        return None if r is None else r.layer
+
+    # ---- renderings ----
+    def to_dict(self):
+        d = {"title": self.title, "rows": [r.as_dict() for r in self.rows]}
+        if self.logits is not None:
+            d["logits"] = self.logits.as_dict()
+        return d
+
+    def to_json(self, **kw) -> str:
+        def clean(o):
+            if isinstance(o, dict):
+                return {k: clean(v) for k, v in o.items()}
+            if isinstance(o, (list, tuple)):
+                return [clean(v) for v in o]
+            if isinstance(o, (np.floating, float)):
+                f = float(o)
+                return f if np.isfinite(f) else str(f)
+            if isinstance(o, np.integer):
+                return int(o)
+            return o
+        return json.dumps(clean(self.to_dict()), **kw)
+
+    def table(self) -> str:
+        lines = []
+        if self.title:
+            lines.append(self.title)
+        hdr = f"{'layer':>5}  {'intermediate':<14} {'rel L2':>10} {'max abs':>10} {'cosine':>12}"
+        lines += [hdr, "-" * len(hdr)]
+        for r in self.rows:
+            layer = "-" if r.layer is None else str(r.layer)
+            lines.append(f"{layer:>5}  {r.name:<14} {r.rel_l2:10.3e} {r.max_abs:10.3e} "
+                         f"{r.cosine:12.9f}")
+        if self.logits is not None and self.logits.has_logits:
+            c = self.logits
+            lines.append("")
+            lines.append(f"logits: top-1 agreement {c.top1_agreement:.4f}, top-{c.k} agreement "
+                         f"{c.topk_agreement:.4f}, KL(ref || run) {c.kl_divergence:.3e}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return f"<drift Report {len(self.rows)} rows, {len(self.layers())} layers>"
+
+    def _repr_html_(self) -> str:
+        import html
+        worst = max((r.rel_l2 for r in self.rows), default=0.0) or 1.0
+        out = [f"<div><b>{html.escape(self.title)}</b>" if self.title else "<div>",
+               "<table><thead><tr><th>layer</th><th>intermediate</th><th>rel L2</th>"
+               "<th>max abs</th><th>cosine</th></tr></thead><tbody>"]
+        for r in self.rows:
+            shade = 0 if not np.isfinite(r.rel_l2) else min(1.0, r.rel_l2 / worst)
+            bg = f"rgba(255,0,0,{0.35 * shade:.2f})"
+            layer = "-" if r.layer is None else r.layer
+            out.append(f"<tr><td>{layer}</td><td>{html.escape(r.name)}</td>"
+                       f"<td style='background:{bg}'>{r.rel_l2:.3e}</td><td>{r.max_abs:.3e}</td>"
+                       f"<td>{r.cosine:.9f}</td></tr>")
+        out.append("</tbody></table>")
+        if self.logits is not None and self.logits.has_logits:
+            c = self.logits
+            out.append(f"<p>logits: top-1 agreement {c.top1_agreement:.4f}, top-{c.k} "
+                       f"agreement {c.topk_agreement:.4f}, KL {c.kl_divergence:.3e}</p>")
+        out.append("</div>")
+        return "".join(out)
+
+    def plot(self, metric: str = "rel_l2", ax=None, path=None):
+        """Error against layer, one line per intermediate (matplotlib).  Returns the axes;
+        saves a PNG when ``path`` is given."""
+        import matplotlib
+        if ax is None and path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(9, 5))
+        for name in self.names():
+            pts = [(r.layer, getattr(r, metric)) for r in self.rows
+                   if r.name == name and r.layer is not None]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            y = np.array(ys, float)
+            if metric == "cosine":
+                y = 1 - y
+            ax.plot(xs, np.maximum(y, 1e-17), marker="o", ms=3, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("1 - cosine" if metric == "cosine" else metric.replace("_", " "))
+        if self.title:
+            ax.set_title(self.title)
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(True, which="both", alpha=0.3)
+        if path is not None:
+            ax.figure.tight_layout()
+            ax.figure.savefig(path, dpi=100)
+        return ax
+
+
+def layerwise(trace: Mapping, reference_trace: Mapping, title: str = "", k: int = 5) -> Report:
+    """Compare two traces (``{(layer, name): array}``, e.g. from ``Model.forward(...,
+    capture=...)`` and ``pyfoundry.reference.Model``) on their common keys, in the order of
+    ``trace``.  ``reference_trace`` is the reference (denominators of relative errors)."""
+    rows = []
+    logits = None
+    for key, a in trace.items():
+        if key not in reference_trace:
+            continue
+        b = reference_trace[key]
+        layer, name = key
+        c = compare(np.asarray(a), np.asarray(b))
+        rows.append(Row(layer, name, c))
+        if name == "logits":
+            vocab = np.shape(a)[-1]
+            logits = compare(np.asarray(a), np.asarray(b), logits=True, k=min(k, vocab))
+    if not rows:
+        raise ValueError("the traces have no intermediate in common")
+    return Report(rows, logits, title)

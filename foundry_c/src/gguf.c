@@ -475,9 +475,10 @@ static fdy_status parse(fdy_gguf *g) {
             return st;
         }
         t->type = type;
+        /* every registry format is readable: the GGUF ones and pyfoundry's own (ids >= 1000,
+         * which the writer emits for Int8 / NF4 tensors) */
         t->policy = fdy_policy_by_type(type);
-        if (!t->policy || !fdy_policy_is_gguf(t->policy)) {
-            t->policy = NULL;
+        if (!t->policy) {
             return fdy_fail_at(FDY_ERR_FORMAT, (int64_t)(c.pos - 4),
                                "tensor '%.*s' has unknown or unsupported type id %d", nl,
                                t->name.ptr, type);
