@@ -1,7 +1,9 @@
 """The ``pyfoundry`` command.
 
-  pyfoundry policies            the weight formats, their layout and measured round-trip error
-  pyfoundry info MODEL.gguf     architecture, key metadata, tensors, totals per format
+  pyfoundry parity [MODEL.gguf]  layer-by-layer drift of the C engine against the NumPy
+                                 reference (no model: a built-in synthetic one, no download)
+  pyfoundry info MODEL.gguf      architecture, key metadata, tensors, totals per format
+  pyfoundry policies             the weight formats, their layout and measured round-trip error
 """
 from __future__ import annotations
 
@@ -82,10 +84,96 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _prompt_tokens(f, text: str) -> List[int]:
+    """BOS + the prompt's UTF-8 bytes as the vocabulary's <0xXX> byte tokens."""
+    md = f.metadata
+    toks = md.get("tokenizer.ggml.tokens")
+    if not toks:
+        raise SystemExit("pyfoundry: this model has no vocabulary; use --tokens")
+    index = {t: i for i, t in enumerate(toks)}
+    ids = []
+    bos = md.get("tokenizer.ggml.bos_token_id")
+    if bos is not None:
+        ids.append(int(bos))
+    for b in text.encode("utf-8"):
+        t = f"<0x{b:02X}>"
+        if t not in index:
+            raise SystemExit("pyfoundry: the vocabulary has no byte tokens; use --tokens")
+        ids.append(index[t])
+    return ids
+
+
+def cmd_parity(args) -> int:
+    import contextlib
+    import tempfile
+
+    from . import drift
+    from .model import Model
+    from .reference.model import Model as RefModel
+    from .testing import synthetic_model
+
+    with contextlib.ExitStack() as stack:
+        if args.model is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            path = synthetic_model(f"{tmp}/synthetic-{args.arch}-{args.policy}.gguf",
+                                   arch=args.arch, policy=args.policy, n_layers=args.layers,
+                                   seed=args.seed)
+            label = f"synthetic {args.arch} ({args.layers} layers, dim 256), {args.policy}"
+        else:
+            path = args.model
+            label = args.model
+        model = Model(path, variant=args.variant)
+        if args.tokens:
+            tokens = [int(t) for t in args.tokens.replace(",", " ").split()]
+        else:
+            tokens = _prompt_tokens(model.file, args.prompt)
+        ref = RefModel(model.file, dtype=np.float64 if args.reference == "float64" else np.float32)
+        logits, trace = model.forward(tokens, capture="all")
+        _, ref_trace = ref.forward(tokens, capture="all", progress=not args.json)
+        title = (f"{label}: {args.variant} variant vs NumPy {args.reference} reference, "
+                 f"{len(tokens)} tokens")
+        report = drift.layerwise(trace, ref_trace, title=title)
+        if args.plot:
+            report.plot(path=args.plot)
+        if args.json:
+            print(report.to_json(indent=1))
+        else:
+            print(report.table())
+            row = report.first_exceeding(args.threshold)
+            print()
+            if row is None:
+                print(f"no intermediate exceeds relative L2 {args.threshold:g}")
+            else:
+                where = "global" if row.layer is None else f"layer {row.layer}"
+                print(f"first intermediate over relative L2 {args.threshold:g}: "
+                      f"{where}, {row.name} ({row.rel_l2:.3e})")
+            if args.plot:
+                print(f"plot written to {args.plot}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="pyfoundry", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("parity", help="layer-by-layer drift against the NumPy reference")
+    pp.add_argument("model", nargs="?", help="GGUF file (default: a synthetic model)")
+    g = pp.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default="Once upon a time, in a land far away,",
+                   help="text to run (encoded as BOS + byte tokens)")
+    g.add_argument("--tokens", help="token ids, comma or space separated")
+    pp.add_argument("--variant", choices=["f32", "q8"], default="f32")
+    pp.add_argument("--reference", choices=["float32", "float64"], default="float64")
+    pp.add_argument("--json", action="store_true", help="print the report as JSON")
+    pp.add_argument("--plot", metavar="FILE.png", help="save error-against-layer plot")
+    pp.add_argument("--threshold", type=float, default=1e-3,
+                    help="report the first intermediate whose relative L2 exceeds this")
+    pp.add_argument("--arch", choices=["llama", "qwen2"], default="llama",
+                    help="synthetic model architecture (no MODEL given)")
+    pp.add_argument("--policy", default="q4_k", help="synthetic model weight format")
+    pp.add_argument("--layers", type=int, default=4, help="synthetic model layers")
+    pp.add_argument("--seed", type=int, default=0, help="synthetic model seed")
+    pp.set_defaults(fn=cmd_parity)
     sp = sub.add_parser("policies", help="list the weight formats")
     sp.set_defaults(fn=cmd_policies)
     si = sub.add_parser("info", help="describe a GGUF file")

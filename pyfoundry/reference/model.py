@@ -57,7 +57,9 @@ class Model:
     def reset(self) -> None:
         self.n_past = 0
 
-    def forward(self, tokens, start_pos: Optional[int] = None, capture=None, logits="all"):
+    def forward(self, tokens, start_pos: Optional[int] = None, capture=None, logits="all",
+                progress: bool = False):
+        """As :meth:`pyfoundry.Model.forward`; ``progress`` shows a tqdm bar over layers."""
         from ..model import Trace, _tokens
         t = _tokens(tokens)
         start = self.n_past if start_pos is None else int(start_pos)
@@ -72,7 +74,19 @@ class Model:
         pos = np.arange(start, start + M)
         slots = set(self.plan.select_captures(capture))
         trace = Trace()
+        bar = None
+        if progress and self.n_layers > 1:
+            try:
+                from tqdm import tqdm
+                bar = tqdm(total=self.n_layers, desc=f"reference ({M} tokens)", unit="layer",
+                           leave=False)
+            except ImportError:
+                bar = None
+        last_layer = -1
         for ins in self.plan.instructions:
+            if bar is not None and ins["layer"] != last_layer and ins["layer"] > 0:
+                bar.update(1)
+            last_layer = ins["layer"]
             op = ins["op"]
             tail = last and ins["tail"]
             rows = slice(M - 1, M) if tail else slice(0, M)
@@ -123,6 +137,9 @@ class Model:
             if ins["capture"] in slots:
                 layer, name = self.plan.captures[ins["capture"]][:2]
                 trace[(layer, name)] = np.array(res, dt)
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+            bar.close()
         self.n_past = start + M
         out = bufs[self.plan.buffers[self.plan.logits_buffer][0]]
         out = out[M - 1] if last else out
