@@ -62,7 +62,7 @@ def synthetic_model(path: Union[str, os.PathLike], arch: str = "llama", policy="
     def mat(name, rows, cols, pol=p, scale=None):
         s = 1.0 / np.sqrt(cols) if scale is None else scale
         if not pol.can_quantize:  # dequantize-only formats: random blocks of moderate size
-            t = random_blocks(pol, rows, cols, rng, max_abs=4.0)
+            t = random_blocks(pol, rows, cols, rng, max_abs=3.0 * s)
             return Tensor(name, t.shape, pol, t.raw)
         return Tensor.from_numpy((rng.standard_normal((rows, cols)) * s).astype(np.float32),
                                  pol, name)

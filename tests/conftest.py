@@ -13,7 +13,7 @@ SHARED = ROOT.parent / "shared"
 TESTDATA = SHARED / "testdata"
 
 
-def testdata(name):
+def shared_file(name):
     p = TESTDATA / name
     if not p.exists():
         pytest.skip(f"{name} not available (../shared/testdata missing)")
@@ -22,12 +22,12 @@ def testdata(name):
 
 @pytest.fixture
 def stories_path():
-    return testdata("stories260K.gguf")
+    return shared_file("stories260K.gguf")
 
 
 @pytest.fixture
 def tiny_llama_path():
-    return testdata("llama-2-tiny-random.gguf")
+    return shared_file("llama-2-tiny-random.gguf")
 
 
 def gguf_qtype(p):
