@@ -117,3 +117,24 @@ def synthetic_model(path: Union[str, os.PathLike], arch: str = "llama", policy="
     types["tokenizer.ggml.token_type"] = "array[int32]"
     write_gguf(path, tensors, metadata=md, types=types)
     return os.fspath(path)
+
+
+def requantize_model(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], policy,
+                     min_elements: int = 0) -> str:
+    """Copy a GGUF model to ``dst`` with every 2-D weight matrix requantized to ``policy`` (rows
+    whose length the format cannot tile, and 1-D tensors such as norms, are kept as they are).
+    Metadata is copied unchanged."""
+    from .gguf import open as _open
+    p = _policy(policy)
+    with _open(src) as f:
+        out = []
+        for t in f.tensors.values():
+            if len(t.shape) == 2 and t.shape[1] % p.block_elems == 0 and t.size >= min_elements:
+                out.append(Tensor.from_numpy(t.dequantize(), p, t.name))
+            else:
+                out.append(t)
+        md = dict(f.metadata)
+        md.pop("general.file_type", None)
+        types = {k: v for k, v in f.metadata_types.items() if k in md}
+        write_gguf(dst, out, metadata=md, types=types)
+    return os.fspath(dst)

@@ -72,10 +72,48 @@ FUSED = [
 ]
 
 
+LAYERWISE = [
+    ("md", "# Layer-by-layer drift of a whole model\n\n"
+           "Opens SmolLM2-135M-Instruct (Q4_1) when it can be fetched, else a synthetic llama-shaped "
+           "model, runs a prompt through the C engine (both compute variants) and through the "
+           "NumPy float64 reference, and shows where the error starts and how it grows."),
+    ("code", "import pathlib, subprocess, tempfile\nimport numpy as np\nimport matplotlib\n"
+             "matplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport pyfoundry as pf\n\n"
+             "def find_model():\n"
+             "    for base in (pathlib.Path('../../shared'), pathlib.Path('../shared')):\n"
+             "        script = base / 'tools' / 'fetch-model.sh'\n"
+             "        if script.exists():\n"
+             "            r = subprocess.run(['bash', str(script), 'smollm2'], capture_output=True, text=True)\n"
+             "            if r.returncode == 0 and r.stdout.strip():\n"
+             "                return r.stdout.strip().splitlines()[-1], 'SmolLM2-135M-Instruct Q4_1'\n"
+             "    tmp = tempfile.mkdtemp()\n"
+             "    return pf.testing.synthetic_model(tmp + '/synthetic.gguf', 'llama', 'q4_k', n_layers=6), 'synthetic llama q4_k'\n\n"
+             "path, label = find_model()\n"
+             "model = pf.Model(path, variant='f32')\n"
+             "print(label, model)"),
+    ("code", "tokens = [1] + list(np.random.default_rng(0).integers(3, model.vocab_size, 15))\n"
+             "ref = pf.reference.Model(model.file, dtype=np.float64)\n"
+             "_, ref_trace = ref.forward(tokens, capture='all')\n"
+             "_, trace = model.forward(tokens, capture='all')\n"
+             "report = pf.drift.layerwise(trace, ref_trace, title=f'{label}: f32 vs float64 reference')\n"
+             "report"),
+    ("code", "q8 = pf.Model(model.file, variant='q8')\n"
+             "_, trace_q8 = q8.forward(tokens, capture='all')\n"
+             "report_q8 = pf.drift.layerwise(trace_q8, ref_trace, title=f'{label}: q8 vs float64 reference')\n"
+             "print(report_q8.table())\n"
+             "print('first layer over 1e-2:', report_q8.first_layer_exceeding(1e-2))"),
+    ("code", "fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)\n"
+             "report.plot(ax=axes[0]); report_q8.plot(ax=axes[1])\n"
+             "fig.tight_layout(); fig.savefig('layerwise_drift.png', dpi=70)\n"
+             "assert report.logits.top1_agreement == 1.0"),
+]
+
+
 def main():
     out = ROOT / "notebooks"
     out.mkdir(exist_ok=True)
     nbf.write(notebook(FUSED), out / "fused_rmsnorm_gemv.ipynb")
+    nbf.write(notebook(LAYERWISE), out / "layerwise_drift.ipynb")
 
 
 if __name__ == "__main__":

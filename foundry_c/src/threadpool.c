@@ -198,12 +198,16 @@ void fdy_parallel(fdy_task_fn fn, void *ctx, int64_t n_tasks) {
         pthread_mutex_unlock(&p->lock);
     }
     run_tasks(p, 0);
-    while (atomic_load_explicit(&p->active, memory_order_acquire) > 0) {
+    /* wait for the workers: spin briefly, then yield so a descheduled worker can finish
+     * (on a loaded machine, spinning for it would only burn its time slice) */
+    for (int spins = 0; atomic_load_explicit(&p->active, memory_order_acquire) > 0; spins++) {
+        if (spins < 2000) {
 #if defined(__x86_64__)
-        __builtin_ia32_pause();
-#else
-        sched_yield();
+            __builtin_ia32_pause();
 #endif
+        } else {
+            sched_yield();
+        }
     }
     pthread_mutex_unlock(&p->run_lock);
 }
