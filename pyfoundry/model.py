@@ -346,12 +346,34 @@ class Model:
         if ctx <= 0:
             raise ShapeError("context_length must be positive")
         self.context_length = ctx
+        self._ctx = ctx
+        self._core = self._new_core()
+
+    def _new_core(self):
         widths = [w for _, w in sorted(self.plan.buffers.values())]
-        self._core = _core.Model(self.plan.program().tobytes(), self.plan.core_weights(), widths,
-                                 self.n_layers, self.plan.kv_width, ctx,
-                                 self.plan.buffers[self.plan.logits_buffer][0],
-                                 len(self.plan.captures))
-        self._tokenizer = None
+        return _core.Model(self.plan.program().tobytes(), self.plan.core_weights(), widths,
+                           self.n_layers, self.plan.kv_width, self._ctx,
+                           self.plan.buffers[self.plan.logits_buffer][0],
+                           len(self.plan.captures))
+
+    def _new_executor(self) -> "Model":
+        """A Model sharing this one's file and plan with a KV cache of its own."""
+        m = object.__new__(Model)
+        m.__dict__.update(self.__dict__)
+        m._core = self._new_core()
+        return m
+
+    @property
+    def tokenizer(self):
+        """The tokenizer built from the file's metadata (see :class:`pyfoundry.Tokenizer`)."""
+        return self.file.tokenizer
+
+    def session(self, sampler=None, chat_template: Optional[str] = None,
+                system: Optional[str] = None):
+        """A generation / chat session with its own KV cache (see :mod:`pyfoundry.session`).
+        ``chat_template`` overrides the file's template (source text)."""
+        from .session import Session
+        return Session(self, sampler=sampler, chat_template=chat_template, system=system)
 
     @property
     def capture_names(self) -> List[str]:
