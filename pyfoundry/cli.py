@@ -2,6 +2,8 @@
 
   pyfoundry parity [MODEL.gguf]  layer-by-layer drift of the C engine against the NumPy
                                  reference (no model: a built-in synthetic one, no download)
+  pyfoundry generate MODEL -p T  generate text (greedy with --temp 0, llama.cpp-style sampling)
+  pyfoundry chat MODEL           interactive multi-turn chat (streams; /reset, /quit)
   pyfoundry info MODEL.gguf      architecture, key metadata, tensors, totals per format
   pyfoundry policies             the weight formats, their layout and measured round-trip error
 """
@@ -152,6 +154,130 @@ def cmd_parity(args) -> int:
     return 0
 
 
+def _sampler(args):
+    from .sampler import Sampler
+    return Sampler(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                   repeat_penalty=args.repeat_penalty, presence_penalty=args.presence_penalty,
+                   frequency_penalty=args.frequency_penalty, penalty_last_n=args.repeat_last_n,
+                   seed=args.seed)
+
+
+def _load_model(args):
+    from . import set_num_threads
+    from .model import Model
+    if args.threads:
+        set_num_threads(args.threads)
+    return Model(args.model, variant=args.variant,
+                 context_length=args.ctx if args.ctx else None)
+
+
+def _speed(stats) -> str:
+    pre = stats["prefill_tokens"] / stats["prefill_seconds"] if stats["prefill_seconds"] else 0
+    dec = stats["decode_tokens"] / stats["decode_seconds"] if stats["decode_seconds"] else 0
+    return (f"prefill {stats['prefill_tokens']} tokens, {pre:.1f} tok/s; decode "
+            f"{stats['decode_tokens']} tokens, {dec:.1f} tok/s")
+
+
+def cmd_generate(args) -> int:
+    import json as _json
+    model = _load_model(args)
+    sess = model.session(sampler=_sampler(args))
+    pieces = []
+    for piece in sess.generate(args.prompt, max_tokens=args.n, stop=args.stop or ()):
+        pieces.append(piece)
+        if not args.json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if args.json:
+        st = sess.stats
+        print(_json.dumps({"prompt": args.prompt, "text": "".join(pieces),
+                           "tokens": sess.tokens, "stop_reason": sess.stop_reason,
+                           "seed": sess.sampler.seed,
+                           "prefill_tokens": st["prefill_tokens"],
+                           "prefill_seconds": st["prefill_seconds"],
+                           "decode_tokens": st["decode_tokens"],
+                           "decode_seconds": st["decode_seconds"]}, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        if args.verbose:
+            print(f"[{sess.stop_reason}] {_speed(sess.stats)}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    model = _load_model(args)
+    template = None
+    if args.chat_template:
+        with open(args.chat_template, encoding="utf-8") as f:
+            template = f.read()
+    sess = model.session(sampler=_sampler(args), chat_template=template, system=args.system)
+    interactive = sys.stdin.isatty()
+
+    def turn(text):
+        try:
+            for piece in sess.chat(text, max_tokens=args.n):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sess.stop_reason = "interrupted"
+        sys.stdout.write("\n")
+        if sess.stop_reason in ("context", "interrupted"):
+            print(f"[{sess.stop_reason}]" + (": the context is full; /reset to start over"
+                                             if sess.stop_reason == "context" else ""),
+                  file=sys.stderr)
+        sys.stdout.flush()
+
+    for p in args.prompt or []:
+        print(f"> {p}")
+        turn(p)
+    while True:
+        try:
+            if interactive:
+                line = input("> ")
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    break
+                line = line.rstrip("\n")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print()
+            continue
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd == "/quit":
+            break
+        if cmd == "/reset":
+            sess.reset()
+            print("[conversation reset]")
+            continue
+        if not interactive:
+            print(f"> {line}")
+        turn(line)
+    if args.verbose:
+        print(_speed(sess.stats), file=sys.stderr)
+    return 0
+
+
+def _add_sampling(p):
+    p.add_argument("-n", type=int, default=None, help="maximum tokens to generate")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0: greedy)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--variant", choices=["f32", "q8"], default="q8")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--verbose", action="store_true", help="print prefill/decode tok/s")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="pyfoundry", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +300,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     pp.add_argument("--layers", type=int, default=4, help="synthetic model layers")
     pp.add_argument("--seed", type=int, default=0, help="synthetic model seed")
     pp.set_defaults(fn=cmd_parity)
+    pg = sub.add_parser("generate", help="generate text from a prompt")
+    pg.add_argument("model")
+    pg.add_argument("-p", "--prompt", default="")
+    pg.add_argument("--stop", action="append", help="stop string (repeatable)")
+    pg.add_argument("--json", action="store_true")
+    _add_sampling(pg)
+    pg.set_defaults(fn=cmd_generate, n_default=128)
+    pc = sub.add_parser("chat", help="interactive multi-turn chat")
+    pc.add_argument("model")
+    pc.add_argument("--prompt", action="append", help="a scripted user turn (repeatable)")
+    pc.add_argument("--system", default=None, help="system message")
+    pc.add_argument("--chat-template", metavar="FILE", help="jinja2 template overriding the file's")
+    _add_sampling(pc)
+    pc.set_defaults(fn=cmd_chat, n_default=512)
     sp = sub.add_parser("policies", help="list the weight formats")
     sp.set_defaults(fn=cmd_policies)
     si = sub.add_parser("info", help="describe a GGUF file")
@@ -182,6 +322,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also print the long tokenizer arrays")
     si.set_defaults(fn=cmd_info)
     args = ap.parse_args(argv)
+    if getattr(args, "n_default", None) is not None and args.n is None:
+        args.n = args.n_default
     from ._errors import FoundryError
     try:
         return args.fn(args)
