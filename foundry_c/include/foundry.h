@@ -275,6 +275,64 @@ int64_t fdy_model_kv_capacity(const fdy_model *m);
 int64_t fdy_model_max_context(const fdy_model *m);
 size_t fdy_model_kv_bytes(const fdy_model *m);
 
+/* ---- sampler -----------------------------------------------------------------------------
+ * Picks the next token from one row of logits (vocab,).  The chain, in llama.cpp's default
+ * order (each step sees only the tokens the previous steps kept; removed tokens get
+ * probability 0):
+ *
+ *   penalties  over the window W = the last penalty_last_n accepted tokens (0: none, -1: the
+ *              whole history; ids >= vocab are ignored).  For each distinct token t in W with
+ *              c = its count in W: logit /= repeat_penalty when logit > 0, else
+ *              logit *= repeat_penalty; then logit -= c * frequency_penalty + presence_penalty.
+ *   greedy     temperature == 0: the argmax of the penalized logits (ties: the lowest id);
+ *              the distribution is one-hot and no random number is drawn.
+ *   top-k      (top_k > 0) keep the k largest logits, ties broken by the lower id.
+ *   top-p      (top_p < 1) p = softmax of the kept logits (temperature 1); sort by logit
+ *              descending, ties by lower id; keep the smallest prefix whose sum of p is
+ *              >= top_p (at least one token).
+ *   min-p      (min_p > 0) p as above over the tokens still kept; keep p >= min_p * max(p).
+ *   temperature + softmax: p = softmax(logit / temperature) over the kept tokens.
+ *   draw       u = the next uniform double in [0, 1) of the sampler's own generator
+ *              (splitmix64 seeded with `seed`; no libc randomness); the token is the lowest id
+ *              whose cumulative probability, summed in id order, exceeds u.  One u per draw.
+ *
+ * Logits may hold -inf (a banned token) but not NaN or +inf, and not only -inf.  Arithmetic
+ * is in double.  A sampler is not thread-safe: one caller at a time. */
+
+typedef struct fdy_sampler_params {
+    double temperature;       /* >= 0; 0 = greedy */
+    int32_t top_k;            /* >= 0; 0 = off */
+    double top_p;             /* in (0, 1]; 1 = off */
+    double min_p;             /* in [0, 1]; 0 = off */
+    double repeat_penalty;    /* > 0; 1 = off */
+    double presence_penalty;  /* finite; 0 = off */
+    double frequency_penalty; /* finite; 0 = off */
+    int32_t penalty_last_n;   /* >= -1; 0 = no penalties, -1 = the whole history */
+    uint64_t seed;
+} fdy_sampler_params;
+
+typedef struct fdy_sampler fdy_sampler;
+
+/* temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalties (window 64), seed 0 */
+fdy_sampler_params fdy_sampler_default_params(void);
+/* FDY_ERR_INVALID naming the first parameter out of range */
+fdy_status fdy_sampler_new(const fdy_sampler_params *params, fdy_sampler **out);
+void fdy_sampler_free(fdy_sampler *s);
+const fdy_sampler_params *fdy_sampler_get_params(const fdy_sampler *s);
+/* record a token (>= 0) the caller appended to the sequence */
+fdy_status fdy_sampler_accept(fdy_sampler *s, int32_t token);
+/* forget the history and restart the generator from the seed */
+void fdy_sampler_reset(fdy_sampler *s);
+int64_t fdy_sampler_n_history(const fdy_sampler *s);
+/* the accepted tokens, oldest first; valid until the next accept, reset or free */
+const int32_t *fdy_sampler_history(const fdy_sampler *s);
+/* draw a token from logits (vocab,); does not accept it */
+fdy_status fdy_sampler_sample(fdy_sampler *s, const float *logits, int64_t vocab,
+                              int32_t *token);
+/* the distribution sample() draws from: probs_out (vocab,) (no draw, generator untouched) */
+fdy_status fdy_sampler_probs(fdy_sampler *s, const float *logits, int64_t vocab,
+                             float *probs_out);
+
 #ifdef __cplusplus
 }
 #endif
