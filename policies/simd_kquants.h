@@ -1,0 +1,148 @@
+/* simd_kquants.h - host-only helpers of the integer dot kernels (vec_dot) of the policies
+ * whose dot_type is Q8_K: q2_k ... q6_k, q8_k, iq4_xs, tq1_0, tq2_0.  Include only inside
+ * `#ifdef FDY_HOST`, after policy.h.
+ *
+ * A vec_dot takes one weight row of n weights and one activation row of n values in Q8_K
+ * blocks (fdy_kq_act below).  Per 256-element super-block it forms the exact integer sums of
+ * code products per sub-block, applies the integer sub-block scales, and combines the
+ * result with the float super-scales (and, for formats with mins, the bsums-based min term)
+ * in float, as llama.cpp's ggml_vec_dot_<w>_q8_K do.  Every tier gives the same integer sums
+ * for activations from the Q8_K quantizer; the float combination differs only by rounding.
+ *
+ * Tiers, chosen per call by fdy_kq_tier():
+ *   FDY_KQ_AVX512VNNI  AVX-512 (F+BW+VL+DQ) with vpdpbusd / vpdpwssd
+ *   FDY_KQ_AVX512      AVX-512 with vpmaddubsw / vpmaddwd in their place
+ *   FDY_KQ_AVX2        AVX2 + FMA
+ *   FDY_KQ_PORTABLE    plain C (every other processor)
+ * The x86 functions carry their own target attributes (no global -m flags).  The two AVX-512
+ * kernels of a format share one always-inline body with a constant `vnni` argument; the VNNI
+ * instructions are written as inline assembly there, because an intrinsic would need the VNNI
+ * target on the shared body itself.
+ *
+ * Saturation: vpmaddubsw adds two u8 x s8 products in int16 with saturation.  The kernels only
+ * feed it unsigned codes small enough (at most 63, or magnitudes <= 128 against activations
+ * of magnitude <= 127) that no sum of two products can leave int16 for any byte pattern of
+ * the weights; where a kernel needs the sign trick (|w| against sign(w) * a) an activation
+ * byte of -128, which the quantizer never writes, gives a defined but inexact result.
+ */
+#ifndef FDY_SIMD_KQUANTS_H
+#define FDY_SIMD_KQUANTS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "policy.h"
+
+/* one Q8_K activation block (the layout of policies/q8_k.c) */
+typedef struct fdy_kq_act {
+    float d;
+    int8_t qs[256];
+    int16_t bsums[16];
+} fdy_kq_act;
+
+enum { FDY_KQ_PORTABLE = 0, FDY_KQ_AVX2 = 1, FDY_KQ_AVX512 = 2, FDY_KQ_AVX512VNNI = 3 };
+
+static inline int fdy_kq_tier(void) {
+#if defined(__x86_64__)
+    const uint32_t f = fdy_cpu_features_enabled();
+    if (f & FDY_CPU_AVX512) {
+        return (f & FDY_CPU_AVX512VNNI) ? FDY_KQ_AVX512VNNI : FDY_KQ_AVX512;
+    }
+    if ((f & FDY_CPU_AVX2) && (f & FDY_CPU_FMA)) {
+        return FDY_KQ_AVX2;
+    }
+#endif
+    return FDY_KQ_PORTABLE;
+}
+
+/* The 12-byte packing of eight 6-bit scales and mins of q4_k / q5_k unpacked with 32-bit word
+ * operations (little-endian, x86 only): bytes 0..7 of u = scales 0..7, bytes 8..15 = mins. */
+static inline void fdy_kq_unpack_scale_min(const uint8_t *q, uint32_t u[4]) {
+    const uint32_t k1 = 0x3f3f3f3fu, k2 = 0x0f0f0f0fu, k3 = 0x03030303u;
+    memcpy(u, q, 12);
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    const uint32_t m = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = m;
+    u[0] &= k1;
+}
+
+/* The 12-byte packing of the sixteen 6-bit scales of q3_k unpacked with 32-bit word operations
+ * (little-endian, x86 only): byte g of u = scale g + 32 (0..63). */
+static inline void fdy_kq_unpack_q3_k_scales(const uint8_t *q, uint32_t u[4]) {
+    const uint32_t k1 = 0x03030303u, k2 = 0x0f0f0f0fu;
+    uint32_t aux[3];
+    memcpy(aux, q, 12);
+    u[0] = (aux[0] & k2) | ((aux[2] & k1) << 4);
+    u[1] = (aux[1] & k2) | (((aux[2] >> 2) & k1) << 4);
+    u[2] = ((aux[0] >> 4) & k2) | (((aux[2] >> 4) & k1) << 4);
+    u[3] = ((aux[1] >> 4) & k2) | (((aux[2] >> 6) & k1) << 4);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define FDY_KQ_AVX2_TARGET "avx2,fma"
+#define FDY_KQ_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define FDY_KQ_AVX512VNNI_TARGET FDY_KQ_AVX512_TARGET ",avx512vnni"
+
+/* shared AVX-512 bodies and their helpers */
+#define FDY_KQ_BODY512 static inline __attribute__((always_inline, target(FDY_KQ_AVX512_TARGET)))
+
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline float fdy_kq_hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* acc + (sums of adjacent int16 products of a and b): vpdpwssd, or vpmaddwd + vpaddd */
+FDY_KQ_BODY512 __m512i fdy_kq_dpwssd(__m512i acc, __m512i a, __m512i b, const int vnni) {
+    if (vnni) {
+        __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+        return acc;
+    }
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+}
+
+/* acc + (sums of four adjacent u8 x s8 products of u and s): vpdpbusd, or vpmaddubsw +
+ * vpmaddwd + vpaddd.  The fallback is exact only for u <= 127 with s >= -128 (no int16
+ * saturation), which every caller guarantees (codes of at most 63). */
+FDY_KQ_BODY512 __m512i fdy_kq_dpbusd_small(__m512i acc, __m512i u, __m512i s, const int vnni) {
+    if (vnni) {
+        __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+        return acc;
+    }
+    return _mm512_add_epi32(acc,
+                            _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
+
+/* the two AVX-512 entry points of format `name` from its body name##_body512(w, a, n, vnni) */
+#define FDY_KQ_AVX512_ENTRIES(name)                                                          \
+    __attribute__((target(FDY_KQ_AVX512_TARGET))) static float name##_avx512(                \
+        const void *w, const void *a, int64_t n) {                                           \
+        return name##_body512(w, a, n, 0);                                                   \
+    }                                                                                        \
+    __attribute__((target(FDY_KQ_AVX512VNNI_TARGET))) static float name##_avx512vnni(        \
+        const void *w, const void *a, int64_t n) {                                           \
+        return name##_body512(w, a, n, 1);                                                   \
+    }
+
+/* the run-time dispatcher `name` over name##_avx512vnni, _avx512, _avx2 and _portable */
+#define FDY_KQ_DISPATCH(name)                                                                \
+    static float name(const void *w, const void *a, int64_t n) {                             \
+        switch (fdy_kq_tier()) {                                                             \
+        case FDY_KQ_AVX512VNNI: return name##_avx512vnni(w, a, n);                            \
+        case FDY_KQ_AVX512: return name##_avx512(w, a, n);                                    \
+        case FDY_KQ_AVX2: return name##_avx2(w, a, n);                                        \
+        default: return name##_portable(w, a, n);                                            \
+        }                                                                                    \
+    }
+#else
+#define FDY_KQ_DISPATCH(name)                                                                \
+    static float name(const void *w, const void *a, int64_t n) {                             \
+        return name##_portable(w, a, n);                                                     \
+    }
+#endif
+
+#endif
