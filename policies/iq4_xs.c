@@ -145,11 +145,23 @@ static float iq4_xs_vec_dot_portable(const void *w, const void *a, int64_t n) {
 }
 
 #if defined(__x86_64__)
-/* the 8 group scales (ls - 32) as int16 */
-static inline void iq4_xs_scales16(const fdy_block_iq4_xs *b, int16_t ls[8]) {
-    for (int g = 0; g < 8; g++) {
-        ls[g] = (int16_t)fdy_iq4_xs_scale(b, g);
-    }
+/* the 8 group scales ls - 32 as int16, from the first 16 bytes of the block */
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i iq4_xs_scales16(
+    const fdy_block_iq4_xs *b) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)b); /* d, scales_h, scales_l, qs... */
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m128i sl = _mm_srli_si128(v, 4);
+    /* low nibbles: byte g = nibble g % 2 of scales_l[g / 2] */
+    const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(sl, m4),
+                                         _mm_and_si128(_mm_srli_epi16(sl, 4), m4));
+    /* bits 2g..2g+1 of scales_h: byte g / 4 of it, moved to bits 6-7 by a multiply */
+    const __m128i hb = _mm_cvtepu8_epi16(
+        _mm_shuffle_epi8(v, _mm_setr_epi8(2, 2, 2, 2, 3, 3, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1)));
+    const __m128i hi = _mm_and_si128(
+        _mm_srli_epi16(_mm_mullo_epi16(hb, _mm_setr_epi16(64, 16, 4, 1, 64, 16, 4, 1)), 6),
+        _mm_set1_epi16(3));
+    return _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)),
+                         _mm_set1_epi16(32));
 }
 
 __attribute__((target(FDY_KQ_AVX2_TARGET))) static float iq4_xs_vec_dot_avx2(const void *w,
@@ -157,23 +169,29 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float iq4_xs_vec_dot_avx2(con
                                                                            int64_t n) {
     const fdy_block_iq4_xs *x = (const fdy_block_iq4_xs *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
-    const __m128i m4 = _mm_set1_epi8(0xF);
-    const __m128i grid = _mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid);
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid));
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        int16_t ls[8];
-        iq4_xs_scales16(&x[i], ls);
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m256i sc = _mm256_broadcastsi128_si256(iq4_xs_scales16(&x[i]));
         __m256i sumi = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const __m128i q4 = _mm_loadu_si128((const __m128i *)(x[i].qs + 16 * g));
-            /* [grid of the low nibbles | grid of the high nibbles]: elements 32g .. 32g+31 */
-            const __m256i v = _mm256_set_m128i(
-                _mm_shuffle_epi8(grid, _mm_and_si128(_mm_srli_epi16(q4, 4), m4)),
-                _mm_shuffle_epi8(grid, _mm_and_si128(q4, m4)));
-            const __m256i a8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * g));
-            const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(a8, v));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls[g])));
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++) {
+            /* groups 2j, 2j+1 as [low nibbles | high nibbles]: elements 64j .. 64j+63 */
+            const __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(q4, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            const __m256i v0 = _mm256_shuffle_epi8(grid, _mm256_permute2x128_si256(lo, hi, 0x20));
+            const __m256i v1 = _mm256_shuffle_epi8(grid, _mm256_permute2x128_si256(lo, hi, 0x31));
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(v0), _mm256_sign_epi8(a0, v0));
+            const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(v1), _mm256_sign_epi8(a1, v1));
+            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
+            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p0, s0),
+                                                           _mm256_madd_epi16(p1, s1)));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -201,11 +219,10 @@ FDY_KQ_BODY512 float iq4_xs_vec_dot_body512(const void *w, const void *a, int64_
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        int16_t ls[8];
-        iq4_xs_scales16(&x[i], ls);
-        const __m512i sc = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)ls));
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m512i sc = _mm512_broadcast_i32x4(iq4_xs_scales16(&x[i]));
         __m512i sumi = _mm512_setzero_si512();
+        #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             /* groups 2j, 2j+1: 128-bit lanes [2j low | 2j high | 2j+1 low | 2j+1 high] */
             const __m512i q2 = _mm512_castsi256_si512(

@@ -145,26 +145,24 @@ static void q2_k_quantize(const float *src, void *dst, int64_t n) {
 static float q2_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_q2_k *x = (const fdy_block_q2_k *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        int32_t sumi = 0, summ = 0;
+        int32_t summ = 0;
         for (int g = 0; g < 16; g++) {
             summ += (x[i].scales[g] >> 4) * y[i].bsums[g];
         }
         for (int h = 0; h < 2; h++) {
             for (int k = 0; k < 4; k++) {
-                const uint8_t *q = x[i].qs + 32 * h;
-                const int8_t *q8 = y[i].qs + 128 * h + 32 * k;
                 for (int t = 0; t < 2; t++) {
-                    int32_t s = 0;
+                    const int s = x[i].scales[8 * h + 2 * k + t] & 0xF;
                     for (int l = 16 * t; l < 16 * t + 16; l++) {
-                        s += ((q[l] >> (2 * k)) & 3) * q8[l];
+                        q[128 * h + 32 * k + l] = (int16_t)(((x[i].qs[32 * h + l] >> (2 * k)) & 3) * s);
                     }
-                    sumi += (x[i].scales[8 * h + 2 * k + t] & 0xF) * s;
                 }
             }
         }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
         sum -= y[i].d * fdy_half_to_float(x[i].dmin) * (float)summ;
     }
     return sum;
@@ -186,8 +184,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q2_k_vec_dot_avx2(const
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        const float dmin = y[i].d * fdy_half_to_float(x[i].dmin);
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
         const __m128i s8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
         const __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
@@ -195,10 +193,12 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q2_k_vec_dot_avx2(const
         accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16)),
                                accm);
         __m256i sumi = _mm256_setzero_si256();
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             const __m256i sc = _mm256_broadcastsi128_si256(
                 h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
             const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 const __m256i uq = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
                 const __m256i a8 =
@@ -232,8 +232,8 @@ FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        const float dmin = y[i].d * fdy_half_to_float(x[i].dmin);
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
         const __m128i s8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
         const __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
@@ -242,9 +242,11 @@ FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t 
                                accm);
         const __m512i scz = _mm512_castsi256_si512(sc16);
         __m512i sumi = _mm512_setzero_si512();
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             const __m512i qv =
                 _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h)));
+            #pragma GCC unroll 8
             for (int t = 0; t < 2; t++) {
                 const int c = 2 * h + t;
                 const __m512i uq = _mm512_and_si512(_mm512_srlv_epi16(qv, t ? sh23 : sh01), m3);

@@ -153,25 +153,23 @@ static void q3_k_quantize(const float *src, void *dst, int64_t n) {
 static float q3_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_q3_k *x = (const fdy_block_q3_k *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        int32_t sumi = 0;
         for (int h = 0; h < 2; h++) {
             for (int k = 0; k < 4; k++) {
-                const uint8_t *q = x[i].qs + 32 * h;
-                const int8_t *q8 = y[i].qs + 128 * h + 32 * k;
                 const int hbit = 4 * h + k;
                 for (int t = 0; t < 2; t++) {
-                    int32_t s = 0;
+                    const int s = fdy_q3_k_scale(x[i].scales, 8 * h + 2 * k + t);
                     for (int l = 16 * t; l < 16 * t + 16; l++) {
-                        const int v = ((q[l] >> (2 * k)) & 3) - (((x[i].hmask[l] >> hbit) & 1) ? 0 : 4);
-                        s += v * q8[l];
+                        const int low = (x[i].qs[32 * h + l] >> (2 * k)) & 3;
+                        const int high = (x[i].hmask[l] >> hbit) & 1;
+                        q[128 * h + 32 * k + l] = (int16_t)((low + 4 * high - 4) * s);
                     }
-                    sumi += fdy_q3_k_scale(x[i].scales, 8 * h + 2 * k + t) * s;
                 }
             }
         }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
     }
     return sum;
 }
@@ -191,24 +189,25 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q3_k_vec_dot_avx2(const
     }
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        uint32_t u[4];
-        fdy_kq_unpack_q3_k_scales(x[i].scales, u);
-        const __m128i sc8 = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)u), _mm_set1_epi8(32));
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m128i sc8 = fdy_kq_scales_q3_k((const uint8_t *)&x[i]);
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
         __m256i sumi = _mm256_sub_epi32(
             _mm256_setzero_si256(),
             _mm256_slli_epi32(
                 _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), sc16), 2));
         const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             const __m256i sc = _mm256_broadcastsi128_si256(
                 h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
             const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
-                const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
-                const __m256i hb =
-                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+                /* hmask bit b = 4h + k moved to bit 2 of the same byte: 4 where it is set */
+                const int b = 4 * h + k;
+                const __m256i hb = _mm256_and_si256(
+                    b < 2 ? _mm256_slli_epi16(hm, 2 - b) : _mm256_srli_epi16(hm, b - 2), four);
                 const __m256i uq =
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3), hb);
                 const __m256i a8 =
@@ -245,19 +244,19 @@ FDY_KQ_BODY512 float q3_k_vec_dot_body512(const void *w, const void *a, int64_t 
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        uint32_t u[4];
-        fdy_kq_unpack_q3_k_scales(x[i].scales, u);
-        const __m128i sc8 = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)u), _mm_set1_epi8(32));
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m128i sc8 = fdy_kq_scales_q3_k((const uint8_t *)&x[i]);
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
         const __m256i corr = _mm256_slli_epi32(
             _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), sc16), 2);
         __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(corr));
         const __m512i scz = _mm512_castsi256_si512(sc16);
         const __m512i hm = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].hmask));
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             const __m512i qv =
                 _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h)));
+            #pragma GCC unroll 8
             for (int t = 0; t < 2; t++) {
                 const int c = 2 * h + t;
                 const __m512i lo = _mm512_and_si512(_mm512_srlv_epi16(qv, t ? sh23 : sh01), m3);

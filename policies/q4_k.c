@@ -148,21 +148,22 @@ static void q4_k_quantize(const float *src, void *dst, int64_t n) {
 static float q4_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_q4_k *x = (const fdy_block_q4_k *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        int32_t sumi = 0, summ = 0;
-        for (int g = 0; g < 8; g++) {
-            const uint8_t *q = x[i].qs + 32 * (g >> 1);
-            const int8_t *q8 = y[i].qs + 32 * g;
-            const int shift = 4 * (g & 1);
-            int32_t s = 0;
+        int32_t summ = 0;
+        for (int c = 0; c < 4; c++) {
+            const int s0 = fdy_q4_k_sc(x[i].scales, 2 * c), s1 = fdy_q4_k_sc(x[i].scales, 2 * c + 1);
+            const uint8_t *qs = x[i].qs + 32 * c;
             for (int l = 0; l < 32; l++) {
-                s += ((q[l] >> shift) & 0xF) * q8[l];
+                q[64 * c + l] = (int16_t)((qs[l] & 0xF) * s0);
+                q[64 * c + 32 + l] = (int16_t)((qs[l] >> 4) * s1);
             }
-            sumi += fdy_q4_k_sc(x[i].scales, g) * s;
+        }
+        for (int g = 0; g < 8; g++) {
             summ += fdy_q4_k_m(x[i].scales, g) * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
         }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
         sum -= y[i].d * fdy_half_to_float(x[i].dmin) * (float)summ;
     }
     return sum;
@@ -178,12 +179,10 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q4_k_vec_dot_avx2(const
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        const float dmin = y[i].d * fdy_half_to_float(x[i].dmin);
-        uint32_t u[4];
-        fdy_kq_unpack_scale_min(x[i].scales, u);
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
         /* 16 int16: scales 0..7, mins 0..7 */
-        const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u));
+        const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
         /* mins: int32 lanes m_g | m_g << 16 against the pairs of bsums of group g */
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
@@ -192,6 +191,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q4_k_vec_dot_avx2(const
                                accm);
         const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         __m256i sumi = _mm256_setzero_si256();
+        #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             /* int16 scale of group 2j (lo nibbles) and 2j + 1 (hi nibbles) in every lane */
             const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
@@ -227,18 +227,18 @@ FDY_KQ_BODY512 float q4_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        const float dmin = y[i].d * fdy_half_to_float(x[i].dmin);
-        uint32_t u[4];
-        fdy_kq_unpack_scale_min(x[i].scales, u);
-        const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u));
+        /* (d, dmin) * d_a */
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const int *)&x[i])),
+                                     _mm_set1_ps(y[i].d));
+        const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)),
+        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)),
                                accm);
         const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
         __m512i sumi = _mm512_setzero_si512();
+        #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             /* [lo nibbles | hi nibbles] of qs[32j..32j+31]: elements 64j .. 64j+63 */
             const __m512i q4 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
@@ -247,7 +247,7 @@ FDY_KQ_BODY512 float q4_k_vec_dot_body512(const void *w, const void *a, int64_t 
             sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(q, a8), _mm512_shuffle_epi8(sc, ctl[j]),
                                  vnni);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
     }
     return _mm512_reduce_add_ps(acc) - fdy_kq_hsum256(accm);
 }

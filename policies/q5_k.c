@@ -151,21 +151,24 @@ static void q5_k_quantize(const float *src, void *dst, int64_t n) {
 static float q5_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_q5_k *x = (const fdy_block_q5_k *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        int32_t sumi = 0, summ = 0;
-        for (int g = 0; g < 8; g++) {
-            const uint8_t *q = x[i].qs + 32 * (g >> 1);
-            const int8_t *q8 = y[i].qs + 32 * g;
-            const int shift = 4 * (g & 1);
-            int32_t s = 0;
+        const uint8_t *qh = x[i].qh;
+        int32_t summ = 0;
+        for (int c = 0; c < 4; c++) {
+            const int s0 = fdy_q5_k_sc(x[i].scales, 2 * c), s1 = fdy_q5_k_sc(x[i].scales, 2 * c + 1);
+            const uint8_t *qs = x[i].qs + 32 * c;
             for (int l = 0; l < 32; l++) {
-                s += (((q[l] >> shift) & 0xF) | (((x[i].qh[l] >> g) & 1) << 4)) * q8[l];
+                q[64 * c + l] = (int16_t)(((qs[l] & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4)) * s0);
+                q[64 * c + 32 + l] =
+                    (int16_t)(((qs[l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4)) * s1);
             }
-            sumi += fdy_q5_k_sc(x[i].scales, g) * s;
+        }
+        for (int g = 0; g < 8; g++) {
             summ += fdy_q5_k_m(x[i].scales, g) * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
         }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
         sum -= y[i].d * fdy_half_to_float(x[i].dmin) * (float)summ;
     }
     return sum;
@@ -182,11 +185,9 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q5_k_vec_dot_avx2(const
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        const float dmin = y[i].d * fdy_half_to_float(x[i].dmin);
-        uint32_t u[4];
-        fdy_kq_unpack_scale_min(x[i].scales, u);
-        const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u));
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
+        const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
@@ -195,14 +196,16 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q5_k_vec_dot_avx2(const
         const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         const __m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
         __m256i sumi = _mm256_setzero_si256();
+        #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
             const __m256i sh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)));
-            /* bit 4 of group 2j / 2j + 1: qh bits 2j / 2j + 1 */
-            const __m256i bl = _mm256_set1_epi8((char)(1 << (2 * j)));
-            const __m256i bh = _mm256_set1_epi8((char)(2 << (2 * j)));
-            const __m256i hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), b4);
-            const __m256i hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), b4);
+            /* bit 4 of group g = 2j / 2j + 1: bit g of qh moved to bit 4 of the same byte (a
+             * 16-bit shift by g - 4 keeps both bytes of a lane apart at these positions) */
+            const __m256i hl = _mm256_and_si256(
+                j < 2 ? _mm256_slli_epi16(qh, 4 - 2 * j) : _mm256_srli_epi16(qh, 2 * j - 4), b4);
+            const __m256i hh = _mm256_and_si256(
+                j < 2 ? _mm256_slli_epi16(qh, 3 - 2 * j) : _mm256_srli_epi16(qh, 2 * j - 3), b4);
             const __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
             const __m256i ql = _mm256_or_si256(_mm256_and_si256(q4, m4), hl);
             const __m256i qhi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
@@ -236,11 +239,9 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
-        const float dmin = y[i].d * fdy_half_to_float(x[i].dmin);
-        uint32_t u[4];
-        fdy_kq_unpack_scale_min(x[i].scales, u);
-        const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u));
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
+        const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
@@ -249,6 +250,7 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
         const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
         const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].qh));
         __m512i sumi = _mm512_setzero_si512();
+        #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             const __m512i q4 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
             const __m512i q0 = _mm512_and_si512(_mm512_srlv_epi16(q4, shift), m4);

@@ -133,27 +133,26 @@ static void q6_k_quantize(const float *src, void *dst, int64_t n) {
 static float q6_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_q6_k *x = (const fdy_block_q6_k *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        int32_t sumi = 0;
+        const int8_t *sc = x[i].scales;
         for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h;
             const uint8_t *qh = x[i].qh + 32 * h;
-            for (int k = 0; k < 4; k++) {
-                const uint8_t *ql = x[i].ql + 64 * h + 32 * (k & 1);
-                const int lshift = 4 * (k >> 1);
-                const int8_t *q8 = y[i].qs + 128 * h + 32 * k;
-                for (int t = 0; t < 2; t++) {
-                    int32_t s = 0;
-                    for (int l = 16 * t; l < 16 * t + 16; l++) {
-                        const int u = ((ql[l] >> lshift) & 0xF) | (((qh[l] >> (2 * k)) & 3) << 4);
-                        s += u * q8[l];
-                    }
-                    const int g = 8 * h + 2 * k + t;
-                    sumi += x[i].scales[g] * (s - 32 * y[i].bsums[g]);
+            int16_t *qq = q + 128 * h;
+            const int8_t *s = sc + 8 * h;
+            for (int t = 0; t < 2; t++) {
+                const int s0 = s[t], s1 = s[2 + t], s2 = s[4 + t], s3 = s[6 + t];
+                for (int l = 16 * t; l < 16 * t + 16; l++) {
+                    qq[l] = (int16_t)((((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32) * s0);
+                    qq[l + 32] = (int16_t)((((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32) * s1);
+                    qq[l + 64] = (int16_t)((((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * s2);
+                    qq[l + 96] = (int16_t)((((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * s3);
                 }
             }
         }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
     }
     return sum;
 }
@@ -174,7 +173,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q6_k_vec_dot_avx2(const
     }
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
+        const float d = y[i].d * fdy_kq_half(x[i].d);
         const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
         /* sum_g sc_g * 32 * bsums_g, subtracted from the code products */
@@ -182,6 +181,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q6_k_vec_dot_avx2(const
             _mm256_setzero_si256(),
             _mm256_slli_epi32(
                 _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), sc16), 5));
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             const __m256i sc = _mm256_broadcastsi128_si256(
                 h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
@@ -197,6 +197,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q6_k_vec_dot_avx2(const
                                    _mm256_and_si256(qh, m2));
             u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2));
+            #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 const __m256i a8 =
                     _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * h + 32 * k));
@@ -230,12 +231,13 @@ FDY_KQ_BODY512 float q6_k_vec_dot_body512(const void *w, const void *a, int64_t 
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_half_to_float(x[i].d);
+        const float d = y[i].d * fdy_kq_half(x[i].d);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
         const __m256i corr = _mm256_slli_epi32(
             _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), sc16), 5);
         __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(corr));
         const __m512i scz = _mm512_castsi256_si512(sc16);
+        #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             /* [ql 64h .. 64h+31 | ql 64h+32 .. 64h+63]: low nibbles are k = 0 | 1, high k = 2 | 3 */
             const __m512i ql = _mm512_loadu_si512((const void *)(x[i].ql + 64 * h));

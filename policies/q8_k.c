@@ -122,6 +122,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q8_k_vec_dot_avx2(const
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
         __m256i sumi = _mm256_setzero_si256();
+        #pragma GCC unroll 8
         for (int j = 0; j < 256; j += 32) {
             const __m256i qw = _mm256_loadu_si256((const __m256i *)(x[i].qs + j));
             const __m256i qa = _mm256_loadu_si256((const __m256i *)(y[i].qs + j));
@@ -152,6 +153,7 @@ FDY_KQ_BODY512 float q8_k_vec_dot_body512(const void *w, const void *a, int64_t 
         } else {
             sumi = _mm512_setzero_si512();
         }
+        #pragma GCC unroll 8
         for (int j = 0; j < 256; j += 64) {
             const __m512i qw = _mm512_loadu_si512((const void *)(x[i].qs + j));
             const __m512i qa = _mm512_loadu_si512((const void *)(y[i].qs + j));
@@ -185,6 +187,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static void q8_k_quantize_avx2(const
     for (int64_t i = 0; i < n / 256; i++) {
         const float *x = src + i * 256;
         __m256 mx = _mm256_setzero_ps();
+        #pragma GCC unroll 8
         for (int j = 0; j < 256; j += 8) {
             /* max(|x|, mx) returns mx when x is NaN */
             mx = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), mx);
@@ -199,6 +202,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static void q8_k_quantize_avx2(const
         }
         float vmax = 0.0f;
         const __m256 am = _mm256_set1_ps(amax);
+        #pragma GCC unroll 8
         for (int j = 0; j < 256; j += 8) {
             const __m256 v = _mm256_loadu_ps(x + j);
             const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), am, _CMP_EQ_OQ));
@@ -209,8 +213,10 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static void q8_k_quantize_avx2(const
         }
         const float iscale = -127.0f / vmax;
         const __m256 is = _mm256_set1_ps(iscale);
+        #pragma GCC unroll 8
         for (int j = 0; j < 256; j += 32) {
             __m256i q[4];
+            #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
                 const __m256 f = _mm256_add_ps(_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * k)), magic);
                 __m256i v = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(f), mant), half);

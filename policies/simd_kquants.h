@@ -12,7 +12,7 @@
  * Tiers, chosen per call by fdy_kq_tier():
  *   FDY_KQ_AVX512VNNI  AVX-512 (F+BW+VL+DQ) with vpdpbusd / vpdpwssd
  *   FDY_KQ_AVX512      AVX-512 with vpmaddubsw / vpmaddwd in their place
- *   FDY_KQ_AVX2        AVX2 + FMA
+ *   FDY_KQ_AVX2        AVX2 + FMA + F16C (the AVX-512 tiers use these too)
  *   FDY_KQ_PORTABLE    plain C (every other processor)
  * The x86 functions carry their own target attributes (no global -m flags).  The two AVX-512
  * kernels of a format share one always-inline body with a constant `vnni` argument; the VNNI
@@ -45,46 +45,70 @@ enum { FDY_KQ_PORTABLE = 0, FDY_KQ_AVX2 = 1, FDY_KQ_AVX512 = 2, FDY_KQ_AVX512VNN
 static inline int fdy_kq_tier(void) {
 #if defined(__x86_64__)
     const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
+    if ((f & base) != base) {
+        return FDY_KQ_PORTABLE;
+    }
     if (f & FDY_CPU_AVX512) {
         return (f & FDY_CPU_AVX512VNNI) ? FDY_KQ_AVX512VNNI : FDY_KQ_AVX512;
     }
-    if ((f & FDY_CPU_AVX2) && (f & FDY_CPU_FMA)) {
-        return FDY_KQ_AVX2;
-    }
+    return FDY_KQ_AVX2;
 #endif
     return FDY_KQ_PORTABLE;
 }
 
-/* The 12-byte packing of eight 6-bit scales and mins of q4_k / q5_k unpacked with 32-bit word
- * operations (little-endian, x86 only): bytes 0..7 of u = scales 0..7, bytes 8..15 = mins. */
-static inline void fdy_kq_unpack_scale_min(const uint8_t *q, uint32_t u[4]) {
-    const uint32_t k1 = 0x3f3f3f3fu, k2 = 0x0f0f0f0fu, k3 = 0x03030303u;
-    memcpy(u, q, 12);
-    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-    const uint32_t m = u[1] & k1;
-    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-    u[2] = m;
-    u[0] &= k1;
-}
-
-/* The 12-byte packing of the sixteen 6-bit scales of q3_k unpacked with 32-bit word operations
- * (little-endian, x86 only): byte g of u = scale g + 32 (0..63). */
-static inline void fdy_kq_unpack_q3_k_scales(const uint8_t *q, uint32_t u[4]) {
-    const uint32_t k1 = 0x03030303u, k2 = 0x0f0f0f0fu;
-    uint32_t aux[3];
-    memcpy(aux, q, 12);
-    u[0] = (aux[0] & k2) | ((aux[2] & k1) << 4);
-    u[1] = (aux[1] & k2) | (((aux[2] >> 2) & k1) << 4);
-    u[2] = ((aux[0] >> 4) & k2) | (((aux[2] >> 4) & k1) << 4);
-    u[3] = ((aux[1] >> 4) & k2) | (((aux[2] >> 6) & k1) << 4);
+/* portable kernels: sum_l w[l] * a[l] over a block, w the codes already multiplied by their
+ * sub-block scale (|w| < 2^13 for every format here), as one plain loop the compiler
+ * vectorizes (a single reduction per block; no per-group horizontal sums) */
+static inline int32_t fdy_kq_dot256(const int16_t *w, const int8_t *a) {
+    int32_t s = 0;
+    for (int l = 0; l < 256; l++) {
+        s += w[l] * a[l];
+    }
+    return s;
 }
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#define FDY_KQ_AVX2_TARGET "avx2,fma"
-#define FDY_KQ_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define FDY_KQ_AVX2_TARGET "avx2,fma,f16c"
+#define FDY_KQ_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define FDY_KQ_AVX512VNNI_TARGET FDY_KQ_AVX512_TARGET ",avx512vnni"
+
+/* q4_k / q5_k: the 12-byte scale/min packing, read with the 16 bytes at the start of the block
+ * (d, dmin, scales), as 16 bytes: scales 0..7, mins 0..7 (fdy_kq_unpack_scale_min in vector
+ * registers; no round trip through memory) */
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scale_min_q4_k(
+    const uint8_t *blk) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)blk); /* dwords: d|dmin, w0, w1, w2 */
+    const __m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(3, 2, 3, 1)); /* w0, w2, w1, w2 */
+    const __m128i b = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 1, 1)); /* w0, w0, w1, w1 */
+    const __m128i lo = _mm_and_si128(a, _mm_set1_epi32(0x3f3f3f3f));
+    const __m128i hi = _mm_or_si128(
+        _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)), _mm_set1_epi32(0x0f0f0f0f)),
+        _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(b, 6), _mm_set1_epi32(0x03030303)), 4));
+    return _mm_blend_epi32(lo, hi, 0xA);
+}
+
+/* q3_k: the sixteen 6-bit scales, read with the 16 bytes that end with them (bytes 92..107 of
+ * the block), as 16 signed bytes: scale g - 32 (fdy_kq_unpack_q3_k_scales in registers) */
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scales_q3_k(
+    const uint8_t *blk) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 92)); /* dwords: -, a0, a1, a2 */
+    const __m128i a = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 1)); /* a0, a1, a0, a1 */
+    const __m128i c = _mm_shuffle_epi32(v, _MM_SHUFFLE(3, 3, 3, 3)); /* a2 x 4 */
+    const __m128i lo =
+        _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 4, 4)), _mm_set1_epi32(0x0f0f0f0f));
+    const __m128i hi = _mm_slli_epi32(
+        _mm_and_si128(_mm_srlv_epi32(c, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi32(0x03030303)),
+        4);
+    return _mm_sub_epi8(_mm_or_si128(lo, hi), _mm_set1_epi8(32));
+}
+
+/* an f16 super-scale as float (vcvtph2ps; NaNs come back quiet, else as fdy_half_to_float) */
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline float fdy_kq_half(uint16_t h) {
+    return _cvtsh_ss(h);
+}
 
 /* shared AVX-512 bodies and their helpers */
 #define FDY_KQ_BODY512 static inline __attribute__((always_inline, target(FDY_KQ_AVX512_TARGET)))

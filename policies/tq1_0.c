@@ -132,27 +132,25 @@ static void tq1_0_quantize(const float *src, void *dst, int64_t n) {
 static float tq1_0_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_tq1_0 *x = (const fdy_block_tq1_0 *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        const int8_t *q8 = y[i].qs;
-        int32_t sumi = 0;
         for (int l = 0; l < 5; l++) {
+            const uint8_t p = fdy_pow3_tq1_0[l];
             for (int m = 0; m < 32; m++) {
-                sumi += fdy_trit_tq1_0(x[i].qs[m], l) * q8[32 * l + m];
+                q[32 * l + m] = (int16_t)((((uint8_t)(x[i].qs[m] * p) * 3u) >> 8) - 1);
             }
             for (int m = 0; m < 16; m++) {
-                sumi += fdy_trit_tq1_0(x[i].qs[32 + m], l) * q8[160 + 16 * l + m];
+                q[160 + 16 * l + m] = (int16_t)((((uint8_t)(x[i].qs[32 + m] * p) * 3u) >> 8) - 1);
             }
         }
         for (int l = 0; l < 4; l++) {
+            const uint8_t p = fdy_pow3_tq1_0[l];
             for (int m = 0; m < 4; m++) {
-                sumi += fdy_trit_tq1_0(x[i].qh[m], l) * q8[240 + 4 * l + m];
+                q[240 + 4 * l + m] = (int16_t)((((uint8_t)(x[i].qh[m] * p) * 3u) >> 8) - 1);
             }
         }
-        for (int g = 0; g < 16; g++) {
-            sumi -= y[i].bsums[g];
-        }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
     }
     return sum;
 }
@@ -207,13 +205,14 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq1_0_vec_dot_avx2(cons
         t[6] = tq1_0_trits256(b1, _mm256_loadu_si256(pw + 6)); /* {9 | 27} */
         t[7] = tq1_0_trits256(b2, _mm256_loadu_si256(pw + 7)); /* {81 | 1, 3, 9, 27} */
         __m256i s16 = _mm256_setzero_si256();
+        #pragma GCC unroll 8
         for (int v = 0; v < 8; v++) {
             s16 = _mm256_add_epi16(
                 s16, _mm256_maddubs_epi16(t[v], _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * v))));
         }
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
         const __m256i sumi = _mm256_madd_epi16(_mm256_sub_epi16(s16, bs), ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fdy_half_to_float(x[i].d)),
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
                               _mm256_cvtepi32_ps(sumi), acc);
     }
     return fdy_kq_hsum256(acc);
@@ -256,7 +255,7 @@ FDY_KQ_BODY512 float tq1_0_vec_dot_body512(const void *w, const void *a, int64_t
                                    _mm512_loadu_si512((const void *)(y[i].qs + 128)), vnni);
         sumi = fdy_kq_dpbusd_small(sumi, tq1_0_trits512(z3, pw[3]),
                                    _mm512_loadu_si512((const void *)(y[i].qs + 192)), vnni);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * fdy_half_to_float(x[i].d)),
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
                               _mm512_cvtepi32_ps(sumi), acc);
     }
     return _mm512_reduce_add_ps(acc);

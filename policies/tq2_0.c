@@ -82,21 +82,17 @@ static void tq2_0_quantize(const float *src, void *dst, int64_t n) {
 static float tq2_0_vec_dot_portable(const void *w, const void *a, int64_t n) {
     const fdy_block_tq2_0 *x = (const fdy_block_tq2_0 *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
     float sum = 0.0f;
     for (int64_t i = 0; i < n / 256; i++) {
-        int32_t sumi = 0;
         for (int c = 0; c < 2; c++) {
             for (int l = 0; l < 4; l++) {
-                const int8_t *q8 = y[i].qs + 128 * c + 32 * l;
                 for (int m = 0; m < 32; m++) {
-                    sumi += ((x[i].qs[32 * c + m] >> (2 * l)) & 3) * q8[m];
+                    q[128 * c + 32 * l + m] = (int16_t)(((x[i].qs[32 * c + m] >> (2 * l)) & 3) - 1);
                 }
             }
         }
-        for (int g = 0; g < 16; g++) {
-            sumi -= y[i].bsums[g];
-        }
-        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
     }
     return sum;
 }
@@ -113,8 +109,10 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq2_0_vec_dot_avx2(cons
     for (int64_t i = 0; i < n / 256; i++) {
         /* int16 lanes: at most 8 x (3 * 128 * 2) in magnitude */
         __m256i s16 = _mm256_setzero_si256();
+        #pragma GCC unroll 8
         for (int c = 0; c < 2; c++) {
             const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
+            #pragma GCC unroll 8
             for (int l = 0; l < 4; l++) {
                 const __m256i a8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * l));
                 s16 = _mm256_add_epi16(
@@ -123,7 +121,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq2_0_vec_dot_avx2(cons
         }
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
         const __m256i sumi = _mm256_madd_epi16(_mm256_sub_epi16(s16, bs), ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fdy_half_to_float(x[i].d)),
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
                               _mm256_cvtepi32_ps(sumi), acc);
     }
     return fdy_kq_hsum256(acc);
@@ -141,6 +139,7 @@ FDY_KQ_BODY512 float tq2_0_vec_dot_body512(const void *w, const void *a, int64_t
         const __m256i s = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
                                             _mm256_set1_epi16(1));
         __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(s));
+        #pragma GCC unroll 8
         for (int c = 0; c < 2; c++) {
             const __m512i qv =
                 _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c)));
@@ -151,7 +150,7 @@ FDY_KQ_BODY512 float tq2_0_vec_dot_body512(const void *w, const void *a, int64_t
             sumi = fdy_kq_dpbusd_small(sumi, _mm512_and_si512(_mm512_srlv_epi16(qv, sh23), m3),
                                        a23, vnni);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * fdy_half_to_float(x[i].d)),
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
                               _mm512_cvtepi32_ps(sumi), acc);
     }
     return _mm512_reduce_add_ps(acc);
