@@ -170,7 +170,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float iq4_xs_vec_dot_avx2(con
     const fdy_block_iq4_xs *x = (const fdy_block_iq4_xs *)w;
     const fdy_kq_act *y = (const fdy_kq_act *)a;
     const __m256i m4 = _mm256_set1_epi8(0xF);
-    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid));
+    const __m256i grid =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid));
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = y[i].d * fdy_kq_half(x[i].d);
@@ -188,8 +189,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float iq4_xs_vec_dot_avx2(con
             const __m256i a1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
             const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(v0), _mm256_sign_epi8(a0, v0));
             const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(v1), _mm256_sign_epi8(a1, v1));
-            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
-            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)));
+            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j)));
+            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p0, s0),
                                                            _mm256_madd_epi16(p1, s1)));
         }
@@ -214,8 +215,8 @@ FDY_KQ_BODY512 float iq4_xs_vec_dot_body512(const void *w, const void *a, int64_
     __m512i ctl[4];
     for (int j = 0; j < 4; j++) {
         ctl[j] = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_set1_epi16((short)(0x0100 + 0x0404 * j))),
-            _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)), 1);
+            _mm512_castsi256_si512(_mm256_set1_epi16(FDY_KQ_WORD(2 * j))),
+            _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)), 1);
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {

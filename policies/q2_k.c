@@ -157,7 +157,8 @@ static float q2_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
                 for (int t = 0; t < 2; t++) {
                     const int s = x[i].scales[8 * h + 2 * k + t] & 0xF;
                     for (int l = 16 * t; l < 16 * t + 16; l++) {
-                        q[128 * h + 32 * k + l] = (int16_t)(((x[i].qs[32 * h + l] >> (2 * k)) & 3) * s);
+                        const int v = (x[i].qs[32 * h + l] >> (2 * k)) & 3;
+                        q[128 * h + 32 * k + l] = (int16_t)(v * s);
                     }
                 }
             }
@@ -178,8 +179,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q2_k_vec_dot_avx2(const
     const __m128i m4 = _mm_set1_epi8(0xF);
     __m256i ctl[4];
     for (int k = 0; k < 4; k++) {
-        ctl[k] = _mm256_set_m128i(_mm_set1_epi16((short)(0x0302 + 0x0404 * k)),
-                                  _mm_set1_epi16((short)(0x0100 + 0x0404 * k)));
+        ctl[k] = _mm256_set_m128i(_mm_set1_epi16(FDY_KQ_WORD(2 * k + 1)),
+                                  _mm_set1_epi16(FDY_KQ_WORD(2 * k)));
     }
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
@@ -223,11 +224,7 @@ FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t 
     const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
     __m512i idx[4];
     for (int c = 0; c < 4; c++) {
-        idx[c] = _mm512_add_epi16(
-            _mm512_set1_epi16((short)(4 * c)),
-            _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20,
-                                               19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7,
-                                               6, 5, 4, 3, 2, 1, 0), 3));
+        idx[c] = fdy_kq_group16_idx(c);
     }
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();

@@ -184,8 +184,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q3_k_vec_dot_avx2(const
     const __m256i four = _mm256_set1_epi8(4);
     __m256i ctl[4];
     for (int k = 0; k < 4; k++) {
-        ctl[k] = _mm256_set_m128i(_mm_set1_epi16((short)(0x0302 + 0x0404 * k)),
-                                  _mm_set1_epi16((short)(0x0100 + 0x0404 * k)));
+        ctl[k] = _mm256_set_m128i(_mm_set1_epi16(FDY_KQ_WORD(2 * k + 1)),
+                                  _mm_set1_epi16(FDY_KQ_WORD(2 * k)));
     }
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
@@ -233,11 +233,7 @@ FDY_KQ_BODY512 float q3_k_vec_dot_body512(const void *w, const void *a, int64_t 
     const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
     __m512i idx[4], bits[4];
     for (int c = 0; c < 4; c++) {
-        idx[c] = _mm512_add_epi16(
-            _mm512_set1_epi16((short)(4 * c)),
-            _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20,
-                                               19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7,
-                                               6, 5, 4, 3, 2, 1, 0), 3));
+        idx[c] = fdy_kq_group16_idx(c);
         /* hmask bits 2c, 2c + 1 (h = c / 2, k = 2 (c % 2) | 2 (c % 2) + 1) */
         bits[c] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))),
                                      _mm256_set1_epi8((char)(2 << (2 * c))), 1);

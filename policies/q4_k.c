@@ -153,7 +153,8 @@ static float q4_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
     for (int64_t i = 0; i < n / 256; i++) {
         int32_t summ = 0;
         for (int c = 0; c < 4; c++) {
-            const int s0 = fdy_q4_k_sc(x[i].scales, 2 * c), s1 = fdy_q4_k_sc(x[i].scales, 2 * c + 1);
+            const int s0 = fdy_q4_k_sc(x[i].scales, 2 * c);
+            const int s1 = fdy_q4_k_sc(x[i].scales, 2 * c + 1);
             const uint8_t *qs = x[i].qs + 32 * c;
             for (int l = 0; l < 32; l++) {
                 q[64 * c + l] = (int16_t)((qs[l] & 0xF) * s0);
@@ -187,15 +188,15 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q4_k_vec_dot_avx2(const
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)),
-                               accm);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)), accm);
         const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         __m256i sumi = _mm256_setzero_si256();
         #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             /* int16 scale of group 2j (lo nibbles) and 2j + 1 (hi nibbles) in every lane */
-            const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
-            const __m256i sh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)));
+            const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j)));
+            const __m256i sh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)));
             const __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
             const __m256i ql = _mm256_and_si256(q4, m4);
             const __m256i qh = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
@@ -221,27 +222,29 @@ FDY_KQ_BODY512 float q4_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512i ctl[4];
     for (int j = 0; j < 4; j++) {
         ctl[j] = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_set1_epi16((short)(0x0100 + 0x0404 * j))),
-            _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)), 1);
+            _mm512_castsi256_si512(_mm256_set1_epi16(FDY_KQ_WORD(2 * j))),
+            _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)), 1);
     }
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        /* (d, dmin) * d_a */
-        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const int *)&x[i])),
-                                     _mm_set1_ps(y[i].d));
+        /* (d, dmin) * d_a in lanes 0, 1 */
+        int32_t dbits;
+        memcpy(&dbits, &x[i], 4);
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dbits)), _mm_set1_ps(y[i].d));
         const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)),
-                               accm);
+        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)), accm);
         const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
         __m512i sumi = _mm512_setzero_si512();
         #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             /* [lo nibbles | hi nibbles] of qs[32j..32j+31]: elements 64j .. 64j+63 */
-            const __m512i q4 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
+            const __m512i q4 = _mm512_broadcast_i64x4(
+                _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
             const __m512i q = _mm512_and_si512(_mm512_srlv_epi16(q4, shift), m4);
             const __m512i a8 = _mm512_loadu_si512((const void *)(y[i].qs + 64 * j));
             sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(q, a8), _mm512_shuffle_epi8(sc, ctl[j]),

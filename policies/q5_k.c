@@ -157,7 +157,8 @@ static float q5_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
         const uint8_t *qh = x[i].qh;
         int32_t summ = 0;
         for (int c = 0; c < 4; c++) {
-            const int s0 = fdy_q5_k_sc(x[i].scales, 2 * c), s1 = fdy_q5_k_sc(x[i].scales, 2 * c + 1);
+            const int s0 = fdy_q5_k_sc(x[i].scales, 2 * c);
+            const int s1 = fdy_q5_k_sc(x[i].scales, 2 * c + 1);
             const uint8_t *qs = x[i].qs + 32 * c;
             for (int l = 0; l < 32; l++) {
                 q[64 * c + l] = (int16_t)(((qs[l] & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4)) * s0);
@@ -191,15 +192,15 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q5_k_vec_dot_avx2(const
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)),
-                               accm);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)), accm);
         const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         const __m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
         __m256i sumi = _mm256_setzero_si256();
         #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
-            const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0404 * j)));
-            const __m256i sh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)));
+            const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j)));
+            const __m256i sh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)));
             /* bit 4 of group g = 2j / 2j + 1: bit g of qh moved to bit 4 of the same byte (a
              * 16-bit shift by g - 4 keeps both bytes of a lane apart at these positions) */
             const __m256i hl = _mm256_and_si256(
@@ -230,8 +231,8 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512i ctl[4], bits[4];
     for (int j = 0; j < 4; j++) {
         ctl[j] = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_set1_epi16((short)(0x0100 + 0x0404 * j))),
-            _mm256_set1_epi16((short)(0x0302 + 0x0404 * j)), 1);
+            _mm512_castsi256_si512(_mm256_set1_epi16(FDY_KQ_WORD(2 * j))),
+            _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)), 1);
         /* qh bit 2j for the low half (group 2j), 2j + 1 for the high half */
         bits[j] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * j))),
                                      _mm256_set1_epi8((char)(2 << (2 * j))), 1);
@@ -245,20 +246,21 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
         const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
         const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)),
-                               accm);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)), accm);
         const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
         const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].qh));
         __m512i sumi = _mm512_setzero_si512();
         #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
-            const __m512i q4 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
+            const __m512i q4 = _mm512_broadcast_i64x4(
+                _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
             const __m512i q0 = _mm512_and_si512(_mm512_srlv_epi16(q4, shift), m4);
             const __mmask64 hb = _mm512_test_epi8_mask(qh, bits[j]);
             const __m512i q5 = _mm512_mask_add_epi8(q0, hb, q0, b4);
             const __m512i a8 = _mm512_loadu_si512((const void *)(y[i].qs + 64 * j));
-            sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(q5, a8), _mm512_shuffle_epi8(sc, ctl[j]),
-                                 vnni);
+            sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(q5, a8),
+                                 _mm512_shuffle_epi8(sc, ctl[j]), vnni);
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
     }

@@ -145,10 +145,14 @@ static float q6_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
             for (int t = 0; t < 2; t++) {
                 const int s0 = s[t], s1 = s[2 + t], s2 = s[4 + t], s3 = s[6 + t];
                 for (int l = 16 * t; l < 16 * t + 16; l++) {
-                    qq[l] = (int16_t)((((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32) * s0);
-                    qq[l + 32] = (int16_t)((((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32) * s1);
-                    qq[l + 64] = (int16_t)((((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * s2);
-                    qq[l + 96] = (int16_t)((((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * s3);
+                    const int u0 = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                    const int u1 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                    const int u2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    const int u3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    qq[l] = (int16_t)((u0 - 32) * s0);
+                    qq[l + 32] = (int16_t)((u1 - 32) * s1);
+                    qq[l + 64] = (int16_t)((u2 - 32) * s2);
+                    qq[l + 96] = (int16_t)((u3 - 32) * s3);
                 }
             }
         }
@@ -168,8 +172,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q6_k_vec_dot_avx2(const
     /* byte shuffles picking int16 scale 2k in the low 128-bit lane and 2k + 1 in the high */
     __m256i ctl[4];
     for (int k = 0; k < 4; k++) {
-        ctl[k] = _mm256_set_m128i(_mm_set1_epi16((short)(0x0302 + 0x0404 * k)),
-                                  _mm_set1_epi16((short)(0x0100 + 0x0404 * k)));
+        ctl[k] = _mm256_set_m128i(_mm_set1_epi16(FDY_KQ_WORD(2 * k + 1)),
+                                  _mm_set1_epi16(FDY_KQ_WORD(2 * k)));
     }
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
@@ -223,11 +227,7 @@ FDY_KQ_BODY512 float q6_k_vec_dot_body512(const void *w, const void *a, int64_t 
     /* int16 permutations: chunk c (elements 64c .. 64c+63) has groups 4c .. 4c+3, 8 lanes each */
     __m512i idx[4];
     for (int c = 0; c < 4; c++) {
-        idx[c] = _mm512_add_epi16(
-            _mm512_set1_epi16((short)(4 * c)),
-            _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20,
-                                               19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7,
-                                               6, 5, 4, 3, 2, 1, 0), 3));
+        idx[c] = fdy_kq_group16_idx(c);
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
@@ -239,7 +239,7 @@ FDY_KQ_BODY512 float q6_k_vec_dot_body512(const void *w, const void *a, int64_t 
         const __m512i scz = _mm512_castsi256_si512(sc16);
         #pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
-            /* [ql 64h .. 64h+31 | ql 64h+32 .. 64h+63]: low nibbles are k = 0 | 1, high k = 2 | 3 */
+            /* [ql 64h .. 64h+31 | ql 64h+32 .. 64h+63]: low nibbles k = 0 | 1, high k = 2 | 3 */
             const __m512i ql = _mm512_loadu_si512((const void *)(x[i].ql + 64 * h));
             const __m512i qh =
                 _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h)));

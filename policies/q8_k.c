@@ -205,7 +205,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static void q8_k_quantize_avx2(const
         #pragma GCC unroll 8
         for (int j = 0; j < 256; j += 8) {
             const __m256 v = _mm256_loadu_ps(x + j);
-            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), am, _CMP_EQ_OQ));
+            const int hit =
+                _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v), am, _CMP_EQ_OQ));
             if (hit) {
                 vmax = x[j + __builtin_ctz((unsigned)hit)];
                 break;
@@ -218,7 +219,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static void q8_k_quantize_avx2(const
             __m256i q[4];
             #pragma GCC unroll 8
             for (int k = 0; k < 4; k++) {
-                const __m256 f = _mm256_add_ps(_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * k)), magic);
+                const __m256 f =
+                    _mm256_add_ps(_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * k)), magic);
                 __m256i v = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(f), mant), half);
                 v = _mm256_min_epi32(v, c127);
                 q[k] = _mm256_and_si256(v, lo8); /* the (int8_t) conversion: low 8 bits */
@@ -227,7 +229,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static void q8_k_quantize_avx2(const
             const __m256i p16a = _mm256_packus_epi32(q[0], q[1]);
             const __m256i p16b = _mm256_packus_epi32(q[2], q[3]);
             const __m256i p8 = _mm256_packus_epi16(p16a, p16b);
-            const __m256i out = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            const __m256i out =
+                _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256((__m256i *)(b[i].qs + j), out);
         }
         q8_k_bsums(&b[i]);

@@ -105,6 +105,9 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scales_
     return _mm_sub_epi8(_mm_or_si128(lo, hi), _mm_set1_epi8(32));
 }
 
+/* vpshufb control replicating int16 lane w (0..7) of each 128-bit lane */
+#define FDY_KQ_WORD(w) ((short)(0x0100 + 0x0202 * (w)))
+
 /* an f16 super-scale as float (vcvtph2ps; NaNs come back quiet, else as fdy_half_to_float) */
 __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline float fdy_kq_half(uint16_t h) {
     return _cvtsh_ss(h);
@@ -139,6 +142,15 @@ FDY_KQ_BODY512 __m512i fdy_kq_dpbusd_small(__m512i acc, __m512i u, __m512i s, co
     }
     return _mm512_add_epi32(acc,
                             _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
+
+/* vpermw indices for the 64-element chunk c of a block of 16-element groups: the int16 lanes
+ * 8t .. 8t+7 (the vpmaddubsw sums of group 4c + t) take the int16 scale 4c + t */
+FDY_KQ_BODY512 __m512i fdy_kq_group16_idx(int c) {
+    const __m512i lane = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18,
+                                          17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                          1, 0);
+    return _mm512_add_epi16(_mm512_set1_epi16((short)(4 * c)), _mm512_srli_epi16(lane, 3));
 }
 
 /* the two AVX-512 entry points of format `name` from its body name##_body512(w, a, n, vnni) */

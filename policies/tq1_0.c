@@ -159,7 +159,8 @@ static float tq1_0_vec_dot_portable(const void *w, const void *a, int64_t n) {
 /* int16 multipliers 3^l of the trit vectors below, one per 16-bit lane (2 bytes) */
 static const int16_t tq1_0_pow3_lanes[4][32] = {
     /* qs[0..31] x {1 | 3} and x {9 | 27}: elements 0..63, 64..127 */
-    {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
+    {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+     3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
     {9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
      27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27},
     /* qs[0..31] x 81 | qs[32..47] x {1, 3}: elements 128..191 */
@@ -207,8 +208,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq1_0_vec_dot_avx2(cons
         __m256i s16 = _mm256_setzero_si256();
         #pragma GCC unroll 8
         for (int v = 0; v < 8; v++) {
-            s16 = _mm256_add_epi16(
-                s16, _mm256_maddubs_epi16(t[v], _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * v))));
+            const __m256i a8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * v));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t[v], a8));
         }
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
         const __m256i sumi = _mm256_madd_epi16(_mm256_sub_epi16(s16, bs), ones);
@@ -243,7 +244,8 @@ FDY_KQ_BODY512 float tq1_0_vec_dot_body512(const void *w, const void *a, int64_t
         const __m512i z01 = _mm512_broadcast_i64x4(b);
         const __m512i z2 = _mm512_inserti64x4(_mm512_castsi256_si512(b),
                                               _mm256_broadcastsi128_si256(c), 1);
-        const __m512i z3 = _mm512_inserti32x4(_mm512_broadcast_i32x4(c), _mm_set1_epi32((int)qh), 3);
+        const __m512i z3 =
+            _mm512_inserti32x4(_mm512_broadcast_i32x4(c), _mm_set1_epi32((int)qh), 3);
         const __m256i s = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
                                             _mm256_set1_epi16(1));
         __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(s));

@@ -114,9 +114,10 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq2_0_vec_dot_avx2(cons
             const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
             #pragma GCC unroll 8
             for (int l = 0; l < 4; l++) {
-                const __m256i a8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * l));
-                s16 = _mm256_add_epi16(
-                    s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * l), m3), a8));
+                const __m256i a8 =
+                    _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * l));
+                const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * l), m3);
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u, a8));
             }
         }
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
