@@ -229,14 +229,16 @@ FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_kq_half(x[i].d);
-        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
+        /* (d, dmin) * d_a in lanes 0, 1 */
+        int32_t dbits;
+        memcpy(&dbits, &x[i].d, 4);
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dbits)), _mm_set1_ps(y[i].d));
         const __m128i s8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
         const __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16)),
-                               accm);
+        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16)), accm);
         const __m512i scz = _mm512_castsi256_si512(sc16);
         __m512i sumi = _mm512_setzero_si512();
         #pragma GCC unroll 8
@@ -252,7 +254,7 @@ FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t 
                                      _mm512_permutexvar_epi16(idx[c], scz), vnni);
             }
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
     }
     return _mm512_reduce_add_ps(acc) - fdy_kq_hsum256(accm);
 }

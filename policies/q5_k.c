@@ -183,24 +183,26 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q5_k_vec_dot_avx2(const
     const fdy_kq_act *y = (const fdy_kq_act *)a;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i b4 = _mm256_set1_epi8(0x10);
+    const __m256i mctl = fdy_kq_mins_ctl();
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = y[i].d * fdy_kq_half(x[i].d);
         const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
-        const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
-        const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
-        const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
+        /* bytes: scales 0..7, mins 0..7, in both 128-bit lanes */
+        const __m256i sc =
+            _mm256_broadcastsi128_si256(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
+        const __m256i mdup = _mm256_shuffle_epi8(sc, mctl);
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
         accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
                                _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)), accm);
-        const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         const __m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
         __m256i sumi = _mm256_setzero_si256();
         #pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
-            const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j)));
-            const __m256i sh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)));
+            const __m256i sl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_BYTE(2 * j)));
+            const __m256i sh =
+                _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_BYTE(2 * j + 1)));
             /* bit 4 of group g = 2j / 2j + 1: bit g of qh moved to bit 4 of the same byte (a
              * 16-bit shift by g - 4 keeps both bytes of a lane apart at these positions) */
             const __m256i hl = _mm256_and_si256(
@@ -227,12 +229,13 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
     const fdy_kq_act *y = (const fdy_kq_act *)a;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i b4 = _mm512_set1_epi8(0x10);
+    const __m256i mctl = fdy_kq_mins_ctl();
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     __m512i ctl[4], bits[4];
     for (int j = 0; j < 4; j++) {
         ctl[j] = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_set1_epi16(FDY_KQ_WORD(2 * j))),
-            _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)), 1);
+            _mm512_castsi256_si512(_mm256_set1_epi16(FDY_KQ_BYTE(2 * j))),
+            _mm256_set1_epi16(FDY_KQ_BYTE(2 * j + 1)), 1);
         /* qh bit 2j for the low half (group 2j), 2j + 1 for the high half */
         bits[j] = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * j))),
                                      _mm256_set1_epi8((char)(2 << (2 * j))), 1);
@@ -240,15 +243,15 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
-        const float d = y[i].d * fdy_kq_half(x[i].d);
-        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
-        const __m256i sm = _mm256_cvtepu8_epi16(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
-        const __m256i m32 = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sm, 1));
-        const __m256i mdup = _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16));
+        /* (d, dmin) * d_a in lanes 0, 1 */
+        int32_t dbits;
+        memcpy(&dbits, &x[i], 4);
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dbits)), _mm_set1_ps(y[i].d));
+        const __m512i sc = _mm512_broadcast_i32x4(fdy_kq_scale_min_q4_k((const uint8_t *)&x[i]));
+        const __m256i mdup = _mm256_shuffle_epi8(_mm512_castsi512_si256(sc), mctl);
         const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
+        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
                                _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mdup)), accm);
-        const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sm));
         const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].qh));
         __m512i sumi = _mm512_setzero_si512();
         #pragma GCC unroll 8
@@ -262,7 +265,7 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
             sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(q5, a8),
                                  _mm512_shuffle_epi8(sc, ctl[j]), vnni);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
     }
     return _mm512_reduce_add_ps(acc) - fdy_kq_hsum256(accm);
 }

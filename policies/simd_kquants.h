@@ -107,6 +107,16 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scales_
 
 /* vpshufb control replicating int16 lane w (0..7) of each 128-bit lane */
 #define FDY_KQ_WORD(w) ((short)(0x0100 + 0x0202 * (w)))
+/* vpshufb control giving every int16 lane byte b (0..15) of its 128-bit lane, zero-extended */
+#define FDY_KQ_BYTE(b) ((short)(0x8000 | (b)))
+
+/* vpshufb control (both 128-bit lanes holding the bytes of fdy_kq_scale_min_q4_k) giving the
+ * int16 lanes m0 m0 m1 m1 .. m7 m7: against the bsums, vpmaddwd forms m_g * (bsums of group g) */
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m256i fdy_kq_mins_ctl(void) {
+    return _mm256_setr_epi8(8, -128, 8, -128, 9, -128, 9, -128, 10, -128, 10, -128, 11, -128, 11,
+                            -128, 12, -128, 12, -128, 13, -128, 13, -128, 14, -128, 14, -128, 15,
+                            -128, 15, -128);
+}
 
 /* an f16 super-scale as float (vcvtph2ps; NaNs come back quiet, else as fdy_half_to_float) */
 __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline float fdy_kq_half(uint16_t h) {
