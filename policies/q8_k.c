@@ -158,6 +158,7 @@ FDY_KQ_BODY512 float q8_k_vec_dot_body512(const void *w, const void *a, int64_t 
             const __m512i qw = _mm512_loadu_si512((const void *)(x[i].qs + j));
             const __m512i qa = _mm512_loadu_si512((const void *)(y[i].qs + j));
             if (vnni) {
+                /* vpdpbusd itself (vnni = 1): exact for any unsigned byte */
                 sumi = fdy_kq_dpbusd_small(sumi, _mm512_xor_si512(qw, flip), qa, 1);
             } else {
                 const __mmask64 neg = _mm512_movepi8_mask(qw);

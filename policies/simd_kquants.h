@@ -53,8 +53,9 @@ static inline int fdy_kq_tier(void) {
         return (f & FDY_CPU_AVX512VNNI) ? FDY_KQ_AVX512VNNI : FDY_KQ_AVX512;
     }
     return FDY_KQ_AVX2;
-#endif
+#else
     return FDY_KQ_PORTABLE;
+#endif
 }
 
 /* portable kernels: sum_l w[l] * a[l] over a block, w the codes already multiplied by their
@@ -75,9 +76,9 @@ static inline int32_t fdy_kq_dot256(const int16_t *w, const int8_t *a) {
 #define FDY_KQ_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define FDY_KQ_AVX512VNNI_TARGET FDY_KQ_AVX512_TARGET ",avx512vnni"
 
-/* q4_k / q5_k: the 12-byte scale/min packing, read with the 16 bytes at the start of the block
- * (d, dmin, scales), as 16 bytes: scales 0..7, mins 0..7 (fdy_kq_unpack_scale_min in vector
- * registers; no round trip through memory) */
+/* q4_k / q5_k: the 12-byte scale/min packing (fdy_q4_k_sc / fdy_q4_k_m), read with the 16
+ * bytes at the start of the block (d, dmin, scales), unpacked in registers with 32-bit lane
+ * operations to 16 bytes: scales 0..7, mins 0..7 */
 __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scale_min_q4_k(
     const uint8_t *blk) {
     const __m128i v = _mm_loadu_si128((const __m128i *)blk); /* dwords: d|dmin, w0, w1, w2 */
@@ -90,8 +91,8 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scale_m
     return _mm_blend_epi32(lo, hi, 0xA);
 }
 
-/* q3_k: the sixteen 6-bit scales, read with the 16 bytes that end with them (bytes 92..107 of
- * the block), as 16 signed bytes: scale g - 32 (fdy_kq_unpack_q3_k_scales in registers) */
+/* q3_k: the sixteen 6-bit scales (fdy_q3_k_scale), read with the 16 bytes that end with them
+ * (bytes 92..107 of the block), unpacked in registers to 16 signed bytes: scale g - 32 */
 __attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i fdy_kq_scales_q3_k(
     const uint8_t *blk) {
     const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 92)); /* dwords: -, a0, a1, a2 */
@@ -143,8 +144,8 @@ FDY_KQ_BODY512 __m512i fdy_kq_dpwssd(__m512i acc, __m512i a, __m512i b, const in
 }
 
 /* acc + (sums of four adjacent u8 x s8 products of u and s): vpdpbusd, or vpmaddubsw +
- * vpmaddwd + vpaddd.  The fallback is exact only for u <= 127 with s >= -128 (no int16
- * saturation), which every caller guarantees (codes of at most 63). */
+ * vpmaddwd + vpaddd.  The fallback is exact only while no two products exceed int16 (u <= 127
+ * suffices for any s); it serves the ternary codes (u <= 3). */
 FDY_KQ_BODY512 __m512i fdy_kq_dpbusd_small(__m512i acc, __m512i u, __m512i s, const int vnni) {
     if (vnni) {
         __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
