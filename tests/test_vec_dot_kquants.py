@@ -199,8 +199,6 @@ def test_many_superblocks_tiers_agree(name):
 
 # ---- direct calls through the C library: the activation quantizer and -128 activations ----
 
-cffi = pytest.importorskip("cffi")
-
 POLICY_STRUCT = """
 struct fdy_policy {
     const char *name; int32_t type; int32_t block_elems; int32_t block_bytes;
@@ -238,6 +236,7 @@ def header_cdef():
 
 @pytest.fixture(scope="module")
 def lib():
+    cffi = pytest.importorskip("cffi")
     path = os.environ.get("PYFOUNDRY_CFFI_LIB")
     if not path:
         if not shutil.which("make") or not shutil.which(os.environ.get("CC", "cc")):
