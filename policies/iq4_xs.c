@@ -53,6 +53,7 @@ FDY_FN void fdy_decode_iq4_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #ifdef FDY_HOST
 #include "policy.h"
 #include "kquant_ref.h"
+#include "simd_kquants.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
  * plain float loops the compiler vectorizes (same float expression as the decode) */
@@ -119,10 +120,137 @@ static void iq4_xs_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8 variant: integer dot with a Q8_K activation row (simd_kquants.h) ----
+ * per block: d_a * d * sum_g ls_g * (grid[q] . a)_g.  grid values are signed: the SIMD kernels
+ * multiply |grid[q]| (unsigned) by a with the sign of grid[q] (|grid| <= 127, no saturation) */
+
+static float iq4_xs_vec_dot_portable(const void *w, const void *a, int64_t n) {
+    const fdy_block_iq4_xs *x = (const fdy_block_iq4_xs *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / 256; i++) {
+        int32_t sumi = 0;
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *q = x[i].qs + 16 * g;
+            const int8_t *q8 = y[i].qs + 32 * g;
+            int32_t s = 0;
+            for (int j = 0; j < 16; j++) {
+                s += fdy_iq4_xs_grid[q[j] & 0xF] * q8[j] + fdy_iq4_xs_grid[q[j] >> 4] * q8[j + 16];
+            }
+            sumi += fdy_iq4_xs_scale(&x[i], g) * s;
+        }
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)sumi;
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+/* the 8 group scales ls - 32 as int16, from the first 16 bytes of the block */
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m128i iq4_xs_scales16(
+    const fdy_block_iq4_xs *b) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)b); /* d, scales_h, scales_l, qs... */
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m128i sl = _mm_srli_si128(v, 4);
+    /* low nibbles: byte g = nibble g % 2 of scales_l[g / 2] */
+    const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(sl, m4),
+                                         _mm_and_si128(_mm_srli_epi16(sl, 4), m4));
+    /* bits 2g..2g+1 of scales_h: byte g / 4 of it, moved to bits 6-7 by a multiply */
+    const __m128i hb = _mm_cvtepu8_epi16(
+        _mm_shuffle_epi8(v, _mm_setr_epi8(2, 2, 2, 2, 3, 3, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1)));
+    const __m128i hi = _mm_and_si128(
+        _mm_srli_epi16(_mm_mullo_epi16(hb, _mm_setr_epi16(64, 16, 4, 1, 64, 16, 4, 1)), 6),
+        _mm_set1_epi16(3));
+    return _mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(lo), _mm_slli_epi16(hi, 4)),
+                         _mm_set1_epi16(32));
+}
+
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static float iq4_xs_vec_dot_avx2(const void *w,
+                                                                           const void *a,
+                                                                           int64_t n) {
+    const fdy_block_iq4_xs *x = (const fdy_block_iq4_xs *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i grid =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid));
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m256i sc = _mm256_broadcastsi128_si256(iq4_xs_scales16(&x[i]));
+        __m256i sumi = _mm256_setzero_si256();
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++) {
+            /* groups 2j, 2j+1 as [low nibbles | high nibbles]: elements 64j .. 64j+63 */
+            const __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(q4, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            const __m256i v0 = _mm256_shuffle_epi8(grid, _mm256_permute2x128_si256(lo, hi, 0x20));
+            const __m256i v1 = _mm256_shuffle_epi8(grid, _mm256_permute2x128_si256(lo, hi, 0x31));
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(v0), _mm256_sign_epi8(a0, v0));
+            const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(v1), _mm256_sign_epi8(a1, v1));
+            const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j)));
+            const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p0, s0),
+                                                           _mm256_madd_epi16(p1, s1)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return fdy_kq_hsum256(acc);
+}
+
+FDY_KQ_BODY512 float iq4_xs_vec_dot_body512(const void *w, const void *a, int64_t n,
+                                            const int vnni) {
+    const fdy_block_iq4_xs *x = (const fdy_block_iq4_xs *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    const __m512i eight = _mm512_set1_epi8(8);
+    /* |grid| in every 128-bit lane; grid[q] < 0 exactly for q < 8 */
+    const __m512i agrid = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113));
+    /* shift counts per 128-bit lane: low nibbles, high nibbles, low, high */
+    const __m512i shift = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_set_m128i(_mm_set1_epi16(4), _mm_setzero_si128())),
+        _mm256_set_m128i(_mm_set1_epi16(4), _mm_setzero_si128()), 1);
+    __m512i ctl[4];
+    for (int j = 0; j < 4; j++) {
+        ctl[j] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set1_epi16(FDY_KQ_WORD(2 * j))),
+            _mm256_set1_epi16(FDY_KQ_WORD(2 * j + 1)), 1);
+    }
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m512i sc = _mm512_broadcast_i32x4(iq4_xs_scales16(&x[i]));
+        __m512i sumi = _mm512_setzero_si512();
+        #pragma GCC unroll 8
+        for (int j = 0; j < 4; j++) {
+            /* groups 2j, 2j+1: 128-bit lanes [2j low | 2j high | 2j+1 low | 2j+1 high] */
+            const __m512i q2 = _mm512_castsi256_si512(
+                _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j)));
+            const __m512i q = _mm512_and_si512(
+                _mm512_srlv_epi16(_mm512_shuffle_i64x2(q2, q2, _MM_SHUFFLE(1, 1, 0, 0)), shift),
+                m4);
+            const __m512i a8 = _mm512_loadu_si512((const void *)(y[i].qs + 64 * j));
+            const __m512i sa = _mm512_mask_sub_epi8(a8, _mm512_cmplt_epu8_mask(q, eight),
+                                                    _mm512_setzero_si512(), a8);
+            sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(_mm512_shuffle_epi8(agrid, q), sa),
+                                 _mm512_shuffle_epi8(sc, ctl[j]), vnni);
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+FDY_KQ_AVX512_ENTRIES(iq4_xs_vec_dot)
+#endif
+
+FDY_KQ_DISPATCH(iq4_xs_vec_dot)
+
 /* roundtrip: measured relative L2 error 0.0768 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(iq4_xs, .block_elems = FDY_IQ4_XS_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_XS_BLOCK_BYTES, .sub_elems = FDY_IQ4_XS_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_xs,
-                  .dequantize_fast = iq4_xs_dequantize, .quantize = iq4_xs_quantize);
+                  .dequantize_fast = iq4_xs_dequantize, .quantize = iq4_xs_quantize,
+                  .vec_dot = iq4_xs_vec_dot);
 #endif

@@ -45,6 +45,7 @@ FDY_FN void fdy_decode_q2_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #ifdef FDY_HOST
 #include "policy.h"
 #include "kquant_ref.h"
+#include "simd_kquants.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the 2-bit codes in
  * element order, then scale them group by group (same float expression as the decode) */
@@ -138,10 +139,135 @@ static void q2_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8 variant: integer dot with a Q8_K activation row (simd_kquants.h) ----
+ * per block: d_a * d * sum_g sc_g * (q . a)_g - d_a * dmin * sum_g m_g * bsums_g */
+
+static float q2_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
+    const fdy_block_q2_k *x = (const fdy_block_q2_k *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / 256; i++) {
+        int32_t summ = 0;
+        for (int g = 0; g < 16; g++) {
+            summ += (x[i].scales[g] >> 4) * y[i].bsums[g];
+        }
+        for (int h = 0; h < 2; h++) {
+            for (int k = 0; k < 4; k++) {
+                for (int t = 0; t < 2; t++) {
+                    const int s = x[i].scales[8 * h + 2 * k + t] & 0xF;
+                    for (int l = 16 * t; l < 16 * t + 16; l++) {
+                        const int v = (x[i].qs[32 * h + l] >> (2 * k)) & 3;
+                        q[128 * h + 32 * k + l] = (int16_t)(v * s);
+                    }
+                }
+            }
+        }
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
+        sum -= y[i].d * fdy_half_to_float(x[i].dmin) * (float)summ;
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static float q2_k_vec_dot_avx2(const void *w,
+                                                                         const void *a,
+                                                                         int64_t n) {
+    const fdy_block_q2_k *x = (const fdy_block_q2_k *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    __m256i ctl[4];
+    for (int k = 0; k < 4; k++) {
+        ctl[k] = _mm256_set_m128i(_mm_set1_epi16(FDY_KQ_WORD(2 * k + 1)),
+                                  _mm_set1_epi16(FDY_KQ_WORD(2 * k)));
+    }
+    __m256 acc = _mm256_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
+        const __m128i s8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
+        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16)),
+                               accm);
+        __m256i sumi = _mm256_setzero_si256();
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            const __m256i sc = _mm256_broadcastsi128_si256(
+                h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            #pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                const __m256i uq = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+                const __m256i a8 =
+                    _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * h + 32 * k));
+                sumi = _mm256_add_epi32(
+                    sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(uq, a8),
+                                            _mm256_shuffle_epi8(sc, ctl[k])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return fdy_kq_hsum256(_mm256_sub_ps(acc, accm));
+}
+
+FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t n,
+                                          const int vnni) {
+    const fdy_block_q2_k *x = (const fdy_block_q2_k *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+    __m512i idx[4];
+    for (int c = 0; c < 4; c++) {
+        idx[c] = fdy_kq_group16_idx(c);
+    }
+    __m512 acc = _mm512_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        /* (d, dmin) * d_a in lanes 0, 1 */
+        int32_t dbits;
+        memcpy(&dbits, &x[i].d, 4);
+        const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dbits)), _mm_set1_ps(y[i].d));
+        const __m128i s8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
+        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                               _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, m16)), accm);
+        const __m512i scz = _mm512_castsi256_si512(sc16);
+        __m512i sumi = _mm512_setzero_si512();
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            const __m512i qv =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h)));
+            #pragma GCC unroll 8
+            for (int t = 0; t < 2; t++) {
+                const int c = 2 * h + t;
+                const __m512i uq = _mm512_and_si512(_mm512_srlv_epi16(qv, t ? sh23 : sh01), m3);
+                const __m512i a8 = _mm512_loadu_si512((const void *)(y[i].qs + 64 * c));
+                sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(uq, a8),
+                                     _mm512_permutexvar_epi16(idx[c], scz), vnni);
+            }
+        }
+        acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    return _mm512_reduce_add_ps(acc) - fdy_kq_hsum256(accm);
+}
+FDY_KQ_AVX512_ENTRIES(q2_k_vec_dot)
+#endif
+
+FDY_KQ_DISPATCH(q2_k_vec_dot)
+
 /* roundtrip: measured relative L2 error 0.297 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q2_k, .block_elems = FDY_Q2_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q2_K_BLOCK_BYTES, .sub_elems = FDY_Q2_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.39f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q2_k,
-                  .dequantize_fast = q2_k_dequantize, .quantize = q2_k_quantize);
+                  .dequantize_fast = q2_k_dequantize, .quantize = q2_k_quantize,
+                  .vec_dot = q2_k_vec_dot);
 #endif

@@ -45,6 +45,7 @@ FDY_FN void fdy_decode_q6_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #ifdef FDY_HOST
 #include "policy.h"
 #include "kquant_ref.h"
+#include "simd_kquants.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the signed 6-bit
  * codes in element order, then scale them group by group (same float expression as decode) */
@@ -126,10 +127,148 @@ static void q6_k_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8 variant: integer dot with a Q8_K activation row (simd_kquants.h) ----
+ * per block: d_a * d * sum_g sc_g * ((u . a)_g - 32 * bsums_g), u = q + 32 in 0..63 */
+
+static float q6_k_vec_dot_portable(const void *w, const void *a, int64_t n) {
+    const fdy_block_q6_k *x = (const fdy_block_q6_k *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const int8_t *sc = x[i].scales;
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h;
+            const uint8_t *qh = x[i].qh + 32 * h;
+            int16_t *qq = q + 128 * h;
+            const int8_t *s = sc + 8 * h;
+            for (int t = 0; t < 2; t++) {
+                const int s0 = s[t], s1 = s[2 + t], s2 = s[4 + t], s3 = s[6 + t];
+                for (int l = 16 * t; l < 16 * t + 16; l++) {
+                    const int u0 = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                    const int u1 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                    const int u2 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    const int u3 = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    qq[l] = (int16_t)((u0 - 32) * s0);
+                    qq[l + 32] = (int16_t)((u1 - 32) * s1);
+                    qq[l + 64] = (int16_t)((u2 - 32) * s2);
+                    qq[l + 96] = (int16_t)((u3 - 32) * s3);
+                }
+            }
+        }
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static float q6_k_vec_dot_avx2(const void *w,
+                                                                         const void *a,
+                                                                         int64_t n) {
+    const fdy_block_q6_k *x = (const fdy_block_q6_k *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2 = _mm256_set1_epi8(0x30);
+    /* byte shuffles picking int16 scale 2k in the low 128-bit lane and 2k + 1 in the high */
+    __m256i ctl[4];
+    for (int k = 0; k < 4; k++) {
+        ctl[k] = _mm256_set_m128i(_mm_set1_epi16(FDY_KQ_WORD(2 * k + 1)),
+                                  _mm_set1_epi16(FDY_KQ_WORD(2 * k)));
+    }
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        /* sum_g sc_g * 32 * bsums_g, subtracted from the code products */
+        __m256i sumi = _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32(
+                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), sc16), 5));
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            const __m256i sc = _mm256_broadcastsi128_si256(
+                h ? _mm256_extracti128_si256(sc16, 1) : _mm256_castsi256_si128(sc16));
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h));
+            __m256i u[4];
+            u[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2));
+            u[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2));
+            u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                   _mm256_and_si256(qh, m2));
+            u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2));
+            #pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                const __m256i a8 =
+                    _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * h + 32 * k));
+                sumi = _mm256_add_epi32(
+                    sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], a8),
+                                            _mm256_shuffle_epi8(sc, ctl[k])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return fdy_kq_hsum256(acc);
+}
+
+FDY_KQ_BODY512 float q6_k_vec_dot_body512(const void *w, const void *a, int64_t n,
+                                          const int vnni) {
+    const fdy_block_q6_k *x = (const fdy_block_q6_k *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m2 = _mm512_set1_epi8(0x30);
+    /* per-half shift counts: qh bits 2k..2k+1 moved to bits 4-5 for k = 0|1 and k = 2|3 */
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    /* int16 permutations: chunk c (elements 64c .. 64c+63) has groups 4c .. 4c+3, 8 lanes each */
+    __m512i idx[4];
+    for (int c = 0; c < 4; c++) {
+        idx[c] = fdy_kq_group16_idx(c);
+    }
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = y[i].d * fdy_kq_half(x[i].d);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
+        const __m256i corr = _mm256_slli_epi32(
+            _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums), sc16), 5);
+        __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(corr));
+        const __m512i scz = _mm512_castsi256_si512(sc16);
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            /* [ql 64h .. 64h+31 | ql 64h+32 .. 64h+63]: low nibbles k = 0 | 1, high k = 2 | 3 */
+            const __m512i ql = _mm512_loadu_si512((const void *)(x[i].ql + 64 * h));
+            const __m512i qh =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h)));
+            const __m512i u01 = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                                _mm512_and_si512(_mm512_sllv_epi16(qh, sh01), m2));
+            const __m512i u23 =
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                _mm512_and_si512(_mm512_srlv_epi16(qh, sh23), m2));
+            const __m512i a01 = _mm512_loadu_si512((const void *)(y[i].qs + 128 * h));
+            const __m512i a23 = _mm512_loadu_si512((const void *)(y[i].qs + 128 * h + 64));
+            sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(u01, a01),
+                                 _mm512_permutexvar_epi16(idx[2 * h], scz), vnni);
+            sumi = fdy_kq_dpwssd(sumi, _mm512_maddubs_epi16(u23, a23),
+                                 _mm512_permutexvar_epi16(idx[2 * h + 1], scz), vnni);
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+FDY_KQ_AVX512_ENTRIES(q6_k_vec_dot)
+#endif
+
+FDY_KQ_DISPATCH(q6_k_vec_dot)
+
 /* roundtrip: measured relative L2 error 0.0178 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q6_k, .block_elems = FDY_Q6_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q6_K_BLOCK_BYTES, .sub_elems = FDY_Q6_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.023f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q6_k,
-                  .dequantize_fast = q6_k_dequantize, .quantize = q6_k_quantize);
+                  .dequantize_fast = q6_k_dequantize, .quantize = q6_k_quantize,
+                  .vec_dot = q6_k_vec_dot);
 #endif

@@ -59,6 +59,7 @@ FDY_FN void fdy_decode_tq1_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_kquants.h"
 
 static void tq1_0_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_tq1_0 *b = (const fdy_block_tq1_0 *)src;
@@ -123,6 +124,149 @@ static void tq1_0_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8 variant: integer dot with a Q8_K activation row (simd_kquants.h) ----
+ * per block: d_a * d * ((t . a) - sum(a)), t the trits; sum(a) from the bsums.
+ * SIMD trit extraction: with a byte b in the high half of a 16-bit lane, (b << 8) * 3^l keeps
+ * (b * 3^l mod 256) << 8 and the high 16 bits of that times 3 are trit l. */
+
+static float tq1_0_vec_dot_portable(const void *w, const void *a, int64_t n) {
+    const fdy_block_tq1_0 *x = (const fdy_block_tq1_0 *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / 256; i++) {
+        for (int l = 0; l < 5; l++) {
+            const uint8_t p = fdy_pow3_tq1_0[l];
+            for (int m = 0; m < 32; m++) {
+                q[32 * l + m] = (int16_t)((((uint8_t)(x[i].qs[m] * p) * 3u) >> 8) - 1);
+            }
+            for (int m = 0; m < 16; m++) {
+                q[160 + 16 * l + m] = (int16_t)((((uint8_t)(x[i].qs[32 + m] * p) * 3u) >> 8) - 1);
+            }
+        }
+        for (int l = 0; l < 4; l++) {
+            const uint8_t p = fdy_pow3_tq1_0[l];
+            for (int m = 0; m < 4; m++) {
+                q[240 + 4 * l + m] = (int16_t)((((uint8_t)(x[i].qh[m] * p) * 3u) >> 8) - 1);
+            }
+        }
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+/* int16 multipliers 3^l of the trit vectors below, one per 16-bit lane (2 bytes) */
+static const int16_t tq1_0_pow3_lanes[4][32] = {
+    /* qs[0..31] x {1 | 3} and x {9 | 27}: elements 0..63, 64..127 */
+    {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+     3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3},
+    {9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+     27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27, 27},
+    /* qs[0..31] x 81 | qs[32..47] x {1, 3}: elements 128..191 */
+    {81, 81, 81, 81, 81, 81, 81, 81, 81, 81, 81, 81, 81, 81, 81, 81,
+     1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3},
+    /* qs[32..47] x {9, 27} | qs[32..47] x 81, qh[0..3] x4 x {1, 3, 9, 27}: elements 192..255 */
+    {9, 9, 9, 9, 9, 9, 9, 9, 27, 27, 27, 27, 27, 27, 27, 27,
+     81, 81, 81, 81, 81, 81, 81, 81, 1, 1, 3, 3, 9, 9, 27, 27},
+};
+
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static inline __m256i tq1_0_trits256(__m256i b,
+                                                                                __m256i p) {
+    const __m256i three = _mm256_set1_epi16(3);
+    const __m256i te = _mm256_mulhi_epu16(_mm256_mullo_epi16(_mm256_slli_epi16(b, 8), p), three);
+    const __m256i to = _mm256_mulhi_epu16(
+        _mm256_mullo_epi16(_mm256_and_si256(b, _mm256_set1_epi16((short)0xFF00)), p), three);
+    return _mm256_or_si256(te, _mm256_slli_epi16(to, 8));
+}
+
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq1_0_vec_dot_avx2(const void *w,
+                                                                          const void *a,
+                                                                          int64_t n) {
+    const fdy_block_tq1_0 *x = (const fdy_block_tq1_0 *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i *pw = (const __m256i *)tq1_0_pow3_lanes;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)x[i].qs);
+        const __m128i c = _mm_loadu_si128((const __m128i *)(x[i].qs + 32));
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        const __m256i b1 = _mm256_broadcastsi128_si256(c);
+        const __m256i b2 = _mm256_set_m128i(_mm_set1_epi32((int)qh), c);
+        /* the 8 trit vectors of elements 32v .. 32v+31 (int16 sums stay within 8 x 2 x 2 x 128) */
+        __m256i t[8];
+        t[0] = tq1_0_trits256(b0, _mm256_set1_epi16(1));
+        t[1] = tq1_0_trits256(b0, _mm256_set1_epi16(3));
+        t[2] = tq1_0_trits256(b0, _mm256_set1_epi16(9));
+        t[3] = tq1_0_trits256(b0, _mm256_set1_epi16(27));
+        t[4] = tq1_0_trits256(b0, _mm256_set1_epi16(81));
+        t[5] = tq1_0_trits256(b1, _mm256_loadu_si256(pw + 5)); /* {1 | 3} */
+        t[6] = tq1_0_trits256(b1, _mm256_loadu_si256(pw + 6)); /* {9 | 27} */
+        t[7] = tq1_0_trits256(b2, _mm256_loadu_si256(pw + 7)); /* {81 | 1, 3, 9, 27} */
+        __m256i s16 = _mm256_setzero_si256();
+        #pragma GCC unroll 8
+        for (int v = 0; v < 8; v++) {
+            const __m256i a8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * v));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(t[v], a8));
+        }
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        const __m256i sumi = _mm256_madd_epi16(_mm256_sub_epi16(s16, bs), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
+                              _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return fdy_kq_hsum256(acc);
+}
+
+FDY_KQ_BODY512 __m512i tq1_0_trits512(__m512i b, __m512i p) {
+    const __m512i three = _mm512_set1_epi16(3);
+    const __m512i te = _mm512_mulhi_epu16(_mm512_mullo_epi16(_mm512_slli_epi16(b, 8), p), three);
+    const __m512i to = _mm512_mulhi_epu16(
+        _mm512_mullo_epi16(_mm512_and_si512(b, _mm512_set1_epi16((short)0xFF00)), p), three);
+    return _mm512_or_si512(te, _mm512_slli_epi16(to, 8));
+}
+
+FDY_KQ_BODY512 float tq1_0_vec_dot_body512(const void *w, const void *a, int64_t n,
+                                           const int vnni) {
+    const fdy_block_tq1_0 *x = (const fdy_block_tq1_0 *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    __m512i pw[4];
+    for (int v = 0; v < 4; v++) {
+        pw[v] = _mm512_loadu_si512((const void *)tq1_0_pow3_lanes[v]);
+    }
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const __m256i b = _mm256_loadu_si256((const __m256i *)x[i].qs);
+        const __m128i c = _mm_loadu_si128((const __m128i *)(x[i].qs + 32));
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        const __m512i z01 = _mm512_broadcast_i64x4(b);
+        const __m512i z2 = _mm512_inserti64x4(_mm512_castsi256_si512(b),
+                                              _mm256_broadcastsi128_si256(c), 1);
+        const __m512i z3 =
+            _mm512_inserti32x4(_mm512_broadcast_i32x4(c), _mm_set1_epi32((int)qh), 3);
+        const __m256i s = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
+                                            _mm256_set1_epi16(1));
+        __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(s));
+        sumi = fdy_kq_dpbusd_small(sumi, tq1_0_trits512(z01, pw[0]),
+                                   _mm512_loadu_si512((const void *)y[i].qs), vnni);
+        sumi = fdy_kq_dpbusd_small(sumi, tq1_0_trits512(z01, pw[1]),
+                                   _mm512_loadu_si512((const void *)(y[i].qs + 64)), vnni);
+        sumi = fdy_kq_dpbusd_small(sumi, tq1_0_trits512(z2, pw[2]),
+                                   _mm512_loadu_si512((const void *)(y[i].qs + 128)), vnni);
+        sumi = fdy_kq_dpbusd_small(sumi, tq1_0_trits512(z3, pw[3]),
+                                   _mm512_loadu_si512((const void *)(y[i].qs + 192)), vnni);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
+                              _mm512_cvtepi32_ps(sumi), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+FDY_KQ_AVX512_ENTRIES(tq1_0_vec_dot)
+#endif
+
+FDY_KQ_DISPATCH(tq1_0_vec_dot)
+
 /* roundtrip bound: 1.3x the measured 0.798 would pass an all-zero decoder (1.0), so the
  * bound is 0.9 instead; ternary codes with d = max|x| send most Gaussian weights to 0 */
 FDY_POLICY_DEFINE(tq1_0, .block_elems = FDY_TQ1_0_BLOCK_ELEMS,
@@ -130,5 +274,6 @@ FDY_POLICY_DEFINE(tq1_0, .block_elems = FDY_TQ1_0_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k",
                   .tol_roundtrip = 0.9f /* measured 0.798 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_tq1_0, .dequantize_fast = tq1_0_dequantize,
-                  .quantize = tq1_0_quantize);
+                  .quantize = tq1_0_quantize,
+                  .vec_dot = tq1_0_vec_dot);
 #endif

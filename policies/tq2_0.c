@@ -34,6 +34,7 @@ FDY_FN void fdy_decode_tq2_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_kquants.h"
 
 static void tq2_0_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_tq2_0 *b = (const fdy_block_tq2_0 *)src;
@@ -75,6 +76,91 @@ static void tq2_0_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8 variant: integer dot with a Q8_K activation row (simd_kquants.h) ----
+ * per block: d_a * d * ((q . a) - sum(a)), q the 2-bit codes; sum(a) from the bsums */
+
+static float tq2_0_vec_dot_portable(const void *w, const void *a, int64_t n) {
+    const fdy_block_tq2_0 *x = (const fdy_block_tq2_0 *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    int16_t q[256];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / 256; i++) {
+        for (int c = 0; c < 2; c++) {
+            for (int l = 0; l < 4; l++) {
+                for (int m = 0; m < 32; m++) {
+                    q[128 * c + 32 * l + m] = (int16_t)(((x[i].qs[32 * c + m] >> (2 * l)) & 3) - 1);
+                }
+            }
+        }
+        sum += y[i].d * fdy_half_to_float(x[i].d) * (float)fdy_kq_dot256(q, y[i].qs);
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+__attribute__((target(FDY_KQ_AVX2_TARGET))) static float tq2_0_vec_dot_avx2(const void *w,
+                                                                          const void *a,
+                                                                          int64_t n) {
+    const fdy_block_tq2_0 *x = (const fdy_block_tq2_0 *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        /* int16 lanes: at most 8 x (3 * 128 * 2) in magnitude */
+        __m256i s16 = _mm256_setzero_si256();
+        #pragma GCC unroll 8
+        for (int c = 0; c < 2; c++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c));
+            #pragma GCC unroll 8
+            for (int l = 0; l < 4; l++) {
+                const __m256i a8 =
+                    _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * c + 32 * l));
+                const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * l), m3);
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u, a8));
+            }
+        }
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        const __m256i sumi = _mm256_madd_epi16(_mm256_sub_epi16(s16, bs), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
+                              _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return fdy_kq_hsum256(acc);
+}
+
+FDY_KQ_BODY512 float tq2_0_vec_dot_body512(const void *w, const void *a, int64_t n,
+                                           const int vnni) {
+    const fdy_block_tq2_0 *x = (const fdy_block_tq2_0 *)w;
+    const fdy_kq_act *y = (const fdy_kq_act *)a;
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++) {
+        const __m256i s = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[i].bsums),
+                                            _mm256_set1_epi16(1));
+        __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(s));
+        #pragma GCC unroll 8
+        for (int c = 0; c < 2; c++) {
+            const __m512i qv =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * c)));
+            const __m512i a01 = _mm512_loadu_si512((const void *)(y[i].qs + 128 * c));
+            const __m512i a23 = _mm512_loadu_si512((const void *)(y[i].qs + 128 * c + 64));
+            sumi = fdy_kq_dpbusd_small(sumi, _mm512_and_si512(_mm512_srlv_epi16(qv, sh01), m3),
+                                       a01, vnni);
+            sumi = fdy_kq_dpbusd_small(sumi, _mm512_and_si512(_mm512_srlv_epi16(qv, sh23), m3),
+                                       a23, vnni);
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * fdy_kq_half(x[i].d)),
+                              _mm512_cvtepi32_ps(sumi), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+FDY_KQ_AVX512_ENTRIES(tq2_0_vec_dot)
+#endif
+
+FDY_KQ_DISPATCH(tq2_0_vec_dot)
+
 /* roundtrip bound: 1.3x the measured 0.798 would pass an all-zero decoder (1.0), so the
  * bound is 0.9 instead; ternary codes with d = max|x| send most Gaussian weights to 0 */
 FDY_POLICY_DEFINE(tq2_0, .block_elems = FDY_TQ2_0_BLOCK_ELEMS,
@@ -82,5 +168,6 @@ FDY_POLICY_DEFINE(tq2_0, .block_elems = FDY_TQ2_0_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k",
                   .tol_roundtrip = 0.9f /* measured 0.798 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_tq2_0, .dequantize_fast = tq2_0_dequantize,
-                  .quantize = tq2_0_quantize);
+                  .quantize = tq2_0_quantize,
+                  .vec_dot = tq2_0_vec_dot);
 #endif
