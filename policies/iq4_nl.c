@@ -80,110 +80,40 @@ static void iq4_nl_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
-/* ---- q8-variant integer dot: a iq4_nl weight row x a q8_0 activation row ----
+/* ---- q8-variant integer dot: an iq4_nl weight row x a q8_0 activation row ----
  * sum over blocks of d_w * d_a * sum_j grid[q_j] * a_j.  The byte dots take |grid[q]| (<= 127,
- * a shuffle of the table) and a with the sign of grid[q] (grid[q] < 0 exactly for q < 8). */
+ * a byte shuffle of the table) and a with the sign of grid[q] (negative exactly for q < 8). */
 
-static inline int iq4_nl_block_dot(const fdy_block_iq4_nl *x, const fdy_leg_q8_0 *y) {
+static inline float iq4_nl_block(const fdy_block_iq4_nl *x, const fdy_leg_q8_0 *y) {
     int s = 0;
     for (int j = 0; j < 16; j++) {
         s += (int)fdy_iq4_nl_grid[x->qs[j] & 0x0F] * (int)y->qs[j];
         s += (int)fdy_iq4_nl_grid[x->qs[j] >> 4] * (int)y->qs[j + 16];
     }
-    return s;
-}
-
-static float iq4_nl_dot_portable(const void *w, const void *a, int64_t n) {
-    const fdy_block_iq4_nl *x = (const fdy_block_iq4_nl *)w;
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float d = fdy_half_to_float(x[i].d) * fdy_half_to_float(y[i].d);
-        sum += d * (float)iq4_nl_block_dot(x + i, y + i);
-    }
-    return sum;
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
 }
 
 #if defined(__x86_64__)
-/* |grid| in each 128-bit lane, for the byte shuffle */
-FDY_TARGET_AVX512 static inline __m512i iq4_nl_absgrid512(void) {
-    return _mm512_broadcast_i32x4(_mm_setr_epi8(127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113));
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 iq4_nl_ops256(const fdy_block_iq4_nl *x,
+                                                        const fdy_leg_q8_0 *y) {
+    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_nl_grid));
+    const __m256i g = _mm256_shuffle_epi8(grid, fdy_nibbles256(x->qs));
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};
 }
 
-/* AVX2: one block per ymm, two blocks per iteration */
-#define IQ4_NL_DOT_AVX2(NAME, TARGET, DP)                                                               \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                                 \
-        const fdy_block_iq4_nl *x = (const fdy_block_iq4_nl *)w;                                        \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                                \
-        const int64_t nb = n / 32;                                                                      \
-        const __m256i z = _mm256_setzero_si256();                                                       \
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                     \
-        int64_t i = 0;                                                                                  \
-        for (; i + 2 <= nb; i += 2) {                                                                   \
-            for (int k = 0; k < 2; k++) {                                                               \
-                const fdy_block_iq4_nl *xb = x + i + k;                                                 \
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)y[i + k].qs);                    \
-                const __m256i g = _mm256_shuffle_epi8(                                                  \
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_nl_grid)),     \
-                    fdy_nibbles256(xb->qs));                                                            \
-                const __m256i s = DP(z, _mm256_abs_epi8(g), _mm256_sign_epi8(aq, g));                   \
-                const float d = fdy_leg_half(xb[0].d) * fdy_leg_half(y[i + k].d);                       \
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d), acc[k]);             \
-            }                                                                                           \
-        }                                                                                               \
-        float sum = fdy_hsum256(_mm256_add_ps(acc[0], acc[1]));                                         \
-        for (; i < nb; i++) {                                                                           \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) * (float)iq4_nl_block_dot(x + i, y + i); \
-        }                                                                                               \
-        return sum;                                                                                     \
-    }
-IQ4_NL_DOT_AVX2(iq4_nl_dot_avx2, FDY_TARGET_AVX2, fdy_dp256)
-IQ4_NL_DOT_AVX2(iq4_nl_dot_avxvnni, FDY_TARGET_AVXVNNI, fdy_dp256_vnni)
-
-/* AVX-512: two blocks per zmm, four blocks per iteration */
-#define IQ4_NL_DOT_AVX512(NAME, TARGET, DP)                                                             \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                                 \
-        const fdy_block_iq4_nl *x = (const fdy_block_iq4_nl *)w;                                        \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                                \
-        const int64_t nb = n / 32;                                                                      \
-        const __m512i z = _mm512_setzero_si512();                                                       \
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                     \
-        int64_t i = 0;                                                                                  \
-        for (; i + 4 <= nb; i += 4) {                                                                   \
-            for (int k = 0; k < 2; k++) {                                                               \
-                const fdy_block_iq4_nl *xb = x + i + 2 * k;                                             \
-                const fdy_leg_q8_0 *yb = y + i + 2 * k;                                                 \
-                const __m512i aq = fdy_load2x32(yb[0].qs, yb[1].qs);                                    \
-                const __m512i c = fdy_nibbles512(xb[0].qs, xb[1].qs);                                   \
-                const __m512i g = _mm512_shuffle_epi8(iq4_nl_absgrid512(), c);                          \
-                const __m512i s =                                                                       \
-                    DP(z, g, fdy_negate_where(aq, _mm512_testn_epi8_mask(c, _mm512_set1_epi8(8))));     \
-                const __m512 d = fdy_scale2(fdy_leg_half(xb[0].d) * fdy_leg_half(yb[0].d),              \
-                                            fdy_leg_half(xb[1].d) * fdy_leg_half(yb[1].d));             \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                             \
-            }                                                                                           \
-        }                                                                                               \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));                                \
-        for (; i < nb; i++) {                                                                           \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) * (float)iq4_nl_block_dot(x + i, y + i); \
-        }                                                                                               \
-        return sum;                                                                                     \
-    }
-IQ4_NL_DOT_AVX512(iq4_nl_dot_avx512, FDY_TARGET_AVX512, fdy_dp512)
-IQ4_NL_DOT_AVX512(iq4_nl_dot_avx512vnni, FDY_TARGET_AVX512VNNI, fdy_dp512_vnni)
-#endif
-
-static float iq4_nl_vec_dot(const void *w, const void *a, int64_t n) {
-    switch (fdy_leg_tier()) {
-#if defined(__x86_64__)
-    case FDY_LEG_AVX512VNNI: return iq4_nl_dot_avx512vnni(w, a, n);
-    case FDY_LEG_AVX512: return iq4_nl_dot_avx512(w, a, n);
-    case FDY_LEG_AVXVNNI: return iq4_nl_dot_avxvnni(w, a, n);
-    case FDY_LEG_AVX2: return iq4_nl_dot_avx2(w, a, n);
-#endif
-    default: return iq4_nl_dot_portable(w, a, n);
-    }
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 iq4_nl_ops512(const fdy_block_iq4_nl *x,
+                                                          const fdy_leg_q8_0 *y) {
+    const __m512i absgrid = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113));
+    const __m512i c = fdy_nibbles512(x[0].qs, x[1].qs);
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    const __mmask64 neg = _mm512_testn_epi8_mask(c, _mm512_set1_epi8(8));
+    return (fdy_ops512){_mm512_shuffle_epi8(absgrid, c), fdy_negate_where(a, neg), a};
 }
+#endif
+
+FDY_LEG_KERNELS(iq4_nl, fdy_block_iq4_nl, fdy_leg_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
 /* roundtrip: measured relative L2 error 0.0754 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,

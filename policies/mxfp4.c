@@ -101,113 +101,55 @@ static void mxfp4_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
-/* ---- q8-variant integer dot: a mxfp4 weight row x a q8_0 activation row ----
- * sum over blocks of d_w * d_a * sum_j k[q_j] * a_j, k = the doubled E2M1 values as int8 and
- * d_w = fdy_e8m0_to_float_half(e) (a power of two).  The byte dots take |k[q]| (<= 12, a
- * shuffle of the table) and a with the sign of k[q] (k[q] < 0 for q > 8). */
+/* ---- q8-variant integer dot: an mxfp4 weight row x a q8_0 activation row ----
+ * sum over blocks of d_w * d_a * sum_j k[q_j] * a_j with k the doubled E2M1 values as int8
+ * and d_w = fdy_e8m0_to_float_half(e), a power of two.  The byte dots take |k[q]| (<= 12, a
+ * byte shuffle of the table) and a with the sign of k[q] (negative for q > 8). */
 
-static const int8_t mxfp4_kvalues_i8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+static const int8_t mxfp4_k_i8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
-static inline int mxfp4_block_dot(const fdy_block_mxfp4 *x, const fdy_leg_q8_0 *y) {
+static inline float mxfp4_block(const fdy_block_mxfp4 *x, const fdy_leg_q8_0 *y) {
     int s = 0;
     for (int j = 0; j < 16; j++) {
-        s += (int)mxfp4_kvalues_i8[x->qs[j] & 0x0F] * (int)y->qs[j];
-        s += (int)mxfp4_kvalues_i8[x->qs[j] >> 4] * (int)y->qs[j + 16];
+        s += (int)mxfp4_k_i8[x->qs[j] & 0x0F] * (int)y->qs[j];
+        s += (int)mxfp4_k_i8[x->qs[j] >> 4] * (int)y->qs[j + 16];
     }
-    return s;
-}
-
-static float mxfp4_dot_portable(const void *w, const void *a, int64_t n) {
-    const fdy_block_mxfp4 *x = (const fdy_block_mxfp4 *)w;
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float d = fdy_e8m0_to_float_half(x[i].e) * fdy_half_to_float(y[i].d);
-        sum += d * (float)mxfp4_block_dot(x + i, y + i);
-    }
-    return sum;
+    return fdy_e8m0_to_float_half(x->e) * fdy_half_to_float(y->d) * (float)s;
 }
 
 #if defined(__x86_64__)
-/* |k| in each 128-bit lane, for the byte shuffle */
-FDY_TARGET_AVX512 static inline __m512i mxfp4_abskv512(void) {
-    return _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12));
+#define MXFP4_D1(x) fdy_e8m0_to_float_half((x)->e)
+
+/* fdy_e8m0_to_float_half of the exponents of x[0..7] */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256 mxfp4_d8(const fdy_block_mxfp4 *x) {
+    const __m256i e = _mm256_setr_epi32(x[0].e, x[1].e, x[2].e, x[3].e, x[4].e, x[5].e, x[6].e,
+                                        x[7].e);
+    const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    const __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, sub, is_sub));
 }
 
-/* AVX2: one block per ymm, two blocks per iteration */
-#define MXFP4_DOT_AVX2(NAME, TARGET, DP)                                                                         \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                                          \
-        const fdy_block_mxfp4 *x = (const fdy_block_mxfp4 *)w;                                                   \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                                         \
-        const int64_t nb = n / 32;                                                                               \
-        const __m256i z = _mm256_setzero_si256();                                                                \
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                              \
-        int64_t i = 0;                                                                                           \
-        for (; i + 2 <= nb; i += 2) {                                                                            \
-            for (int k = 0; k < 2; k++) {                                                                        \
-                const fdy_block_mxfp4 *xb = x + i + k;                                                           \
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)y[i + k].qs);                             \
-                const __m256i g = _mm256_shuffle_epi8(                                                           \
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)mxfp4_kvalues_i8)),             \
-                    fdy_nibbles256(xb->qs));                                                                     \
-                const __m256i s = DP(z, _mm256_abs_epi8(g), _mm256_sign_epi8(aq, g));                            \
-                const float d = fdy_e8m0_to_float_half(xb[0].e) * fdy_leg_half(y[i + k].d);                      \
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d), acc[k]);                      \
-            }                                                                                                    \
-        }                                                                                                        \
-        float sum = fdy_hsum256(_mm256_add_ps(acc[0], acc[1]));                                                  \
-        for (; i < nb; i++) {                                                                                    \
-            sum += fdy_e8m0_to_float_half(x[i].e) * fdy_leg_half(y[i].d) * (float)mxfp4_block_dot(x + i, y + i); \
-        }                                                                                                        \
-        return sum;                                                                                              \
-    }
-MXFP4_DOT_AVX2(mxfp4_dot_avx2, FDY_TARGET_AVX2, fdy_dp256)
-MXFP4_DOT_AVX2(mxfp4_dot_avxvnni, FDY_TARGET_AVXVNNI, fdy_dp256_vnni)
-
-/* AVX-512: two blocks per zmm, four blocks per iteration */
-#define MXFP4_DOT_AVX512(NAME, TARGET, DP)                                                                       \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                                          \
-        const fdy_block_mxfp4 *x = (const fdy_block_mxfp4 *)w;                                                   \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                                         \
-        const int64_t nb = n / 32;                                                                               \
-        const __m512i z = _mm512_setzero_si512();                                                                \
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                              \
-        int64_t i = 0;                                                                                           \
-        for (; i + 4 <= nb; i += 4) {                                                                            \
-            for (int k = 0; k < 2; k++) {                                                                        \
-                const fdy_block_mxfp4 *xb = x + i + 2 * k;                                                       \
-                const fdy_leg_q8_0 *yb = y + i + 2 * k;                                                          \
-                const __m512i aq = fdy_load2x32(yb[0].qs, yb[1].qs);                                             \
-                const __m512i c = fdy_nibbles512(xb[0].qs, xb[1].qs);                                            \
-                const __m512i g = _mm512_shuffle_epi8(mxfp4_abskv512(), c);                                      \
-                const __m512i s =                                                                                \
-                    DP(z, g, fdy_negate_where(aq, _mm512_test_epi8_mask(c, _mm512_set1_epi8(8))));               \
-                const __m512 d = fdy_scale2(fdy_e8m0_to_float_half(xb[0].e) * fdy_leg_half(yb[0].d),             \
-                                            fdy_e8m0_to_float_half(xb[1].e) * fdy_leg_half(yb[1].d));            \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                                      \
-            }                                                                                                    \
-        }                                                                                                        \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));                                         \
-        for (; i < nb; i++) {                                                                                    \
-            sum += fdy_e8m0_to_float_half(x[i].e) * fdy_leg_half(y[i].d) * (float)mxfp4_block_dot(x + i, y + i); \
-        }                                                                                                        \
-        return sum;                                                                                              \
-    }
-MXFP4_DOT_AVX512(mxfp4_dot_avx512, FDY_TARGET_AVX512, fdy_dp512)
-MXFP4_DOT_AVX512(mxfp4_dot_avx512vnni, FDY_TARGET_AVX512VNNI, fdy_dp512_vnni)
-#endif
-
-static float mxfp4_vec_dot(const void *w, const void *a, int64_t n) {
-    switch (fdy_leg_tier()) {
-#if defined(__x86_64__)
-    case FDY_LEG_AVX512VNNI: return mxfp4_dot_avx512vnni(w, a, n);
-    case FDY_LEG_AVX512: return mxfp4_dot_avx512(w, a, n);
-    case FDY_LEG_AVXVNNI: return mxfp4_dot_avxvnni(w, a, n);
-    case FDY_LEG_AVX2: return mxfp4_dot_avx2(w, a, n);
-#endif
-    default: return mxfp4_dot_portable(w, a, n);
-    }
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 mxfp4_ops256(const fdy_block_mxfp4 *x,
+                                                       const fdy_leg_q8_0 *y) {
+    const __m256i k = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)mxfp4_k_i8));
+    const __m256i g = _mm256_shuffle_epi8(k, fdy_nibbles256(x->qs));
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};
 }
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 mxfp4_ops512(const fdy_block_mxfp4 *x,
+                                                         const fdy_leg_q8_0 *y) {
+    const __m512i absk =
+        _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12));
+    const __m512i c = fdy_nibbles512(x[0].qs, x[1].qs);
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    const __mmask64 neg = _mm512_test_epi8_mask(c, _mm512_set1_epi8(8));
+    return (fdy_ops512){_mm512_shuffle_epi8(absk, c), fdy_negate_where(a, neg), a};
+}
+#endif
+
+FDY_LEG_KERNELS(mxfp4, fdy_block_mxfp4, fdy_leg_q8_0, 0, MXFP4_D1, mxfp4_d8, mxfp4_d8)
 
 FDY_POLICY_DEFINE(mxfp4, .block_elems = FDY_MXFP4_BLOCK_ELEMS,
                   .block_bytes = FDY_MXFP4_BLOCK_BYTES, .sub_elems = FDY_MXFP4_SUB_ELEMS,

@@ -77,98 +77,30 @@ static void q4_0_quantize(const float *src, void *dst, int64_t n) {
  * sum over blocks of d_w * d_a * (sum_j q_j * a_j - 8 * sum_j a_j), q in [0, 15]: the byte
  * dots take q (unsigned) and the codes a (|a| <= 127) as they are. */
 
-static inline int q4_0_block_dot(const fdy_block_q4_0 *x, const fdy_leg_q8_0 *y) {
+static inline float q4_0_block(const fdy_block_q4_0 *x, const fdy_leg_q8_0 *y) {
     int s = 0;
     for (int j = 0; j < 16; j++) {
         s += ((int)(x->qs[j] & 0x0F) - 8) * (int)y->qs[j];
         s += ((int)(x->qs[j] >> 4) - 8) * (int)y->qs[j + 16];
     }
-    return s;
-}
-
-static float q4_0_dot_portable(const void *w, const void *a, int64_t n) {
-    const fdy_block_q4_0 *x = (const fdy_block_q4_0 *)w;
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float d = fdy_half_to_float(x[i].d) * fdy_half_to_float(y[i].d);
-        sum += d * (float)q4_0_block_dot(x + i, y + i);
-    }
-    return sum;
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
 }
 
 #if defined(__x86_64__)
-/* AVX2: one block per ymm, two blocks per iteration */
-#define Q4_0_DOT_AVX2(NAME, TARGET, DP)                                                     \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                     \
-        const fdy_block_q4_0 *x = (const fdy_block_q4_0 *)w;                                \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                    \
-        const int64_t nb = n / 32;                                                          \
-        const __m256i z = _mm256_setzero_si256(), eight = _mm256_set1_epi8(8);              \
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                         \
-        int64_t i = 0;                                                                      \
-        for (; i + 2 <= nb; i += 2) {                                                       \
-            for (int k = 0; k < 2; k++) {                                                   \
-                const __m256i q = fdy_nibbles256(x[i + k].qs);                              \
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)y[i + k].qs);        \
-                const __m256i s = _mm256_sub_epi32(DP(z, q, aq), DP(z, eight, aq));         \
-                const float d = fdy_leg_half(x[i + k].d) * fdy_leg_half(y[i + k].d);        \
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d), acc[k]); \
-            }                                                                               \
-        }                                                                                   \
-        float sum = fdy_hsum256(_mm256_add_ps(acc[0], acc[1]));                             \
-        for (; i < nb; i++) {                                                               \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) *                            \
-                   (float)q4_0_block_dot(x + i, y + i);                                     \
-        }                                                                                   \
-        return sum;                                                                         \
-    }
-Q4_0_DOT_AVX2(q4_0_dot_avx2, FDY_TARGET_AVX2, fdy_dp256)
-Q4_0_DOT_AVX2(q4_0_dot_avxvnni, FDY_TARGET_AVXVNNI, fdy_dp256_vnni)
-
-/* AVX-512: two blocks per zmm, four blocks per iteration */
-#define Q4_0_DOT_AVX512(NAME, TARGET, DP)                                                   \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                     \
-        const fdy_block_q4_0 *x = (const fdy_block_q4_0 *)w;                                \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                    \
-        const int64_t nb = n / 32;                                                          \
-        const __m512i z = _mm512_setzero_si512(), eight = _mm512_set1_epi8(8);              \
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                         \
-        int64_t i = 0;                                                                      \
-        for (; i + 4 <= nb; i += 4) {                                                       \
-            for (int k = 0; k < 2; k++) {                                                   \
-                const fdy_block_q4_0 *xb = x + i + 2 * k;                                   \
-                const fdy_leg_q8_0 *yb = y + i + 2 * k;                                     \
-                const __m512i q = fdy_nibbles512(xb[0].qs, xb[1].qs);                       \
-                const __m512i aq = fdy_load2x32(yb[0].qs, yb[1].qs);                        \
-                const __m512i s = _mm512_sub_epi32(DP(z, q, aq), DP(z, eight, aq));         \
-                const __m512 d = fdy_scale2(fdy_leg_half(xb[0].d) * fdy_leg_half(yb[0].d),  \
-                                            fdy_leg_half(xb[1].d) * fdy_leg_half(yb[1].d)); \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                 \
-            }                                                                               \
-        }                                                                                   \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));                    \
-        for (; i < nb; i++) {                                                               \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) *                            \
-                   (float)q4_0_block_dot(x + i, y + i);                                     \
-        }                                                                                   \
-        return sum;                                                                         \
-    }
-Q4_0_DOT_AVX512(q4_0_dot_avx512, FDY_TARGET_AVX512, fdy_dp512)
-Q4_0_DOT_AVX512(q4_0_dot_avx512vnni, FDY_TARGET_AVX512VNNI, fdy_dp512_vnni)
-#endif
-
-static float q4_0_vec_dot(const void *w, const void *a, int64_t n) {
-    switch (fdy_leg_tier()) {
-#if defined(__x86_64__)
-    case FDY_LEG_AVX512VNNI: return q4_0_dot_avx512vnni(w, a, n);
-    case FDY_LEG_AVX512: return q4_0_dot_avx512(w, a, n);
-    case FDY_LEG_AVXVNNI: return q4_0_dot_avxvnni(w, a, n);
-    case FDY_LEG_AVX2: return q4_0_dot_avx2(w, a, n);
-#endif
-    default: return q4_0_dot_portable(w, a, n);
-    }
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q4_0_ops256(const fdy_block_q4_0 *x,
+                                                      const fdy_leg_q8_0 *y) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){fdy_nibbles256(x->qs), a, a};
 }
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q4_0_ops512(const fdy_block_q4_0 *x,
+                                                        const fdy_leg_q8_0 *y) {
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    return (fdy_ops512){fdy_nibbles512(x[0].qs, x[1].qs), a, a};
+}
+#endif
+
+FDY_LEG_KERNELS(q4_0, fdy_block_q4_0, fdy_leg_q8_0, 8, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
 FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_0_BLOCK_BYTES, .sub_elems = FDY_Q4_0_SUB_ELEMS,

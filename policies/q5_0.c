@@ -103,7 +103,7 @@ static void q5_0_quantize(const float *src, void *dst, int64_t n) {
  * sum over blocks of d_w * d_a * (sum_j q_j * a_j - 16 * sum_j a_j), q in [0, 31]: the byte
  * dots take q (unsigned) and the codes a (|a| <= 127) as they are. */
 
-static inline int q5_0_block_dot(const fdy_block_q5_0 *x, const fdy_leg_q8_0 *y) {
+static inline float q5_0_block(const fdy_block_q5_0 *x, const fdy_leg_q8_0 *y) {
     uint32_t qh;
     memcpy(&qh, x->qh, 4);
     int s = 0;
@@ -112,91 +112,24 @@ static inline int q5_0_block_dot(const fdy_block_q5_0 *x, const fdy_leg_q8_0 *y)
         const int q1 = (int)(x->qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
         s += (q0 - 16) * (int)y->qs[j] + (q1 - 16) * (int)y->qs[j + 16];
     }
-    return s;
-}
-
-static float q5_0_dot_portable(const void *w, const void *a, int64_t n) {
-    const fdy_block_q5_0 *x = (const fdy_block_q5_0 *)w;
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float d = fdy_half_to_float(x[i].d) * fdy_half_to_float(y[i].d);
-        sum += d * (float)q5_0_block_dot(x + i, y + i);
-    }
-    return sum;
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
 }
 
 #if defined(__x86_64__)
-/* AVX2: one block per ymm, two blocks per iteration */
-#define Q5_0_DOT_AVX2(NAME, TARGET, DP)                                                               \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                               \
-        const fdy_block_q5_0 *x = (const fdy_block_q5_0 *)w;                                          \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                              \
-        const int64_t nb = n / 32;                                                                    \
-        const __m256i z = _mm256_setzero_si256();                                                     \
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                   \
-        int64_t i = 0;                                                                                \
-        for (; i + 2 <= nb; i += 2) {                                                                 \
-            for (int k = 0; k < 2; k++) {                                                             \
-                const fdy_block_q5_0 *xb = x + i + k;                                                 \
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)y[i + k].qs);                  \
-                const __m256i q = _mm256_or_si256(fdy_nibbles256(xb->qs), fdy_bits256_x10(xb->qh));   \
-                const __m256i s = _mm256_sub_epi32(DP(z, q, aq), DP(z, _mm256_set1_epi8(16), aq));    \
-                const float d = fdy_leg_half(xb[0].d) * fdy_leg_half(y[i + k].d);                     \
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d), acc[k]);           \
-            }                                                                                         \
-        }                                                                                             \
-        float sum = fdy_hsum256(_mm256_add_ps(acc[0], acc[1]));                                       \
-        for (; i < nb; i++) {                                                                         \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) * (float)q5_0_block_dot(x + i, y + i); \
-        }                                                                                             \
-        return sum;                                                                                   \
-    }
-Q5_0_DOT_AVX2(q5_0_dot_avx2, FDY_TARGET_AVX2, fdy_dp256)
-Q5_0_DOT_AVX2(q5_0_dot_avxvnni, FDY_TARGET_AVXVNNI, fdy_dp256_vnni)
-
-/* AVX-512: two blocks per zmm, four blocks per iteration */
-#define Q5_0_DOT_AVX512(NAME, TARGET, DP)                                                             \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                               \
-        const fdy_block_q5_0 *x = (const fdy_block_q5_0 *)w;                                          \
-        const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;                                              \
-        const int64_t nb = n / 32;                                                                    \
-        const __m512i z = _mm512_setzero_si512();                                                     \
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                   \
-        int64_t i = 0;                                                                                \
-        for (; i + 4 <= nb; i += 4) {                                                                 \
-            for (int k = 0; k < 2; k++) {                                                             \
-                const fdy_block_q5_0 *xb = x + i + 2 * k;                                             \
-                const fdy_leg_q8_0 *yb = y + i + 2 * k;                                               \
-                const __m512i aq = fdy_load2x32(yb[0].qs, yb[1].qs);                                  \
-                const __m512i q = fdy_qh512(fdy_nibbles512(xb[0].qs, xb[1].qs), xb[0].qh, xb[1].qh);  \
-                const __m512i s = _mm512_sub_epi32(DP(z, q, aq), DP(z, _mm512_set1_epi8(16), aq));    \
-                const __m512 d = fdy_scale2(fdy_leg_half(xb[0].d) * fdy_leg_half(yb[0].d),            \
-                                            fdy_leg_half(xb[1].d) * fdy_leg_half(yb[1].d));           \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                           \
-            }                                                                                         \
-        }                                                                                             \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));                              \
-        for (; i < nb; i++) {                                                                         \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) * (float)q5_0_block_dot(x + i, y + i); \
-        }                                                                                             \
-        return sum;                                                                                   \
-    }
-Q5_0_DOT_AVX512(q5_0_dot_avx512, FDY_TARGET_AVX512, fdy_dp512)
-Q5_0_DOT_AVX512(q5_0_dot_avx512vnni, FDY_TARGET_AVX512VNNI, fdy_dp512_vnni)
-#endif
-
-static float q5_0_vec_dot(const void *w, const void *a, int64_t n) {
-    switch (fdy_leg_tier()) {
-#if defined(__x86_64__)
-    case FDY_LEG_AVX512VNNI: return q5_0_dot_avx512vnni(w, a, n);
-    case FDY_LEG_AVX512: return q5_0_dot_avx512(w, a, n);
-    case FDY_LEG_AVXVNNI: return q5_0_dot_avxvnni(w, a, n);
-    case FDY_LEG_AVX2: return q5_0_dot_avx2(w, a, n);
-#endif
-    default: return q5_0_dot_portable(w, a, n);
-    }
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q5_0_ops256(const fdy_block_q5_0 *x,
+                                                      const fdy_leg_q8_0 *y) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_or_si256(fdy_nibbles256(x->qs), fdy_bits256_x10(x->qh)), a, a};
 }
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_0_ops512(const fdy_block_q5_0 *x,
+                                                        const fdy_leg_q8_0 *y) {
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    return (fdy_ops512){fdy_qh512(fdy_nibbles512(x[0].qs, x[1].qs), x[0].qh, x[1].qh), a, a};
+}
+#endif
+
+FDY_LEG_KERNELS(q5_0, fdy_block_q5_0, fdy_leg_q8_0, 16, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
 FDY_POLICY_DEFINE(q5_0, .block_elems = FDY_Q5_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_0_BLOCK_BYTES, .sub_elems = FDY_Q5_0_SUB_ELEMS,

@@ -111,123 +111,36 @@ static void q5_1_quantize(const float *src, void *dst, int64_t n) {
  * d_a): `s` is off by up to ~1e-3 relative per block, far above the 1e-5 the tests hold the
  * kernels to against the dequantized activations. */
 
-/* the exact code sums of one block: sum q * a into *si, sum a into *sa */
-static inline void q5_1_block_dot(const fdy_block_q5_1 *x, const fdy_leg_q8_1 *y, int *psi, int *psa) {
+static inline float q5_1_block(const fdy_block_q5_1 *x, const fdy_leg_q8_1 *y) {
     uint32_t qh;
     memcpy(&qh, x->qh, 4);
-    int si = 0, sa = 0;
+    int s = 0, sa = 0;
     for (int j = 0; j < 16; j++) {
         const int q0 = (int)(x->qs[j] & 0x0F) | (int)((qh >> j) & 1u) << 4;
         const int q1 = (int)(x->qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
-        si += q0 * (int)y->qs[j] + q1 * (int)y->qs[j + 16];
+        s += q0 * (int)y->qs[j] + q1 * (int)y->qs[j + 16];
         sa += (int)y->qs[j] + (int)y->qs[j + 16];
     }
-    *psi = si;
-    *psa = sa;
-}
-
-static float q5_1_dot_portable(const void *w, const void *a, int64_t n) {
-    const fdy_block_q5_1 *x = (const fdy_block_q5_1 *)w;
-    const fdy_leg_q8_1 *y = (const fdy_leg_q8_1 *)a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / 32; i++) {
-        int si, sa;
-        q5_1_block_dot(x + i, y + i, &si, &sa);
-        const float da = fdy_half_to_float(y[i].d);
-        sum += fdy_half_to_float(x[i].d) * da * (float)si + fdy_half_to_float(x[i].m) * da * (float)sa;
-    }
-    return sum;
+    const float da = fdy_half_to_float(y->d);
+    return fdy_half_to_float(x->d) * da * (float)s + fdy_half_to_float(x->m) * da * (float)sa;
 }
 
 #if defined(__x86_64__)
-/* one block done in scalar code (the SIMD kernels' tails) */
-FDY_TARGET_AVX2 static inline float q5_1_block_f(const fdy_block_q5_1 *x, const fdy_leg_q8_1 *y) {
-    int si, sa;
-    q5_1_block_dot(x, y, &si, &sa);
-    const float da = fdy_leg_half(y->d);
-    return fdy_leg_half(x->d) * da * (float)si + fdy_leg_half(x->m) * da * (float)sa;
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q5_1_ops256(const fdy_block_q5_1 *x,
+                                                      const fdy_leg_q8_1 *y) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_or_si256(fdy_nibbles256(x->qs), fdy_bits256_x10(x->qh)), a, a};
 }
 
-/* AVX2: one block per ymm, two blocks per iteration */
-#define Q5_1_DOT_AVX2(NAME, TARGET, DP)                                                                       \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                                       \
-        const fdy_block_q5_1 *x = (const fdy_block_q5_1 *)w;                                                  \
-        const fdy_leg_q8_1 *y = (const fdy_leg_q8_1 *)a;                                                      \
-        const int64_t nb = n / 32;                                                                            \
-        const __m256i z = _mm256_setzero_si256(), one = _mm256_set1_epi8(1);                                  \
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                           \
-        __m256 accm[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                          \
-        int64_t i = 0;                                                                                        \
-        for (; i + 2 <= nb; i += 2) {                                                                         \
-            for (int k = 0; k < 2; k++) {                                                                     \
-                const __m256i q = _mm256_or_si256(fdy_nibbles256(x[i + k].qs), fdy_bits256_x10(x[i + k].qh)); \
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)y[i + k].qs);                          \
-                const float da = fdy_leg_half(y[i + k].d);                                                    \
-                const float d = fdy_leg_half(x[i + k].d) * da;                                                \
-                const float m = fdy_leg_half(x[i + k].m) * da;                                                \
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DP(z, q, aq)), _mm256_set1_ps(d),                 \
-                                         acc[k]);                                                             \
-                accm[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DP(z, one, aq)),                                 \
-                                          _mm256_set1_ps(m), accm[k]);                                        \
-            }                                                                                                 \
-        }                                                                                                     \
-        float sum = fdy_hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]),                                  \
-                                              _mm256_add_ps(accm[0], accm[1])));                              \
-        for (; i < nb; i++) {                                                                                 \
-            sum += q5_1_block_f(x + i, y + i);                                                                \
-        }                                                                                                     \
-        return sum;                                                                                           \
-    }
-Q5_1_DOT_AVX2(q5_1_dot_avx2, FDY_TARGET_AVX2, fdy_dp256)
-Q5_1_DOT_AVX2(q5_1_dot_avxvnni, FDY_TARGET_AVXVNNI, fdy_dp256_vnni)
-
-/* AVX-512: two blocks per zmm, four blocks per iteration */
-#define Q5_1_DOT_AVX512(NAME, TARGET, DP)                                                            \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                              \
-        const fdy_block_q5_1 *x = (const fdy_block_q5_1 *)w;                                         \
-        const fdy_leg_q8_1 *y = (const fdy_leg_q8_1 *)a;                                             \
-        const int64_t nb = n / 32;                                                                   \
-        const __m512i z = _mm512_setzero_si512(), one = _mm512_set1_epi8(1);                         \
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                  \
-        __m512 accm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                 \
-        int64_t i = 0;                                                                               \
-        for (; i + 4 <= nb; i += 4) {                                                                \
-            for (int k = 0; k < 2; k++) {                                                            \
-                const fdy_block_q5_1 *xb = x + i + 2 * k;                                            \
-                const fdy_leg_q8_1 *yb = y + i + 2 * k;                                              \
-                const __m512i q = fdy_qh512(fdy_nibbles512(xb[0].qs, xb[1].qs), xb[0].qh, xb[1].qh); \
-                const __m512i aq = fdy_load2x32(yb[0].qs, yb[1].qs);                                 \
-                const float da0 = fdy_leg_half(yb[0].d), da1 = fdy_leg_half(yb[1].d);                \
-                const __m512 d = fdy_scale2(fdy_leg_half(xb[0].d) * da0,                             \
-                                            fdy_leg_half(xb[1].d) * da1);                            \
-                const __m512 m = fdy_scale2(fdy_leg_half(xb[0].m) * da0,                             \
-                                            fdy_leg_half(xb[1].m) * da1);                            \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DP(z, q, aq)), d, acc[k]);               \
-                accm[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(DP(z, one, aq)), m, accm[k]);           \
-            }                                                                                        \
-        }                                                                                            \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]),                \
-                                                       _mm512_add_ps(accm[0], accm[1])));            \
-        for (; i < nb; i++) {                                                                        \
-            sum += q5_1_block_f(x + i, y + i);                                                       \
-        }                                                                                            \
-        return sum;                                                                                  \
-    }
-Q5_1_DOT_AVX512(q5_1_dot_avx512, FDY_TARGET_AVX512, fdy_dp512)
-Q5_1_DOT_AVX512(q5_1_dot_avx512vnni, FDY_TARGET_AVX512VNNI, fdy_dp512_vnni)
-#endif
-
-static float q5_1_vec_dot(const void *w, const void *a, int64_t n) {
-    switch (fdy_leg_tier()) {
-#if defined(__x86_64__)
-    case FDY_LEG_AVX512VNNI: return q5_1_dot_avx512vnni(w, a, n);
-    case FDY_LEG_AVX512: return q5_1_dot_avx512(w, a, n);
-    case FDY_LEG_AVXVNNI: return q5_1_dot_avxvnni(w, a, n);
-    case FDY_LEG_AVX2: return q5_1_dot_avx2(w, a, n);
-#endif
-    default: return q5_1_dot_portable(w, a, n);
-    }
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_1_ops512(const fdy_block_q5_1 *x,
+                                                        const fdy_leg_q8_1 *y) {
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    return (fdy_ops512){fdy_qh512(fdy_nibbles512(x[0].qs, x[1].qs), x[0].qh, x[1].qh), a, a};
 }
+#endif
+
+FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X, FDY_LEG_M1,
+                    FDY_LEG_M8, FDY_LEG_M8X)
 
 FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_1_BLOCK_BYTES, .sub_elems = FDY_Q5_1_SUB_ELEMS,

@@ -90,97 +90,33 @@ static void q8_0_quantize_act(const float *src, void *dst, int64_t n) {
 
 /* ---- q8-variant integer dot: a q8_0 weight row x a q8_0 activation row ----
  * sum over blocks of d_w * d_a * sum_j w_j * a_j.  Weight codes may be any int8 (-128
- * included); activation codes are in [-127, 127].  The byte dots take |w| (<= 128) times
- * a * sign(w) (<= 127 in magnitude): the maddubs pair sums stay below 32767. */
+ * included): the byte dots take |w| (<= 128) and a with the sign of w (|a| <= 127). */
 
-static inline int q8_0_block_dot(const fdy_block_q8_0 *x, const fdy_block_q8_0 *y) {
+static inline float q8_0_block(const fdy_block_q8_0 *x, const fdy_block_q8_0 *y) {
     int s = 0;
     for (int j = 0; j < 32; j++) {
         s += (int)x->qs[j] * (int)y->qs[j];
     }
-    return s;
-}
-
-static float q8_0_dot_portable(const void *w, const void *a, int64_t n) {
-    const fdy_block_q8_0 *x = (const fdy_block_q8_0 *)w, *y = (const fdy_block_q8_0 *)a;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float d = fdy_half_to_float(x[i].d) * fdy_half_to_float(y[i].d);
-        sum += d * (float)q8_0_block_dot(x + i, y + i);
-    }
-    return sum;
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
 }
 
 #if defined(__x86_64__)
-/* AVX2: one block per ymm, two blocks per iteration */
-#define Q8_0_DOT_AVX2(NAME, TARGET, DP)                                                      \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
-        const fdy_block_q8_0 *x = (const fdy_block_q8_0 *)w, *y = (const fdy_block_q8_0 *)a; \
-        const int64_t nb = n / 32;                                                           \
-        const __m256i z = _mm256_setzero_si256();                                            \
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                          \
-        int64_t i = 0;                                                                       \
-        for (; i + 2 <= nb; i += 2) {                                                        \
-            for (int k = 0; k < 2; k++) {                                                    \
-                const __m256i wq = _mm256_loadu_si256((const __m256i *)x[i + k].qs);         \
-                const __m256i aq = _mm256_loadu_si256((const __m256i *)y[i + k].qs);         \
-                const __m256i s = DP(z, _mm256_abs_epi8(wq), _mm256_sign_epi8(aq, wq));      \
-                const float d = fdy_leg_half(x[i + k].d) * fdy_leg_half(y[i + k].d);         \
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d), acc[k]);  \
-            }                                                                                \
-        }                                                                                    \
-        float sum = fdy_hsum256(_mm256_add_ps(acc[0], acc[1]));                              \
-        for (; i < nb; i++) {                                                                \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) *                             \
-                   (float)q8_0_block_dot(x + i, y + i);                                      \
-        }                                                                                    \
-        return sum;                                                                          \
-    }
-Q8_0_DOT_AVX2(q8_0_dot_avx2, FDY_TARGET_AVX2, fdy_dp256)
-Q8_0_DOT_AVX2(q8_0_dot_avxvnni, FDY_TARGET_AVXVNNI, fdy_dp256_vnni)
-
-/* AVX-512: two blocks per zmm, four blocks per iteration */
-#define Q8_0_DOT_AVX512(NAME, TARGET, DP)                                                    \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
-        const fdy_block_q8_0 *x = (const fdy_block_q8_0 *)w, *y = (const fdy_block_q8_0 *)a; \
-        const int64_t nb = n / 32;                                                           \
-        const __m512i z = _mm512_setzero_si512();                                            \
-        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                          \
-        int64_t i = 0;                                                                       \
-        for (; i + 4 <= nb; i += 4) {                                                        \
-            for (int k = 0; k < 2; k++) {                                                    \
-                const fdy_block_q8_0 *xb = x + i + 2 * k, *yb = y + i + 2 * k;               \
-                const __m512i wq = fdy_load2x32(xb[0].qs, xb[1].qs);                         \
-                const __m512i aq = fdy_load2x32(yb[0].qs, yb[1].qs);                         \
-                const __m512i s = DP(z, _mm512_abs_epi8(wq),                                 \
-                                     fdy_negate_where(aq, _mm512_movepi8_mask(wq)));         \
-                const __m512 d = fdy_scale2(fdy_leg_half(xb[0].d) * fdy_leg_half(yb[0].d),   \
-                                            fdy_leg_half(xb[1].d) * fdy_leg_half(yb[1].d));  \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                  \
-            }                                                                                \
-        }                                                                                    \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));                     \
-        for (; i < nb; i++) {                                                                \
-            sum += fdy_leg_half(x[i].d) * fdy_leg_half(y[i].d) *                             \
-                   (float)q8_0_block_dot(x + i, y + i);                                      \
-        }                                                                                    \
-        return sum;                                                                          \
-    }
-Q8_0_DOT_AVX512(q8_0_dot_avx512, FDY_TARGET_AVX512, fdy_dp512)
-Q8_0_DOT_AVX512(q8_0_dot_avx512vnni, FDY_TARGET_AVX512VNNI, fdy_dp512_vnni)
-#endif
-
-static float q8_0_vec_dot(const void *w, const void *a, int64_t n) {
-    switch (fdy_leg_tier()) {
-#if defined(__x86_64__)
-    case FDY_LEG_AVX512VNNI: return q8_0_dot_avx512vnni(w, a, n);
-    case FDY_LEG_AVX512: return q8_0_dot_avx512(w, a, n);
-    case FDY_LEG_AVXVNNI: return q8_0_dot_avxvnni(w, a, n);
-    case FDY_LEG_AVX2: return q8_0_dot_avx2(w, a, n);
-#endif
-    default: return q8_0_dot_portable(w, a, n);
-    }
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q8_0_ops256(const fdy_block_q8_0 *x,
+                                                      const fdy_block_q8_0 *y) {
+    const __m256i w = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_abs_epi8(w), _mm256_sign_epi8(a, w), a};
 }
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q8_0_ops512(const fdy_block_q8_0 *x,
+                                                        const fdy_block_q8_0 *y) {
+    const __m512i w = fdy_load2x32(x[0].qs, x[1].qs);
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    return (fdy_ops512){_mm512_abs_epi8(w), fdy_negate_where(a, _mm512_movepi8_mask(w)), a};
+}
+#endif
+
+FDY_LEG_KERNELS(q8_0, fdy_block_q8_0, fdy_block_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,
