@@ -85,7 +85,7 @@ static void iq4_nl_quantize(const float *src, void *dst, int64_t n) {
  * a byte shuffle of the table) and a with the sign of grid[q] (negative exactly for q < 8). */
 
 static inline float iq4_nl_block(const fdy_block_iq4_nl *x, const fdy_leg_q8_0 *y) {
-    int s = 0;
+    int s = 0; /* table lookups: summed directly (a table-filled array would stall the loads) */
     for (int j = 0; j < 16; j++) {
         s += (int)fdy_iq4_nl_grid[x->qs[j] & 0x0F] * (int)y->qs[j];
         s += (int)fdy_iq4_nl_grid[x->qs[j] >> 4] * (int)y->qs[j + 16];

@@ -109,7 +109,7 @@ static void mxfp4_quantize(const float *src, void *dst, int64_t n) {
 static const int8_t mxfp4_k_i8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 static inline float mxfp4_block(const fdy_block_mxfp4 *x, const fdy_leg_q8_0 *y) {
-    int s = 0;
+    int s = 0; /* table lookups: summed directly (a table-filled array would stall the loads) */
     for (int j = 0; j < 16; j++) {
         s += (int)mxfp4_k_i8[x->qs[j] & 0x0F] * (int)y->qs[j];
         s += (int)mxfp4_k_i8[x->qs[j] >> 4] * (int)y->qs[j + 16];

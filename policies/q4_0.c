@@ -78,12 +78,9 @@ static void q4_0_quantize(const float *src, void *dst, int64_t n) {
  * dots take q (unsigned) and the codes a (|a| <= 127) as they are. */
 
 static inline float q4_0_block(const fdy_block_q4_0 *x, const fdy_leg_q8_0 *y) {
-    int s = 0;
-    for (int j = 0; j < 16; j++) {
-        s += ((int)(x->qs[j] & 0x0F) - 8) * (int)y->qs[j];
-        s += ((int)(x->qs[j] >> 4) - 8) * (int)y->qs[j + 16];
-    }
-    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
+    int8_t w[32];
+    fdy_leg_nibbles(x->qs, 8, w);
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)fdy_leg_dot32(w, y->qs);
 }
 
 #if defined(__x86_64__)

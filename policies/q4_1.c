@@ -86,13 +86,11 @@ static void q4_1_quantize(const float *src, void *dst, int64_t n) {
  * kernels to against the dequantized activations. */
 
 static inline float q4_1_block(const fdy_block_q4_1 *x, const fdy_leg_q8_1 *y) {
-    int s = 0, sa = 0;
-    for (int j = 0; j < 16; j++) {
-        s += (int)(x->qs[j] & 0x0F) * (int)y->qs[j] + (int)(x->qs[j] >> 4) * (int)y->qs[j + 16];
-        sa += (int)y->qs[j] + (int)y->qs[j + 16];
-    }
+    int8_t w[32];
+    fdy_leg_nibbles(x->qs, 0, w);
     const float da = fdy_half_to_float(y->d);
-    return fdy_half_to_float(x->d) * da * (float)s + fdy_half_to_float(x->m) * da * (float)sa;
+    return fdy_half_to_float(x->d) * da * (float)fdy_leg_dot32(w, y->qs) +
+           fdy_half_to_float(x->m) * da * (float)fdy_leg_sum32(y->qs);
 }
 
 #if defined(__x86_64__)

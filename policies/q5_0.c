@@ -104,15 +104,9 @@ static void q5_0_quantize(const float *src, void *dst, int64_t n) {
  * dots take q (unsigned) and the codes a (|a| <= 127) as they are. */
 
 static inline float q5_0_block(const fdy_block_q5_0 *x, const fdy_leg_q8_0 *y) {
-    uint32_t qh;
-    memcpy(&qh, x->qh, 4);
-    int s = 0;
-    for (int j = 0; j < 16; j++) {
-        const int q0 = (int)(x->qs[j] & 0x0F) | (int)((qh >> j) & 1u) << 4;
-        const int q1 = (int)(x->qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
-        s += (q0 - 16) * (int)y->qs[j] + (q1 - 16) * (int)y->qs[j + 16];
-    }
-    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
+    int8_t w[32];
+    fdy_leg_nibbles5(x->qs, x->qh, 16, w);
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)fdy_leg_dot32(w, y->qs);
 }
 
 #if defined(__x86_64__)

@@ -112,17 +112,11 @@ static void q5_1_quantize(const float *src, void *dst, int64_t n) {
  * kernels to against the dequantized activations. */
 
 static inline float q5_1_block(const fdy_block_q5_1 *x, const fdy_leg_q8_1 *y) {
-    uint32_t qh;
-    memcpy(&qh, x->qh, 4);
-    int s = 0, sa = 0;
-    for (int j = 0; j < 16; j++) {
-        const int q0 = (int)(x->qs[j] & 0x0F) | (int)((qh >> j) & 1u) << 4;
-        const int q1 = (int)(x->qs[j] >> 4) | (int)((qh >> (j + 16)) & 1u) << 4;
-        s += q0 * (int)y->qs[j] + q1 * (int)y->qs[j + 16];
-        sa += (int)y->qs[j] + (int)y->qs[j + 16];
-    }
+    int8_t w[32];
+    fdy_leg_nibbles5(x->qs, x->qh, 0, w);
     const float da = fdy_half_to_float(y->d);
-    return fdy_half_to_float(x->d) * da * (float)s + fdy_half_to_float(x->m) * da * (float)sa;
+    return fdy_half_to_float(x->d) * da * (float)fdy_leg_dot32(w, y->qs) +
+           fdy_half_to_float(x->m) * da * (float)fdy_leg_sum32(y->qs);
 }
 
 #if defined(__x86_64__)

@@ -93,11 +93,7 @@ static void q8_0_quantize_act(const float *src, void *dst, int64_t n) {
  * included): the byte dots take |w| (<= 128) and a with the sign of w (|a| <= 127). */
 
 static inline float q8_0_block(const fdy_block_q8_0 *x, const fdy_block_q8_0 *y) {
-    int s = 0;
-    for (int j = 0; j < 32; j++) {
-        s += (int)x->qs[j] * (int)y->qs[j];
-    }
-    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)fdy_leg_dot32(x->qs, y->qs);
 }
 
 #if defined(__x86_64__)
