@@ -96,7 +96,8 @@ static inline float iq4_nl_block(const fdy_block_iq4_nl *x, const fdy_leg_q8_0 *
 #if defined(__x86_64__)
 FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 iq4_nl_ops256(const fdy_block_iq4_nl *x,
                                                         const fdy_leg_q8_0 *y) {
-    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_nl_grid));
+    const __m256i grid =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_nl_grid));
     const __m256i g = _mm256_shuffle_epi8(grid, fdy_nibbles256(x->qs));
     const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
     return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};

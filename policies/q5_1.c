@@ -133,8 +133,8 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_1_ops512(const fdy_block_q5_1 *x,
 }
 #endif
 
-FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X, FDY_LEG_M1,
-                    FDY_LEG_M8, FDY_LEG_M8X)
+FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X,
+                    FDY_LEG_M1, FDY_LEG_M8, FDY_LEG_M8X)
 
 FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_1_BLOCK_BYTES, .sub_elems = FDY_Q5_1_SUB_ELEMS,

@@ -62,13 +62,13 @@ static void q8_0_quantize(const float *src, void *dst, int64_t n) {
 /* ---- activation quantizer (q8_0 is the dot_type of q4_0, q5_0, q8_0, iq4_nl, mxfp4): the
  * bytes of q8_0_quantize (see simd_legacy.h) ---- */
 
-#define Q8_0_QUANTIZE_ACT(NAME, TARGET, BLOCK)                                            \
-    TARGET static void NAME(const float *src, void *dst, int64_t n) {                     \
-        fdy_block_q8_0 *b = (fdy_block_q8_0 *)dst;                                        \
-        for (int64_t i = 0; i < n / 32; i++) {                                            \
-            int sum;                                                                      \
-            b[i].d = fdy_float_to_half(BLOCK(src + i * 32, b[i].qs, &sum));               \
-        }                                                                                 \
+#define Q8_0_QUANTIZE_ACT(NAME, TARGET, BLOCK)                              \
+    TARGET static void NAME(const float *src, void *dst, int64_t n) {       \
+        fdy_block_q8_0 *b = (fdy_block_q8_0 *)dst;                          \
+        for (int64_t i = 0; i < n / 32; i++) {                              \
+            int sum;                                                        \
+            b[i].d = fdy_float_to_half(BLOCK(src + i * 32, b[i].qs, &sum)); \
+        }                                                                   \
     }
 Q8_0_QUANTIZE_ACT(q8_0_quantize_act_portable, , fdy_quant_block_portable)
 #if defined(__x86_64__)

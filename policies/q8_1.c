@@ -69,15 +69,15 @@ static void q8_1_quantize(const float *src, void *dst, int64_t n) {
 /* ---- activation quantizer (q8_1 is the dot_type of q4_1, q5_1): the bytes of
  * q8_1_quantize (see simd_legacy.h) ---- */
 
-#define Q8_1_QUANTIZE_ACT(NAME, TARGET, BLOCK)                                            \
-    TARGET static void NAME(const float *src, void *dst, int64_t n) {                     \
-        fdy_block_q8_1 *b = (fdy_block_q8_1 *)dst;                                        \
-        for (int64_t i = 0; i < n / 32; i++) {                                            \
-            int sum;                                                                      \
-            const float d = BLOCK(src + i * 32, b[i].qs, &sum);                           \
-            b[i].d = fdy_float_to_half(d);                                                \
-            b[i].s = fdy_float_to_half((float)sum * d);                                   \
-        }                                                                                 \
+#define Q8_1_QUANTIZE_ACT(NAME, TARGET, BLOCK)                        \
+    TARGET static void NAME(const float *src, void *dst, int64_t n) { \
+        fdy_block_q8_1 *b = (fdy_block_q8_1 *)dst;                    \
+        for (int64_t i = 0; i < n / 32; i++) {                        \
+            int sum;                                                  \
+            const float d = BLOCK(src + i * 32, b[i].qs, &sum);       \
+            b[i].d = fdy_float_to_half(d);                            \
+            b[i].s = fdy_float_to_half((float)sum * d);               \
+        }                                                             \
     }
 Q8_1_QUANTIZE_ACT(q8_1_quantize_act_portable, , fdy_quant_block_portable)
 #if defined(__x86_64__)

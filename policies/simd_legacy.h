@@ -15,18 +15,17 @@
  * [-127, 127] (the quantizers never give -128); weight operands are codes in [0, 31],
  * |int8 code| <= 128 or |table value| <= 127.
  *
- * A format file supplies, for its weight block type WT and activation block type AT:
- *   BLOCK(x, y)       the float value of one block pair (the portable kernel, the SIMD tails)
- *   OPS256(x, y)      the byte-dot operands {u, s, a} of block x[0] (AVX2)
- *   OPS512(x, y)      the operands of blocks x[0], x[1] (AVX-512; lanes 0..7 / 8..15 sum the
- *                     first block, 8..15 the second)
- *   W1(x) / W8(x)     the weight scale of x[0] as a float / those of x[0..7] as a __m256
- *   M1 / M8           the same for the minimum of q4_1 / q5_1
- * the block integer sum being dot(u, s) - OFF * sum(a) (OFF: 8 for q4_0, 16 for q5_0), and
- * instantiates the kernels with FDY_LEG_KERNELS / FDY_LEG_KERNELS_MIN.  The kernels keep the
- * sums in float vectors: one multiply-add of the converted int32 block sums by the scales
- * d_w * d_a per two blocks (AVX-512), the scales of 8 blocks formed at once, and one
- * horizontal sum per row.
+ * A format file F (weight blocks WT, activation blocks AT) supplies
+ *   F_block(x, y)     the float value of blocks x[0] . y[0] (the portable kernel, SIMD tails)
+ *   F_ops256(x, y)    the byte-dot operands {u, s, a} of block x[0] (AVX2)
+ *   F_ops512(x, y)    the operands of blocks x[0], x[1] in lanes 0..7 / 8..15 (AVX-512)
+ *   W1, W8, W8X       the weight scale of x[0] as a float, those of x[0..7] as a __m256
+ *                     (AVX2 / AVX-512 flavour); M1, M8, M8X the minimum of q4_1 / q5_1
+ * with the block's integer sum dot(u, s) - OFF * sum(a) (OFF: 8 for q4_0, 16 for q5_0), and
+ * instantiates every kernel and the F_vec_dot dispatcher with FDY_LEG_KERNELS (or
+ * FDY_LEG_KERNELS_MIN).  The kernels keep the sums in float vectors: per block (AVX2) or two
+ * blocks (AVX-512) one multiply-add of the converted int32 sums by d_w * d_a, the scales of 8
+ * blocks formed at once, 8 blocks per unrolled iteration, one horizontal sum per row.
  */
 #ifndef FDY_SIMD_LEGACY_H
 #define FDY_SIMD_LEGACY_H
@@ -152,38 +151,38 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
     }
 }
 
-#define FDY_LEG_DOT_PORTABLE(NAME, WT, AT, BLOCK)                                          \
-    static float NAME(const void *w, const void *a, int64_t n) {                            \
-        const WT *x = (const WT *)w;                                                        \
-        const AT *y = (const AT *)a;                                                        \
-        float sum = 0.0f;                                                                   \
-        for (int64_t i = 0; i < n / 32; i++) {                                              \
-            sum += BLOCK(x + i, y + i);                                                     \
-        }                                                                                   \
-        return sum;                                                                         \
+#define FDY_LEG_DOT_PORTABLE(NAME, WT, AT, BLOCK)                \
+    static float NAME(const void *w, const void *a, int64_t n) { \
+        const WT *x = (const WT *)w;                             \
+        const AT *y = (const AT *)a;                             \
+        float sum = 0.0f;                                        \
+        for (int64_t i = 0; i < n / 32; i++) {                   \
+            sum += BLOCK(x + i, y + i);                          \
+        }                                                        \
+        return sum;                                              \
     }
 
 #if defined(__x86_64__)
-#define FDY_LEG_VEC_DOT(F)                                                                  \
-    static float F##_vec_dot(const void *w, const void *a, int64_t n) {                     \
-        switch (fdy_leg_tier()) {                                                           \
-        case FDY_LEG_AVX512VNNI: return F##_dot_avx512vnni(w, a, n);                        \
-        case FDY_LEG_AVX512: return F##_dot_avx512(w, a, n);                                \
-        case FDY_LEG_AVXVNNI: return F##_dot_avxvnni(w, a, n);                              \
-        case FDY_LEG_AVX2: return F##_dot_avx2(w, a, n);                                    \
-        default: return F##_dot_portable(w, a, n);                                          \
-        }                                                                                   \
+#define FDY_LEG_VEC_DOT(F)                                              \
+    static float F##_vec_dot(const void *w, const void *a, int64_t n) { \
+        switch (fdy_leg_tier()) {                                       \
+        case FDY_LEG_AVX512VNNI: return F##_dot_avx512vnni(w, a, n);    \
+        case FDY_LEG_AVX512: return F##_dot_avx512(w, a, n);            \
+        case FDY_LEG_AVXVNNI: return F##_dot_avxvnni(w, a, n);          \
+        case FDY_LEG_AVX2: return F##_dot_avx2(w, a, n);                \
+        default: return F##_dot_portable(w, a, n);                      \
+        }                                                               \
     }
 #else
-#define FDY_LEG_VEC_DOT(F)                                                                  \
-    static float F##_vec_dot(const void *w, const void *a, int64_t n) {                     \
-        return F##_dot_portable(w, a, n);                                                   \
+#define FDY_LEG_VEC_DOT(F)                                              \
+    static float F##_vec_dot(const void *w, const void *a, int64_t n) { \
+        return F##_dot_portable(w, a, n);                               \
     }
-#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)                                        \
-    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)                               \
+#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)          \
+    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block) \
     FDY_LEG_VEC_DOT(F)
-#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X)                                    \
-    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)                               \
+#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X) \
+    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)    \
     FDY_LEG_VEC_DOT(F)
 #endif
 
@@ -192,9 +191,9 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
 
 #define FDY_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define FDY_TARGET_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
-#define FDY_TARGET_AVX512                                                                   \
+#define FDY_TARGET_AVX512 \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define FDY_TARGET_AVX512VNNI                                                               \
+#define FDY_TARGET_AVX512VNNI \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define FDY_LEG_INLINE static inline __attribute__((always_inline))
 
@@ -218,8 +217,10 @@ FDY_TARGET_AVXVNNI FDY_LEG_INLINE __m256i fdy_dp256_vnni(__m256i acc, __m256i u,
     TARGET FDY_LEG_INLINE __m256i fdy_sums256##SUFFIX(fdy_ops256 o, int off) {              \
         const __m256i z = _mm256_setzero_si256();                                           \
         const __m256i d = fdy_dp256##SUFFIX(z, o.u, o.s);                                   \
-        return off ? _mm256_sub_epi32(d, fdy_dp256##SUFFIX(z, _mm256_set1_epi8((char)off), o.a)) \
-                   : d;                                                                     \
+        if (!off) {                                                                         \
+            return d;                                                                       \
+        }                                                                                   \
+        return _mm256_sub_epi32(d, fdy_dp256##SUFFIX(z, _mm256_set1_epi8((char)off), o.a)); \
     }                                                                                       \
     TARGET FDY_LEG_INLINE __m256i fdy_asums256##SUFFIX(fdy_ops256 o) {                      \
         return fdy_dp256##SUFFIX(_mm256_setzero_si256(), _mm256_set1_epi8(1), o.a);         \
@@ -285,64 +286,65 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
 #define FDY_LEG_LANE256(d, k) _mm256_permutevar8x32_ps((d), _mm256_set1_epi32(k))
 
 /* one block: acc += (block sums) * d (8 lanes) */
-#define FDY_LEG_STEP256(V, OPS, OFF, acc, k, d)                                             \
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_sums256##V(OPS(x + i + (k), y + i + (k)), OFF)), \
-                          d, acc)
+#define FDY_LEG_STEP256(V, OPS, OFF, acc, k, d) \
+    acc = _mm256_fmadd_ps(                      \
+        _mm256_cvtepi32_ps(fdy_sums256##V(OPS(x + i + (k), y + i + (k)), OFF)), d, acc)
 
 /* AVX2 kernel of a one-scale format: eight blocks per iteration, then single blocks */
-#define FDY_LEG_DOT256(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)                    \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                     \
-        const WT *x = (const WT *)w;                                                        \
-        const AT *y = (const AT *)a;                                                        \
-        const int64_t nb = n / 32;                                                          \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                      \
-        int64_t i = 0;                                                                      \
-        for (; i + 8 <= nb; i += 8) {                                                       \
-            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8(y + i));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, FDY_LEG_LANE256(d, 0));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 1, FDY_LEG_LANE256(d, 1));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 2, FDY_LEG_LANE256(d, 2));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 3, FDY_LEG_LANE256(d, 3));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 4, FDY_LEG_LANE256(d, 4));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 5, FDY_LEG_LANE256(d, 5));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 6, FDY_LEG_LANE256(d, 6));                   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 7, FDY_LEG_LANE256(d, 7));                   \
-        }                                                                                   \
-        for (; i < nb; i++) {                                                               \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, _mm256_set1_ps(W1(x + i) * FDY_LEG_D1(y + i))); \
-        }                                                                                   \
-        return fdy_hsum256(_mm256_add_ps(acc0, acc1));                                      \
+#define FDY_LEG_DOT256(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)    \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {     \
+        const WT *x = (const WT *)w;                                        \
+        const AT *y = (const AT *)a;                                        \
+        const int64_t nb = n / 32;                                          \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();      \
+        int64_t i = 0;                                                      \
+        for (; i + 8 <= nb; i += 8) {                                       \
+            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8(y + i));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, FDY_LEG_LANE256(d, 0));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 1, FDY_LEG_LANE256(d, 1));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 2, FDY_LEG_LANE256(d, 2));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 3, FDY_LEG_LANE256(d, 3));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 4, FDY_LEG_LANE256(d, 4));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 5, FDY_LEG_LANE256(d, 5));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 6, FDY_LEG_LANE256(d, 6));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 7, FDY_LEG_LANE256(d, 7));   \
+        }                                                                   \
+        for (; i < nb; i++) {                                               \
+            const __m256 d = _mm256_set1_ps(W1(x + i) * FDY_LEG_D1(y + i)); \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, d);                       \
+        }                                                                   \
+        return fdy_hsum256(_mm256_add_ps(acc0, acc1));                      \
     }
 
 /* one block with a minimum: acc += dot(u, s) * d, accm += sum(a) * m */
-#define FDY_LEG_STEPM256(V, OPS, k, d, m)                                                   \
-    do {                                                                                    \
-        const fdy_ops256 o_ = OPS(x + i + (k), y + i + (k));                                \
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_sums256##V(o_, 0)), d, acc);           \
-        accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_asums256##V(o_)), m, accm);           \
+#define FDY_LEG_STEPM256(V, OPS, k, d, m)                                         \
+    do {                                                                          \
+        const fdy_ops256 o_ = OPS(x + i + (k), y + i + (k));                      \
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_sums256##V(o_, 0)), d, acc); \
+        accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_asums256##V(o_)), m, accm); \
     } while (0)
 
 /* AVX2 kernel of q4_1 / q5_1: w = d * q + m, with q8_1 activations */
-#define FDY_LEG_DOTM256(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8)                       \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                     \
-        const WT *x = (const WT *)w;                                                        \
-        const AT *y = (const AT *)a;                                                        \
-        const int64_t nb = n / 32;                                                          \
-        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();                       \
-        int64_t i = 0;                                                                      \
-        for (; i + 8 <= nb; i += 8) {                                                       \
-            const __m256 da = FDY_LEG_D8(y + i);                                            \
+#define FDY_LEG_DOTM256(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8)                        \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        const WT *x = (const WT *)w;                                                         \
+        const AT *y = (const AT *)a;                                                         \
+        const int64_t nb = n / 32;                                                           \
+        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();                        \
+        int64_t i = 0;                                                                       \
+        for (; i + 8 <= nb; i += 8) {                                                        \
+            const __m256 da = FDY_LEG_D8(y + i);                                             \
             const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
-            for (int k = 0; k < 8; k++) {                                                   \
-                FDY_LEG_STEPM256(V, OPS, k, FDY_LEG_LANE256(d, k), FDY_LEG_LANE256(m, k));  \
-            }                                                                               \
-        }                                                                                   \
-        for (; i < nb; i++) {                                                               \
-            const float da = FDY_LEG_D1(y + i);                                             \
-            FDY_LEG_STEPM256(V, OPS, 0, _mm256_set1_ps(W1(x + i) * da),                     \
-                             _mm256_set1_ps(M1(x + i) * da));                               \
-        }                                                                                   \
-        return fdy_hsum256(_mm256_add_ps(acc, accm));                                       \
+            for (int k = 0; k < 8; k++) {                                                    \
+                FDY_LEG_STEPM256(V, OPS, k, FDY_LEG_LANE256(d, k), FDY_LEG_LANE256(m, k));   \
+            }                                                                                \
+        }                                                                                    \
+        for (; i < nb; i++) {                                                                \
+            const float da = FDY_LEG_D1(y + i);                                              \
+            FDY_LEG_STEPM256(V, OPS, 0, _mm256_set1_ps(W1(x + i) * da),                      \
+                             _mm256_set1_ps(M1(x + i) * da));                                \
+        }                                                                                    \
+        return fdy_hsum256(_mm256_add_ps(acc, accm));                                        \
     }
 
 /* roundf of each lane, exactly: trunc, then +-1 where the remainder (exact) is >= 0.5 */
@@ -407,8 +409,10 @@ FDY_TARGET_AVX512VNNI FDY_LEG_INLINE __m512i fdy_dp512_vnni(__m512i acc, __m512i
     TARGET FDY_LEG_INLINE __m512i fdy_sums512##SUFFIX(fdy_ops512 o, int off) {              \
         const __m512i z = _mm512_setzero_si512();                                           \
         const __m512i d = fdy_dp512##SUFFIX(z, o.u, o.s);                                   \
-        return off ? _mm512_sub_epi32(d, fdy_dp512##SUFFIX(z, _mm512_set1_epi8((char)off), o.a)) \
-                   : d;                                                                     \
+        if (!off) {                                                                         \
+            return d;                                                                       \
+        }                                                                                   \
+        return _mm512_sub_epi32(d, fdy_dp512##SUFFIX(z, _mm512_set1_epi8((char)off), o.a)); \
     }                                                                                       \
     TARGET FDY_LEG_INLINE __m512i fdy_asums512##SUFFIX(fdy_ops512 o) {                      \
         return fdy_dp512##SUFFIX(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);         \
@@ -455,15 +459,15 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_negate_where(__m512i s, __mmask64 m
  * words up to the last one loaded in at most four (masked) zmm loads, never past it, and
  * picked with word permutes -- fewer shuffle micro-ops than inserting them one by one */
 FDY_TARGET_AVX512 FDY_LEG_INLINE __m256 fdy_halves8_512(const void *p, int stride) {
-    const uint16_t *w = (const uint16_t *)p;
+    const uint8_t *b = (const uint8_t *)p;
     const int hs = stride / 2, nw = 7 * hs + 1; /* stride and words needed, in words */
     const __m128i k8 = _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7);
     const __m512i idx = _mm512_zextsi128_si512(_mm_mullo_epi16(k8, _mm_set1_epi16((short)hs)));
-#define FDY_LEG_WORDS(j)                                                                    \
-    _mm512_maskz_loadu_epi16(nw >= 32 * (j + 1) ? ~(__mmask32)0                             \
-                             : nw > 32 * j      ? (__mmask32)((1u << (nw - 32 * j)) - 1)    \
-                                                : 0,                                        \
-                             w + 32 * (j))
+#define FDY_LEG_WORDS(j)                                                                 \
+    _mm512_maskz_loadu_epi16(nw >= 32 * (j + 1) ? ~(__mmask32)0                          \
+                             : nw > 32 * j      ? (__mmask32)((1u << (nw - 32 * j)) - 1) \
+                                                : 0,                                     \
+                             b + 64 * (j))
     __m512i r = _mm512_permutex2var_epi16(FDY_LEG_WORDS(0), idx, FDY_LEG_WORDS(1));
     if (nw > 64) {
         __mmask32 hi = 0; /* the lanes whose word lies past the first 64 */
@@ -494,70 +498,70 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_scale2(float d0, float d1) {
 }
 
 /* two blocks: acc += (block sums) * d (lanes 0..7 / 8..15) */
-#define FDY_LEG_STEP512(V, OPS, OFF, acc, k, d)                                             \
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_sums512##V(OPS(x + i + (k), y + i + (k)), OFF)), \
-                          d, acc)
+#define FDY_LEG_STEP512(V, OPS, OFF, acc, k, d) \
+    acc = _mm512_fmadd_ps(                      \
+        _mm512_cvtepi32_ps(fdy_sums512##V(OPS(x + i + (k), y + i + (k)), OFF)), d, acc)
 
 /* AVX-512 kernel of a one-scale format: eight blocks per iteration, then pairs, then one */
-#define FDY_LEG_DOT512(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)                    \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                     \
-        const WT *x = (const WT *)w;                                                        \
-        const AT *y = (const AT *)a;                                                        \
-        const int64_t nb = n / 32;                                                          \
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                      \
-        int64_t i = 0;                                                                      \
-        for (; i + 8 <= nb; i += 8) {                                                       \
-            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8X(y + i));                  \
-            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0, fdy_pair_scale(d, 0));                    \
-            FDY_LEG_STEP512(V, OPS, OFF, acc1, 2, fdy_pair_scale(d, 1));                    \
-            FDY_LEG_STEP512(V, OPS, OFF, acc0, 4, fdy_pair_scale(d, 2));                    \
-            FDY_LEG_STEP512(V, OPS, OFF, acc1, 6, fdy_pair_scale(d, 3));                    \
-        }                                                                                   \
-        for (; i + 2 <= nb; i += 2) {                                                       \
-            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0,                                           \
-                            fdy_scale2(W1(x + i) * FDY_LEG_D1(y + i),                       \
-                                       W1(x + i + 1) * FDY_LEG_D1(y + i + 1)));             \
-        }                                                                                   \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));                        \
-        if (i < nb) {                                                                       \
-            sum += BLOCK(x + i, y + i);                                                     \
-        }                                                                                   \
-        return sum;                                                                         \
+#define FDY_LEG_DOT512(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)        \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {         \
+        const WT *x = (const WT *)w;                                            \
+        const AT *y = (const AT *)a;                                            \
+        const int64_t nb = n / 32;                                              \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();          \
+        int64_t i = 0;                                                          \
+        for (; i + 8 <= nb; i += 8) {                                           \
+            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8X(y + i));      \
+            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0, fdy_pair_scale(d, 0));        \
+            FDY_LEG_STEP512(V, OPS, OFF, acc1, 2, fdy_pair_scale(d, 1));        \
+            FDY_LEG_STEP512(V, OPS, OFF, acc0, 4, fdy_pair_scale(d, 2));        \
+            FDY_LEG_STEP512(V, OPS, OFF, acc1, 6, fdy_pair_scale(d, 3));        \
+        }                                                                       \
+        for (; i + 2 <= nb; i += 2) {                                           \
+            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0,                               \
+                            fdy_scale2(W1(x + i) * FDY_LEG_D1(y + i),           \
+                                       W1(x + i + 1) * FDY_LEG_D1(y + i + 1))); \
+        }                                                                       \
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));            \
+        if (i < nb) {                                                           \
+            sum += BLOCK(x + i, y + i);                                         \
+        }                                                                       \
+        return sum;                                                             \
     }
 
-#define FDY_LEG_STEPM512(V, OPS, k, d, m)                                                   \
-    do {                                                                                    \
-        const fdy_ops512 o_ = OPS(x + i + (k), y + i + (k));                                \
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_sums512##V(o_, 0)), d, acc);           \
-        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_asums512##V(o_)), m, accm);           \
+#define FDY_LEG_STEPM512(V, OPS, k, d, m)                                         \
+    do {                                                                          \
+        const fdy_ops512 o_ = OPS(x + i + (k), y + i + (k));                      \
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_sums512##V(o_, 0)), d, acc); \
+        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_asums512##V(o_)), m, accm); \
     } while (0)
 
 /* AVX-512 kernel of q4_1 / q5_1 */
-#define FDY_LEG_DOTM512(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8, BLOCK)                \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                     \
-        const WT *x = (const WT *)w;                                                        \
-        const AT *y = (const AT *)a;                                                        \
-        const int64_t nb = n / 32;                                                          \
-        __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();                       \
-        int64_t i = 0;                                                                      \
-        for (; i + 8 <= nb; i += 8) {                                                       \
-            const __m256 da = FDY_LEG_D8X(y + i);                                           \
+#define FDY_LEG_DOTM512(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8, BLOCK)                 \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        const WT *x = (const WT *)w;                                                         \
+        const AT *y = (const AT *)a;                                                         \
+        const int64_t nb = n / 32;                                                           \
+        __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();                        \
+        int64_t i = 0;                                                                       \
+        for (; i + 8 <= nb; i += 8) {                                                        \
+            const __m256 da = FDY_LEG_D8X(y + i);                                            \
             const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
-            FDY_LEG_STEPM512(V, OPS, 0, fdy_pair_scale(d, 0), fdy_pair_scale(m, 0));        \
-            FDY_LEG_STEPM512(V, OPS, 2, fdy_pair_scale(d, 1), fdy_pair_scale(m, 1));        \
-            FDY_LEG_STEPM512(V, OPS, 4, fdy_pair_scale(d, 2), fdy_pair_scale(m, 2));        \
-            FDY_LEG_STEPM512(V, OPS, 6, fdy_pair_scale(d, 3), fdy_pair_scale(m, 3));        \
-        }                                                                                   \
-        for (; i + 2 <= nb; i += 2) {                                                       \
-            const float da0 = FDY_LEG_D1(y + i), da1 = FDY_LEG_D1(y + i + 1);               \
-            FDY_LEG_STEPM512(V, OPS, 0, fdy_scale2(W1(x + i) * da0, W1(x + i + 1) * da1),   \
-                             fdy_scale2(M1(x + i) * da0, M1(x + i + 1) * da1));             \
-        }                                                                                   \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));                         \
-        if (i < nb) {                                                                       \
-            sum += BLOCK(x + i, y + i);                                                     \
-        }                                                                                   \
-        return sum;                                                                         \
+            FDY_LEG_STEPM512(V, OPS, 0, fdy_pair_scale(d, 0), fdy_pair_scale(m, 0));         \
+            FDY_LEG_STEPM512(V, OPS, 2, fdy_pair_scale(d, 1), fdy_pair_scale(m, 1));         \
+            FDY_LEG_STEPM512(V, OPS, 4, fdy_pair_scale(d, 2), fdy_pair_scale(m, 2));         \
+            FDY_LEG_STEPM512(V, OPS, 6, fdy_pair_scale(d, 3), fdy_pair_scale(m, 3));         \
+        }                                                                                    \
+        for (; i + 2 <= nb; i += 2) {                                                        \
+            const float da0 = FDY_LEG_D1(y + i), da1 = FDY_LEG_D1(y + i + 1);                \
+            FDY_LEG_STEPM512(V, OPS, 0, fdy_scale2(W1(x + i) * da0, W1(x + i + 1) * da1),    \
+                             fdy_scale2(M1(x + i) * da0, M1(x + i + 1) * da1));              \
+        }                                                                                    \
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));                          \
+        if (i < nb) {                                                                        \
+            sum += BLOCK(x + i, y + i);                                                      \
+        }                                                                                    \
+        return sum;                                                                          \
     }
 
 FDY_TARGET_AVX512 static inline __m512i fdy_round512(__m512 v) {
@@ -597,7 +601,7 @@ FDY_TARGET_AVX512 static inline float fdy_quant_block_avx512(const float *x, int
     FDY_LEG_DOT512(F##_dot_avx512, FDY_TARGET_AVX512, , WT, AT, F##_ops512, OFF, W1, W8X,   \
                    F##_block)                                                               \
     FDY_LEG_DOT512(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI, _vnni, WT, AT, F##_ops512,    \
-                   OFF, W1, W8X, F##_block)                                                  \
+                   OFF, W1, W8X, F##_block)                                                 \
     FDY_LEG_VEC_DOT(F)
 
 #define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X)                            \
@@ -608,7 +612,7 @@ FDY_TARGET_AVX512 static inline float fdy_quant_block_avx512(const float *x, int
     FDY_LEG_DOTM512(F##_dot_avx512, FDY_TARGET_AVX512, , WT, AT, F##_ops512, W1, W8X, M1,   \
                     M8X, F##_block)                                                         \
     FDY_LEG_DOTM512(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI, _vnni, WT, AT, F##_ops512,   \
-                    W1, W8X, M1, M8X, F##_block)                                              \
+                    W1, W8X, M1, M8X, F##_block)                                            \
     FDY_LEG_VEC_DOT(F)
 
 #endif /* __x86_64__ */

@@ -36,8 +36,8 @@ U = 2.0 ** -24
 
 
 def header_cdef():
-    """foundry.h without preprocessor lines (integer #defines kept) or C++ guards, plus the policy descriptor of
-    foundry_c/src/policy.h (its function pointers are what these tests call)."""
+    """foundry.h without preprocessor lines (integer #defines kept) or C++ guards, plus the
+    policy descriptor of foundry_c/src/policy.h (its function pointers are what is tested)."""
     out, skip = [], 0
     for line in (ROOT / "foundry_c" / "include" / "foundry.h").read_text().splitlines():
         s = line.strip()
@@ -240,7 +240,8 @@ def test_vec_dot_exact_with_unit_scales(lib, fmt, tier_name):
                 a[:, BLOCK_BYTES[afmt] - 32:] = codes.view(np.uint8)
                 want, _ = exact_dot(fmt, w, a)
                 got = vec_dot(lib, fmt, w, a)
-                assert got == want, f"{fmt} pattern {body[0, :2]} acts {codes[0, :2]}: {got} != {want}"
+                assert got == want, \
+                    f"{fmt} pattern {body[0, :2]} acts {codes[0, :2]}: {got} != {want}"
 
 
 @pytest.mark.parametrize("tier_name", list(TIERS))
@@ -256,7 +257,8 @@ def test_vec_dot_random_scales_within_float_bound(lib, fmt, tier_name):
                 got = vec_dot(lib, fmt, w, a)
                 # float32: the product of the scales, the partial sums of the lanes and blocks
                 bound = (nb + 40) * U * mag + 1e-37
-                assert abs(got - want) <= bound, f"{fmt} nb={nb}: {got} vs {want} (bound {bound:.3g})"
+                assert abs(got - want) <= bound, \
+                    f"{fmt} nb={nb}: {got} vs {want} (bound {bound:.3g})"
 
 
 # ---- quantize_act ------------------------------------------------------------------------
@@ -301,4 +303,38 @@ def test_quantize_act_gives_the_reference_bytes(lib, afmt, tier_name):
         with tier(lib, tier_name):
             p.quantize_act(ffi.from_buffer("float[]", x), ffi.from_buffer(got), n)
         bad = np.nonzero((got != ref).reshape(-1, BLOCK_BYTES[afmt]).any(axis=1))[0]
-        assert not bad.size, f"{afmt} blocks {bad[:5]} differ, e.g. {x[32 * bad[0]:32 * bad[0] + 32]}"
+        assert not bad.size, \
+            f"{afmt} blocks {bad[:5]} differ, e.g. {x[32 * bad[0]:32 * bad[0] + 32]}"
+
+
+# ---- through the q8 matmul: every tier, rows with tails -------------------------------------
+
+PF_TIERS = {k: [f.lower() for f in v] for k, v in TIERS.items()}
+
+
+@pytest.mark.parametrize("tier_name", list(TIERS))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_q8_matmul_matches_the_emulated_integer_dot(fmt, tier_name):
+    """pf.compile("matmul", variant="q8") on each tier (quantize_act + vec_dot in the driver),
+    for row lengths of 1 to 37 blocks (every tail of the 8-block loops), against the float64
+    product with the activations quantized and dequantized in the dot type"""
+    import pyfoundry as pf
+    from pyfoundry.reference import stages as R
+
+    names = PF_TIERS[tier_name]
+    if not set(names) <= set(pf.cpu_features()["detected"]):
+        pytest.skip(f"this CPU lacks the {tier_name} tier")
+    p, a = pf.policy(fmt), pf.policy(DOT_TYPE.get(fmt, "q8_0"))
+    rng = np.random.default_rng(FORMATS.index(fmt))
+    for nb in (1, 2, 3, 7, 8, 9, 15, 16, 17, 37):
+        K = 32 * nb
+        w = pf.Tensor.from_numpy(rng.standard_normal((5, K)).astype(np.float32), p, "w")
+        x = rng.standard_normal((3, K)).astype(np.float32)
+        try:
+            pf.set_cpu_features(names)
+            y = pf.compile("matmul", policy=p, variant="q8")(x, w)
+        finally:
+            pf.set_cpu_features(None)
+        ref = R.matmul(a.dequantize(a.quantize(x)), w.dequantize())
+        err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert err <= 1e-5, f"{fmt} {tier_name} K={K}: relative L2 {err:.3g}"
