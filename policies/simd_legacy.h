@@ -225,8 +225,21 @@ FDY_TARGET_AVXVNNI FDY_LEG_INLINE __m256i fdy_dp256_vnni(__m256i acc, __m256i u,
     TARGET FDY_LEG_INLINE __m256i fdy_asums256##SUFFIX(fdy_ops256 o) {                      \
         return fdy_dp256##SUFFIX(_mm256_setzero_si256(), _mm256_set1_epi8(1), o.a);         \
     }
-FDY_LEG_SUMS256(, FDY_TARGET_AVX2)
 FDY_LEG_SUMS256(_vnni, FDY_TARGET_AVXVNNI)
+
+/* without VNNI: the offset is subtracted from the int16 pair sums before they are widened
+ * (|dot pair| + |off pair| <= 2 * 31 * 127 + 2 * 16 * 127 < 32768 for every offset format) */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_sums256(fdy_ops256 o, int off) {
+    __m256i p = _mm256_maddubs_epi16(o.u, o.s);
+    if (off) {
+        p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), o.a));
+    }
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_asums256(fdy_ops256 o) {
+    return fdy_dp256(_mm256_setzero_si256(), _mm256_set1_epi8(1), o.a);
+}
 
 FDY_TARGET_AVX2 FDY_LEG_INLINE float fdy_hsum256(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -417,8 +430,19 @@ FDY_TARGET_AVX512VNNI FDY_LEG_INLINE __m512i fdy_dp512_vnni(__m512i acc, __m512i
     TARGET FDY_LEG_INLINE __m512i fdy_asums512##SUFFIX(fdy_ops512 o) {                      \
         return fdy_dp512##SUFFIX(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);         \
     }
-FDY_LEG_SUMS512(, FDY_TARGET_AVX512)
 FDY_LEG_SUMS512(_vnni, FDY_TARGET_AVX512VNNI)
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_sums512(fdy_ops512 o, int off) {
+    __m512i p = _mm512_maddubs_epi16(o.u, o.s);
+    if (off) {
+        p = _mm512_sub_epi16(p, _mm512_maddubs_epi16(_mm512_set1_epi8((char)off), o.a));
+    }
+    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+}
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_asums512(fdy_ops512 o) {
+    return fdy_dp512(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);
+}
 
 /* the 32 bytes at p0 in the low half, those at p1 in the high half */
 FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_load2x32(const void *p0, const void *p1) {
