@@ -42,6 +42,7 @@ FDY_FN void fdy_decode_iq4_nl(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_legacy.h"
 #include "kquant_ref.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
@@ -79,10 +80,47 @@ static void iq4_nl_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8-variant integer dot: an iq4_nl weight row x a q8_0 activation row ----
+ * sum over blocks of d_w * d_a * sum_j grid[q_j] * a_j.  The byte dots take |grid[q]| (<= 127,
+ * a byte shuffle of the table) and a with the sign of grid[q] (negative exactly for q < 8). */
+
+static inline float iq4_nl_block(const fdy_block_iq4_nl *x, const fdy_leg_q8_0 *y) {
+    int s = 0; /* table lookups: summed directly (a table-filled array would stall the loads) */
+    for (int j = 0; j < 16; j++) {
+        s += (int)fdy_iq4_nl_grid[x->qs[j] & 0x0F] * (int)y->qs[j];
+        s += (int)fdy_iq4_nl_grid[x->qs[j] >> 4] * (int)y->qs[j + 16];
+    }
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)s;
+}
+
+#if defined(__x86_64__)
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 iq4_nl_ops256(const fdy_block_iq4_nl *x,
+                                                        const fdy_leg_q8_0 *y) {
+    const __m256i grid =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_nl_grid));
+    const __m256i g = _mm256_shuffle_epi8(grid, fdy_nibbles256(x->qs));
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};
+}
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 iq4_nl_ops512(const fdy_block_iq4_nl *x,
+                                                          const fdy_leg_q8_0 *y) {
+    const __m512i absgrid = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113));
+    const __m512i c = fdy_nibbles512(x[0].qs, x[1].qs);
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    const __mmask64 neg = _mm512_testn_epi8_mask(c, _mm512_set1_epi8(8));
+    return (fdy_ops512){_mm512_shuffle_epi8(absgrid, c), fdy_negate_where(a, neg), a};
+}
+#endif
+
+FDY_LEG_KERNELS(iq4_nl, fdy_block_iq4_nl, fdy_leg_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+
 /* roundtrip: measured relative L2 error 0.0754 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_NL_BLOCK_BYTES, .sub_elems = FDY_IQ4_NL_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_nl,
-                  .dequantize_fast = iq4_nl_dequantize, .quantize = iq4_nl_quantize);
+                  .dequantize_fast = iq4_nl_dequantize, .quantize = iq4_nl_quantize,
+                  .vec_dot = iq4_nl_vec_dot);
 #endif

@@ -48,6 +48,7 @@ FDY_FN void fdy_decode_mxfp4(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_legacy.h"
 
 static void mxfp4_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_mxfp4 *b = (const fdy_block_mxfp4 *)src;
@@ -100,10 +101,60 @@ static void mxfp4_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8-variant integer dot: an mxfp4 weight row x a q8_0 activation row ----
+ * sum over blocks of d_w * d_a * sum_j k[q_j] * a_j with k the doubled E2M1 values as int8
+ * and d_w = fdy_e8m0_to_float_half(e), a power of two.  The byte dots take |k[q]| (<= 12, a
+ * byte shuffle of the table) and a with the sign of k[q] (negative for q > 8). */
+
+static const int8_t mxfp4_k_i8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+static inline float mxfp4_block(const fdy_block_mxfp4 *x, const fdy_leg_q8_0 *y) {
+    int s = 0; /* table lookups: summed directly (a table-filled array would stall the loads) */
+    for (int j = 0; j < 16; j++) {
+        s += (int)mxfp4_k_i8[x->qs[j] & 0x0F] * (int)y->qs[j];
+        s += (int)mxfp4_k_i8[x->qs[j] >> 4] * (int)y->qs[j + 16];
+    }
+    return fdy_e8m0_to_float_half(x->e) * fdy_half_to_float(y->d) * (float)s;
+}
+
+#if defined(__x86_64__)
+#define MXFP4_D1(x) fdy_e8m0_to_float_half((x)->e)
+
+/* fdy_e8m0_to_float_half of the exponents of x[0..7] */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256 mxfp4_d8(const fdy_block_mxfp4 *x) {
+    const __m256i e = _mm256_setr_epi32(x[0].e, x[1].e, x[2].e, x[3].e, x[4].e, x[5].e, x[6].e,
+                                        x[7].e);
+    const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+    const __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+    const __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, sub, is_sub));
+}
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 mxfp4_ops256(const fdy_block_mxfp4 *x,
+                                                       const fdy_leg_q8_0 *y) {
+    const __m256i k = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)mxfp4_k_i8));
+    const __m256i g = _mm256_shuffle_epi8(k, fdy_nibbles256(x->qs));
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};
+}
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 mxfp4_ops512(const fdy_block_mxfp4 *x,
+                                                         const fdy_leg_q8_0 *y) {
+    const __m512i absk =
+        _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12));
+    const __m512i c = fdy_nibbles512(x[0].qs, x[1].qs);
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    const __mmask64 neg = _mm512_test_epi8_mask(c, _mm512_set1_epi8(8));
+    return (fdy_ops512){_mm512_shuffle_epi8(absk, c), fdy_negate_where(a, neg), a};
+}
+#endif
+
+FDY_LEG_KERNELS(mxfp4, fdy_block_mxfp4, fdy_leg_q8_0, 0, MXFP4_D1, mxfp4_d8, mxfp4_d8)
+
 FDY_POLICY_DEFINE(mxfp4, .block_elems = FDY_MXFP4_BLOCK_ELEMS,
                   .block_bytes = FDY_MXFP4_BLOCK_BYTES, .sub_elems = FDY_MXFP4_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.15f /* measured 0.1155 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_mxfp4, .dequantize_fast = mxfp4_dequantize,
-                  .quantize = mxfp4_quantize);
+                  .quantize = mxfp4_quantize, .vec_dot = mxfp4_vec_dot);
 #endif

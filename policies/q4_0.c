@@ -33,6 +33,7 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_legacy.h"
 
 static void q4_0_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_0 *b = (const fdy_block_q4_0 *)src;
@@ -72,10 +73,36 @@ static void q4_0_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- q8-variant integer dot: a q4_0 weight row x a q8_0 activation row ----
+ * sum over blocks of d_w * d_a * (sum_j q_j * a_j - 8 * sum_j a_j), q in [0, 15]: the byte
+ * dots take q (unsigned) and the codes a (|a| <= 127) as they are. */
+
+static inline float q4_0_block(const fdy_block_q4_0 *x, const fdy_leg_q8_0 *y) {
+    int8_t w[32];
+    fdy_leg_nibbles(x->qs, 8, w);
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)fdy_leg_dot32(w, y->qs);
+}
+
+#if defined(__x86_64__)
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q4_0_ops256(const fdy_block_q4_0 *x,
+                                                      const fdy_leg_q8_0 *y) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){fdy_nibbles256(x->qs), a, a};
+}
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q4_0_ops512(const fdy_block_q4_0 *x,
+                                                        const fdy_leg_q8_0 *y) {
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    return (fdy_ops512){fdy_nibbles512(x[0].qs, x[1].qs), a, a};
+}
+#endif
+
+FDY_LEG_KERNELS(q4_0, fdy_block_q4_0, fdy_leg_q8_0, 8, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+
 FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_0_BLOCK_BYTES, .sub_elems = FDY_Q4_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.11f /* measured 0.0852 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q4_0, .dequantize_fast = q4_0_dequantize,
-                  .quantize = q4_0_quantize);
+                  .quantize = q4_0_quantize, .vec_dot = q4_0_vec_dot);
 #endif

@@ -30,6 +30,7 @@ FDY_FN void fdy_decode_q8_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_legacy.h"
 
 static void q8_0_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)src;
@@ -58,9 +59,65 @@ static void q8_0_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- activation quantizer (q8_0 is the dot_type of q4_0, q5_0, q8_0, iq4_nl, mxfp4): the
+ * bytes of q8_0_quantize (see simd_legacy.h) ---- */
+
+#define Q8_0_QUANTIZE_ACT(NAME, TARGET, BLOCK)                              \
+    TARGET static void NAME(const float *src, void *dst, int64_t n) {       \
+        fdy_block_q8_0 *b = (fdy_block_q8_0 *)dst;                          \
+        for (int64_t i = 0; i < n / 32; i++) {                              \
+            int sum;                                                        \
+            b[i].d = fdy_float_to_half(BLOCK(src + i * 32, b[i].qs, &sum)); \
+        }                                                                   \
+    }
+Q8_0_QUANTIZE_ACT(q8_0_quantize_act_portable, , fdy_quant_block_portable)
+#if defined(__x86_64__)
+Q8_0_QUANTIZE_ACT(q8_0_quantize_act_avx2, FDY_TARGET_AVX2, fdy_quant_block_avx2)
+Q8_0_QUANTIZE_ACT(q8_0_quantize_act_avx512, FDY_TARGET_AVX512, fdy_quant_block_avx512)
+#endif
+
+static void q8_0_quantize_act(const float *src, void *dst, int64_t n) {
+    switch (fdy_leg_tier()) {
+#if defined(__x86_64__)
+    case FDY_LEG_AVX512:
+    case FDY_LEG_AVX512VNNI: q8_0_quantize_act_avx512(src, dst, n); return;
+    case FDY_LEG_AVX2:
+    case FDY_LEG_AVXVNNI: q8_0_quantize_act_avx2(src, dst, n); return;
+#endif
+    default: q8_0_quantize_act_portable(src, dst, n); return;
+    }
+}
+
+/* ---- q8-variant integer dot: a q8_0 weight row x a q8_0 activation row ----
+ * sum over blocks of d_w * d_a * sum_j w_j * a_j.  Weight codes may be any int8 (-128
+ * included): the byte dots take |w| (<= 128) and a with the sign of w (|a| <= 127). */
+
+static inline float q8_0_block(const fdy_block_q8_0 *x, const fdy_block_q8_0 *y) {
+    return fdy_half_to_float(x->d) * fdy_half_to_float(y->d) * (float)fdy_leg_dot32(x->qs, y->qs);
+}
+
+#if defined(__x86_64__)
+FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q8_0_ops256(const fdy_block_q8_0 *x,
+                                                      const fdy_block_q8_0 *y) {
+    const __m256i w = _mm256_loadu_si256((const __m256i *)x->qs);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
+    return (fdy_ops256){_mm256_abs_epi8(w), _mm256_sign_epi8(a, w), a};
+}
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q8_0_ops512(const fdy_block_q8_0 *x,
+                                                        const fdy_block_q8_0 *y) {
+    const __m512i w = fdy_load2x32(x[0].qs, x[1].qs);
+    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
+    return (fdy_ops512){_mm512_abs_epi8(w), fdy_negate_where(a, _mm512_movepi8_mask(w)), a};
+}
+#endif
+
+FDY_LEG_KERNELS(q8_0, fdy_block_q8_0, fdy_block_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.01f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q8_0,
-                  .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize);
+                  .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
+                  .vec_dot = q8_0_vec_dot, .quantize_act = q8_0_quantize_act);
 #endif

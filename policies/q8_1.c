@@ -32,6 +32,7 @@ FDY_FN void fdy_decode_q8_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_legacy.h"
 
 static void q8_1_dequantize(const void *src, float *dst, int64_t n) {
     const fdy_block_q8_1 *b = (const fdy_block_q8_1 *)src;
@@ -65,11 +66,42 @@ static void q8_1_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- activation quantizer (q8_1 is the dot_type of q4_1, q5_1): the bytes of
+ * q8_1_quantize (see simd_legacy.h) ---- */
+
+#define Q8_1_QUANTIZE_ACT(NAME, TARGET, BLOCK)                        \
+    TARGET static void NAME(const float *src, void *dst, int64_t n) { \
+        fdy_block_q8_1 *b = (fdy_block_q8_1 *)dst;                    \
+        for (int64_t i = 0; i < n / 32; i++) {                        \
+            int sum;                                                  \
+            const float d = BLOCK(src + i * 32, b[i].qs, &sum);       \
+            b[i].d = fdy_float_to_half(d);                            \
+            b[i].s = fdy_float_to_half((float)sum * d);               \
+        }                                                             \
+    }
+Q8_1_QUANTIZE_ACT(q8_1_quantize_act_portable, , fdy_quant_block_portable)
+#if defined(__x86_64__)
+Q8_1_QUANTIZE_ACT(q8_1_quantize_act_avx2, FDY_TARGET_AVX2, fdy_quant_block_avx2)
+Q8_1_QUANTIZE_ACT(q8_1_quantize_act_avx512, FDY_TARGET_AVX512, fdy_quant_block_avx512)
+#endif
+
+static void q8_1_quantize_act(const float *src, void *dst, int64_t n) {
+    switch (fdy_leg_tier()) {
+#if defined(__x86_64__)
+    case FDY_LEG_AVX512:
+    case FDY_LEG_AVX512VNNI: q8_1_quantize_act_avx512(src, dst, n); return;
+    case FDY_LEG_AVX2:
+    case FDY_LEG_AVXVNNI: q8_1_quantize_act_avx2(src, dst, n); return;
+#endif
+    default: q8_1_quantize_act_portable(src, dst, n); return;
+    }
+}
+
 /* roundtrip: measured relative L2 error 0.00527 on N(0, 1) rows (random_rows seed 6) */
 FDY_POLICY_DEFINE(q8_1, .block_elems = FDY_Q8_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_1_BLOCK_BYTES, .sub_elems = FDY_Q8_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF | FDY_POLICY_ACT, .dot_type = "q8_1",
                   .tol_roundtrip = 0.007f, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q8_1, .dequantize_fast = q8_1_dequantize,
-                  .quantize = q8_1_quantize);
+                  .quantize = q8_1_quantize, .quantize_act = q8_1_quantize_act);
 #endif

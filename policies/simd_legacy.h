@@ -1,0 +1,644 @@
+/* simd_legacy.h - host-only helpers of the q8 variant's integer dot kernels (vec_dot) of the
+ * 32-element block formats q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl and mxfp4, and of the fast
+ * activation quantizers (quantize_act) of q8_0 / q8_1.
+ *
+ * Tiers, chosen per call from fdy_cpu_features_enabled():
+ *   FDY_LEG_AVX512(VNNI)  AVX-512 F+BW+VL+DQ with FMA and F16C: two blocks per zmm; the byte
+ *                         dots are vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd
+ *   FDY_LEG_AVX2 / AVXVNNI  AVX2+FMA+F16C: one block per ymm; AVX-VNNI's vpdpbusd if present
+ *   FDY_LEG_PORTABLE      plain C (any other machine, aarch64 included)
+ * No global -m flag: every SIMD function carries its own target attribute.
+ *
+ * Byte dots: fdy_dp*(acc, u, s) adds to each int32 lane the four products u[4k+j] * s[4k+j]
+ * (u unsigned, s signed bytes).  The maddubs form saturates a pair sum at int16, so every
+ * kernel keeps |u0*s0 + u1*s1| <= 32767: u <= 128 with |s| <= 127.  Activation codes are in
+ * [-127, 127] (the quantizers never give -128); weight operands are codes in [0, 31],
+ * |int8 code| <= 128 or |table value| <= 127.
+ *
+ * A format file F (weight blocks WT, activation blocks AT) supplies
+ *   F_block(x, y)     the float value of blocks x[0] . y[0] (the portable kernel, SIMD tails)
+ *   F_ops256(x, y)    the byte-dot operands {u, s, a} of block x[0] (AVX2)
+ *   F_ops512(x, y)    the operands of blocks x[0], x[1] in lanes 0..7 / 8..15 (AVX-512)
+ *   W1, W8, W8X       the weight scale of x[0] as a float, those of x[0..7] as a __m256
+ *                     (AVX2 / AVX-512 flavour); M1, M8, M8X the minimum of q4_1 / q5_1
+ * with the block's integer sum dot(u, s) - OFF * sum(a) (OFF: 8 for q4_0, 16 for q5_0), and
+ * instantiates every kernel and the F_vec_dot dispatcher with FDY_LEG_KERNELS (or
+ * FDY_LEG_KERNELS_MIN).  The kernels keep the sums in float vectors: per block (AVX2) or two
+ * blocks (AVX-512) one multiply-add of the converted int32 sums by d_w * d_a, the scales of 8
+ * blocks formed at once, 8 blocks per unrolled iteration, one horizontal sum per row.
+ */
+#ifndef FDY_SIMD_LEGACY_H
+#define FDY_SIMD_LEGACY_H
+#ifdef FDY_HOST
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "foundry.h"
+
+/* the activation blocks the kernels read (the layouts of fdy_block_q8_0 in q8_0.c and
+ * fdy_block_q8_1 in q8_1.c; each policy file is its own translation unit) */
+typedef struct fdy_leg_q8_0 {
+    uint16_t d;
+    int8_t qs[32];
+} fdy_leg_q8_0;
+typedef struct fdy_leg_q8_1 {
+    uint16_t d;
+    uint16_t s;
+    int8_t qs[32];
+} fdy_leg_q8_1;
+_Static_assert(sizeof(fdy_leg_q8_0) == 34, "q8_0 block size");
+_Static_assert(sizeof(fdy_leg_q8_1) == 36, "q8_1 block size");
+
+enum { FDY_LEG_PORTABLE, FDY_LEG_AVX2, FDY_LEG_AVXVNNI, FDY_LEG_AVX512, FDY_LEG_AVX512VNNI };
+
+/* the tier the enabled CPU features allow */
+static inline int fdy_leg_tier(void) {
+#if defined(__x86_64__)
+    const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
+    if ((f & base) != base) {
+        return FDY_LEG_PORTABLE;
+    }
+    if (f & FDY_CPU_AVX512) {
+        return (f & FDY_CPU_AVX512VNNI) ? FDY_LEG_AVX512VNNI : FDY_LEG_AVX512;
+    }
+    return (f & FDY_CPU_AVXVNNI) ? FDY_LEG_AVXVNNI : FDY_LEG_AVX2;
+#else
+    return FDY_LEG_PORTABLE;
+#endif
+}
+
+/* exact round-half-away-from-zero of |v| < 2^31 (roundf) without a libm call: the integer
+ * part and the remainder v - t are exact */
+static inline int fdy_leg_roundf_int(float v) {
+    const int t = (int)v;
+    const float r = v - (float)t;
+    return t + (r >= 0.5f) - (r <= -0.5f);
+}
+
+/* ---- activation quantization (q8_0 / q8_1): one block of 32 values ----
+ * The codes of the reference quantizers for every block whose reference result is defined
+ * (finite x * (1 / d)): the same amax (max is exact in any order; NaN lanes are skipped, as
+ * fmaxf does), the same d and 1 / d, one IEEE product x * id per value and an exact roundf.
+ * Each returns the unrounded scale d and stores the codes' sum in *sum. */
+
+static inline float fdy_quant_block_portable(const float *x, int8_t *qs, int *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        amax = fmaxf(amax, fabsf(x[j]));
+    }
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        const int q = fdy_leg_roundf_int(x[j] * id);
+        qs[j] = (int8_t)q;
+        s += q;
+    }
+    *sum = s;
+    return d;
+}
+
+/* ---- the portable kernel and the dispatcher ----
+ * The portable block functions unpack the weight codes to 32 int8 with a loop the compiler
+ * vectorizes (no variable shifts: the q5 bits are tested against fdy_leg_bit), then take
+ * the int8 dot product; this form stays vectorized at -O2 and -O3 alike (a single loop
+ * mixing both gets fully unrolled to scalar code at -O3). */
+
+static const uint32_t fdy_leg_bit[32] = {
+    1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,
+    1u << 8,  1u << 9,  1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15,
+    1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
+    1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+
+static inline int fdy_leg_dot32(const int8_t *w, const int8_t *a) {
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        s += (int)w[j] * (int)a[j];
+    }
+    return s;
+}
+
+static inline int fdy_leg_sum32(const int8_t *a) {
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        s += a[j];
+    }
+    return s;
+}
+
+/* the 32 nibbles of 16 bytes in element order (the low nibbles, then the high), minus off */
+static inline void fdy_leg_nibbles(const uint8_t *qs, int off, int8_t *w) {
+    for (int j = 0; j < 16; j++) {
+        w[j] = (int8_t)((qs[j] & 0x0F) - off);
+        w[j + 16] = (int8_t)((qs[j] >> 4) - off);
+    }
+}
+
+/* the 5-bit codes of a q5 block (nibbles, bit 4 from the little-endian u32 at qh), minus off */
+static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int off, int8_t *w) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    uint8_t q[32];
+    for (int j = 0; j < 16; j++) {
+        q[j] = qs[j] & 0x0F;
+        q[j + 16] = qs[j] >> 4;
+    }
+    for (int j = 0; j < 32; j++) {
+        w[j] = (int8_t)((q[j] | ((h & fdy_leg_bit[j]) ? 16 : 0)) - off);
+    }
+}
+
+#define FDY_LEG_DOT_PORTABLE(NAME, WT, AT, BLOCK)                \
+    static float NAME(const void *w, const void *a, int64_t n) { \
+        const WT *x = (const WT *)w;                             \
+        const AT *y = (const AT *)a;                             \
+        float sum = 0.0f;                                        \
+        for (int64_t i = 0; i < n / 32; i++) {                   \
+            sum += BLOCK(x + i, y + i);                          \
+        }                                                        \
+        return sum;                                              \
+    }
+
+#if defined(__x86_64__)
+#define FDY_LEG_VEC_DOT(F)                                              \
+    static float F##_vec_dot(const void *w, const void *a, int64_t n) { \
+        switch (fdy_leg_tier()) {                                       \
+        case FDY_LEG_AVX512VNNI: return F##_dot_avx512vnni(w, a, n);    \
+        case FDY_LEG_AVX512: return F##_dot_avx512(w, a, n);            \
+        case FDY_LEG_AVXVNNI: return F##_dot_avxvnni(w, a, n);          \
+        case FDY_LEG_AVX2: return F##_dot_avx2(w, a, n);                \
+        default: return F##_dot_portable(w, a, n);                      \
+        }                                                               \
+    }
+#else
+#define FDY_LEG_VEC_DOT(F)                                              \
+    static float F##_vec_dot(const void *w, const void *a, int64_t n) { \
+        return F##_dot_portable(w, a, n);                               \
+    }
+#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)          \
+    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block) \
+    FDY_LEG_VEC_DOT(F)
+#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X) \
+    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)    \
+    FDY_LEG_VEC_DOT(F)
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define FDY_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define FDY_TARGET_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define FDY_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define FDY_TARGET_AVX512VNNI \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define FDY_LEG_INLINE static inline __attribute__((always_inline))
+
+/* ---- AVX2 ---- */
+
+typedef struct fdy_ops256 {
+    __m256i u, s, a; /* byte-dot operands (unsigned, signed) and the activation codes */
+} fdy_ops256;
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_dp256(__m256i acc, __m256i u, __m256i s) {
+    const __m256i p = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+FDY_TARGET_AVXVNNI FDY_LEG_INLINE __m256i fdy_dp256_vnni(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+}
+
+/* the block sums dot(u, s) - off * sum(a) in int32 lanes; the activation sums alone */
+#define FDY_LEG_SUMS256(SUFFIX, TARGET)                                                     \
+    TARGET FDY_LEG_INLINE __m256i fdy_sums256##SUFFIX(fdy_ops256 o, int off) {              \
+        const __m256i z = _mm256_setzero_si256();                                           \
+        const __m256i d = fdy_dp256##SUFFIX(z, o.u, o.s);                                   \
+        if (!off) {                                                                         \
+            return d;                                                                       \
+        }                                                                                   \
+        return _mm256_sub_epi32(d, fdy_dp256##SUFFIX(z, _mm256_set1_epi8((char)off), o.a)); \
+    }                                                                                       \
+    TARGET FDY_LEG_INLINE __m256i fdy_asums256##SUFFIX(fdy_ops256 o) {                      \
+        return fdy_dp256##SUFFIX(_mm256_setzero_si256(), _mm256_set1_epi8(1), o.a);         \
+    }
+FDY_LEG_SUMS256(_vnni, FDY_TARGET_AVXVNNI)
+
+/* without VNNI: the offset is subtracted from the int16 pair sums before they are widened
+ * (|dot pair| + |off pair| <= 2 * 31 * 127 + 2 * 16 * 127 < 32768 for every offset format) */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_sums256(fdy_ops256 o, int off) {
+    __m256i p = _mm256_maddubs_epi16(o.u, o.s);
+    if (off) {
+        p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), o.a));
+    }
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_asums256(fdy_ops256 o) {
+    return fdy_dp256(_mm256_setzero_si256(), _mm256_set1_epi8(1), o.a);
+}
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE float fdy_hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE float fdy_leg_half(uint16_t h) {
+    return _cvtsh_ss(h); /* exact for every half, subnormals included */
+}
+
+/* the 8 f16 at p, p + stride, ..., p + 7 * stride as floats */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256 fdy_halves8(const void *p, int stride) {
+    const uint8_t *b = (const uint8_t *)p;
+    uint16_t h[8];
+    for (int k = 0; k < 8; k++) {
+        memcpy(&h[k], b + k * stride, 2);
+    }
+    __m128i v = _mm_cvtsi32_si128(h[0]);
+    v = _mm_insert_epi16(v, h[1], 1);
+    v = _mm_insert_epi16(v, h[2], 2);
+    v = _mm_insert_epi16(v, h[3], 3);
+    v = _mm_insert_epi16(v, h[4], 4);
+    v = _mm_insert_epi16(v, h[5], 5);
+    v = _mm_insert_epi16(v, h[6], 6);
+    v = _mm_insert_epi16(v, h[7], 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/* the scale fields of the f16-scaled formats: d (and m), of x[0] / of x[0..7] */
+#define FDY_LEG_D1(x) fdy_leg_half((x)->d)
+#define FDY_LEG_D8(x) fdy_halves8(&(x)->d, (int)sizeof *(x))
+#define FDY_LEG_M1(x) fdy_leg_half((x)->m)
+#define FDY_LEG_M8(x) fdy_halves8(&(x)->m, (int)sizeof *(x))
+
+/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles, then the high nibbles */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_nibbles256(const uint8_t *q) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)q);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+
+/* bit k of the little-endian u32 at p -> byte k: 0x10 where set, else 0 */
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    b = _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x10));
+}
+
+/* lane k of d in all 8 lanes */
+#define FDY_LEG_LANE256(d, k) _mm256_permutevar8x32_ps((d), _mm256_set1_epi32(k))
+
+/* one block: acc += (block sums) * d (8 lanes) */
+#define FDY_LEG_STEP256(V, OPS, OFF, acc, k, d) \
+    acc = _mm256_fmadd_ps(                      \
+        _mm256_cvtepi32_ps(fdy_sums256##V(OPS(x + i + (k), y + i + (k)), OFF)), d, acc)
+
+/* AVX2 kernel of a one-scale format: eight blocks per iteration, then single blocks */
+#define FDY_LEG_DOT256(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)    \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {     \
+        const WT *x = (const WT *)w;                                        \
+        const AT *y = (const AT *)a;                                        \
+        const int64_t nb = n / 32;                                          \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();      \
+        int64_t i = 0;                                                      \
+        for (; i + 8 <= nb; i += 8) {                                       \
+            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8(y + i));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, FDY_LEG_LANE256(d, 0));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 1, FDY_LEG_LANE256(d, 1));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 2, FDY_LEG_LANE256(d, 2));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 3, FDY_LEG_LANE256(d, 3));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 4, FDY_LEG_LANE256(d, 4));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 5, FDY_LEG_LANE256(d, 5));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 6, FDY_LEG_LANE256(d, 6));   \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 7, FDY_LEG_LANE256(d, 7));   \
+        }                                                                   \
+        for (; i < nb; i++) {                                               \
+            const __m256 d = _mm256_set1_ps(W1(x + i) * FDY_LEG_D1(y + i)); \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, d);                       \
+        }                                                                   \
+        return fdy_hsum256(_mm256_add_ps(acc0, acc1));                      \
+    }
+
+/* one block with a minimum: acc += dot(u, s) * d, accm += sum(a) * m */
+#define FDY_LEG_STEPM256(V, OPS, k, d, m)                                         \
+    do {                                                                          \
+        const fdy_ops256 o_ = OPS(x + i + (k), y + i + (k));                      \
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_sums256##V(o_, 0)), d, acc); \
+        accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_asums256##V(o_)), m, accm); \
+    } while (0)
+
+/* AVX2 kernel of q4_1 / q5_1: w = d * q + m, with q8_1 activations */
+#define FDY_LEG_DOTM256(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8)                        \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        const WT *x = (const WT *)w;                                                         \
+        const AT *y = (const AT *)a;                                                         \
+        const int64_t nb = n / 32;                                                           \
+        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();                        \
+        int64_t i = 0;                                                                       \
+        for (; i + 8 <= nb; i += 8) {                                                        \
+            const __m256 da = FDY_LEG_D8(y + i);                                             \
+            const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
+            for (int k = 0; k < 8; k++) {                                                    \
+                FDY_LEG_STEPM256(V, OPS, k, FDY_LEG_LANE256(d, k), FDY_LEG_LANE256(m, k));   \
+            }                                                                                \
+        }                                                                                    \
+        for (; i < nb; i++) {                                                                \
+            const float da = FDY_LEG_D1(y + i);                                              \
+            FDY_LEG_STEPM256(V, OPS, 0, _mm256_set1_ps(W1(x + i) * da),                      \
+                             _mm256_set1_ps(M1(x + i) * da));                                \
+        }                                                                                    \
+        return fdy_hsum256(_mm256_add_ps(acc, accm));                                        \
+    }
+
+/* roundf of each lane, exactly: trunc, then +-1 where the remainder (exact) is >= 0.5 */
+FDY_TARGET_AVX2 static inline __m256i fdy_round256(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 up = _mm256_cmp_ps(r, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
+    return _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, one)));
+}
+
+FDY_TARGET_AVX2 static inline float fdy_quant_block_avx2(const float *x, int8_t *qs, int *sum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), m); /* a NaN first operand gives m */
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+        q[k] = fdy_round256(_mm256_mul_ps(v[k], vid));
+    }
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    *sum = _mm_cvtsi128_si32(s4);
+    /* |q| <= 127: the saturating packs are exact; then undo their lane interleave */
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                         _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)qs,
+                        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return d;
+}
+
+/* ---- AVX-512 ---- */
+
+typedef struct fdy_ops512 {
+    __m512i u, s, a; /* byte-dot operands (unsigned, signed) and the activation codes */
+} fdy_ops512;
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_dp512(__m512i acc, __m512i u, __m512i s) {
+    const __m512i p = _mm512_maddubs_epi16(u, s);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
+}
+
+FDY_TARGET_AVX512VNNI FDY_LEG_INLINE __m512i fdy_dp512_vnni(__m512i acc, __m512i u,
+                                                            __m512i s) {
+    return _mm512_dpbusd_epi32(acc, u, s);
+}
+
+#define FDY_LEG_SUMS512(SUFFIX, TARGET)                                                     \
+    TARGET FDY_LEG_INLINE __m512i fdy_sums512##SUFFIX(fdy_ops512 o, int off) {              \
+        const __m512i z = _mm512_setzero_si512();                                           \
+        const __m512i d = fdy_dp512##SUFFIX(z, o.u, o.s);                                   \
+        if (!off) {                                                                         \
+            return d;                                                                       \
+        }                                                                                   \
+        return _mm512_sub_epi32(d, fdy_dp512##SUFFIX(z, _mm512_set1_epi8((char)off), o.a)); \
+    }                                                                                       \
+    TARGET FDY_LEG_INLINE __m512i fdy_asums512##SUFFIX(fdy_ops512 o) {                      \
+        return fdy_dp512##SUFFIX(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);         \
+    }
+FDY_LEG_SUMS512(_vnni, FDY_TARGET_AVX512VNNI)
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_sums512(fdy_ops512 o, int off) {
+    __m512i p = _mm512_maddubs_epi16(o.u, o.s);
+    if (off) {
+        p = _mm512_sub_epi16(p, _mm512_maddubs_epi16(_mm512_set1_epi8((char)off), o.a));
+    }
+    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+}
+
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_asums512(fdy_ops512 o) {
+    return fdy_dp512(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);
+}
+
+/* the 32 bytes at p0 in the low half, those at p1 in the high half */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_load2x32(const void *p0, const void *p1) {
+    const __m256i lo = _mm256_loadu_si256((const __m256i *)p0);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+                              _mm256_loadu_si256((const __m256i *)p1), 1);
+}
+
+/* two blocks of 16 packed-nibble bytes -> 64 bytes: [lo(q0), hi(q0), lo(q1), hi(q1)] */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_nibbles512(const uint8_t *q0, const uint8_t *q1) {
+    const __m256i v = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
+        _mm_loadu_si128((const __m128i *)q1), 1);
+    __m512i z = _mm512_castsi256_si512(v);
+    z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
+    const long long c4 = 0x0004000400040004LL; /* shift the odd 128-bit lanes by 4 */
+    z = _mm512_srlv_epi16(z, _mm512_set_epi64(c4, c4, 0, 0, c4, c4, 0, 0));
+    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+}
+
+/* the 5th bits of two q5 blocks (qh: little-endian u32, bit k = element k) added to their
+ * 4-bit codes q (the 64 bytes of fdy_nibbles512) */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_qh512(__m512i q, const uint8_t *qh0,
+                                                   const uint8_t *qh1) {
+    uint32_t h0, h1;
+    memcpy(&h0, qh0, 4);
+    memcpy(&h1, qh1, 4);
+    const __mmask64 m = (__mmask64)h0 | (__mmask64)h1 << 32;
+    return _mm512_mask_add_epi8(q, m, q, _mm512_set1_epi8(0x10));
+}
+
+/* s negated in the bytes where m is set (s must not hold -128) */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_negate_where(__m512i s, __mmask64 m) {
+    return _mm512_mask_sub_epi8(s, m, _mm512_setzero_si512(), s);
+}
+
+/* the 8 f16 at p, p + stride, ..., p + 7 * stride (stride even, <= 36 bytes) as floats: the
+ * words up to the last one loaded in at most four (masked) zmm loads, never past it, and
+ * picked with word permutes -- fewer shuffle micro-ops than inserting them one by one */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m256 fdy_halves8_512(const void *p, int stride) {
+    const uint8_t *b = (const uint8_t *)p;
+    const int hs = stride / 2, nw = 7 * hs + 1; /* stride and words needed, in words */
+    const __m128i k8 = _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i idx = _mm512_zextsi128_si512(_mm_mullo_epi16(k8, _mm_set1_epi16((short)hs)));
+#define FDY_LEG_WORDS(j)                                                                 \
+    _mm512_maskz_loadu_epi16(nw >= 32 * (j + 1) ? ~(__mmask32)0                          \
+                             : nw > 32 * j      ? (__mmask32)((1u << (nw - 32 * j)) - 1) \
+                                                : 0,                                     \
+                             b + 64 * (j))
+    __m512i r = _mm512_permutex2var_epi16(FDY_LEG_WORDS(0), idx, FDY_LEG_WORDS(1));
+    if (nw > 64) {
+        __mmask32 hi = 0; /* the lanes whose word lies past the first 64 */
+        for (int k = 0; k < 8; k++) {
+            hi |= (__mmask32)(k * hs >= 64) << k;
+        }
+        const __m512i r2 = _mm512_permutex2var_epi16(
+            FDY_LEG_WORDS(2), _mm512_sub_epi16(idx, _mm512_set1_epi16(64)), FDY_LEG_WORDS(3));
+        r = _mm512_mask_blend_epi16(hi, r, r2);
+    }
+#undef FDY_LEG_WORDS
+    return _mm256_cvtph_ps(_mm512_castsi512_si128(r));
+}
+
+#define FDY_LEG_D8X(x) fdy_halves8_512(&(x)->d, (int)sizeof *(x))
+#define FDY_LEG_M8X(x) fdy_halves8_512(&(x)->m, (int)sizeof *(x))
+
+/* lanes 0..7 = d[2k], lanes 8..15 = d[2k + 1] */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_pair_scale(__m256 d, int k) {
+    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * k),
+                                           _mm256_set1_epi32(2 * k + 1), 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(d));
+}
+
+/* 8 lanes of d0, then 8 lanes of d1 */
+FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_scale2(float d0, float d1) {
+    return _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
+}
+
+/* two blocks: acc += (block sums) * d (lanes 0..7 / 8..15) */
+#define FDY_LEG_STEP512(V, OPS, OFF, acc, k, d) \
+    acc = _mm512_fmadd_ps(                      \
+        _mm512_cvtepi32_ps(fdy_sums512##V(OPS(x + i + (k), y + i + (k)), OFF)), d, acc)
+
+/* AVX-512 kernel of a one-scale format: eight blocks per iteration, then pairs, then one */
+#define FDY_LEG_DOT512(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)        \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {         \
+        const WT *x = (const WT *)w;                                            \
+        const AT *y = (const AT *)a;                                            \
+        const int64_t nb = n / 32;                                              \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();          \
+        int64_t i = 0;                                                          \
+        for (; i + 8 <= nb; i += 8) {                                           \
+            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8X(y + i));      \
+            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0, fdy_pair_scale(d, 0));        \
+            FDY_LEG_STEP512(V, OPS, OFF, acc1, 2, fdy_pair_scale(d, 1));        \
+            FDY_LEG_STEP512(V, OPS, OFF, acc0, 4, fdy_pair_scale(d, 2));        \
+            FDY_LEG_STEP512(V, OPS, OFF, acc1, 6, fdy_pair_scale(d, 3));        \
+        }                                                                       \
+        for (; i + 2 <= nb; i += 2) {                                           \
+            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0,                               \
+                            fdy_scale2(W1(x + i) * FDY_LEG_D1(y + i),           \
+                                       W1(x + i + 1) * FDY_LEG_D1(y + i + 1))); \
+        }                                                                       \
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));            \
+        if (i < nb) {                                                           \
+            sum += BLOCK(x + i, y + i);                                         \
+        }                                                                       \
+        return sum;                                                             \
+    }
+
+#define FDY_LEG_STEPM512(V, OPS, k, d, m)                                         \
+    do {                                                                          \
+        const fdy_ops512 o_ = OPS(x + i + (k), y + i + (k));                      \
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_sums512##V(o_, 0)), d, acc); \
+        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_asums512##V(o_)), m, accm); \
+    } while (0)
+
+/* AVX-512 kernel of q4_1 / q5_1 */
+#define FDY_LEG_DOTM512(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8, BLOCK)                 \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        const WT *x = (const WT *)w;                                                         \
+        const AT *y = (const AT *)a;                                                         \
+        const int64_t nb = n / 32;                                                           \
+        __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();                        \
+        int64_t i = 0;                                                                       \
+        for (; i + 8 <= nb; i += 8) {                                                        \
+            const __m256 da = FDY_LEG_D8X(y + i);                                            \
+            const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
+            FDY_LEG_STEPM512(V, OPS, 0, fdy_pair_scale(d, 0), fdy_pair_scale(m, 0));         \
+            FDY_LEG_STEPM512(V, OPS, 2, fdy_pair_scale(d, 1), fdy_pair_scale(m, 1));         \
+            FDY_LEG_STEPM512(V, OPS, 4, fdy_pair_scale(d, 2), fdy_pair_scale(m, 2));         \
+            FDY_LEG_STEPM512(V, OPS, 6, fdy_pair_scale(d, 3), fdy_pair_scale(m, 3));         \
+        }                                                                                    \
+        for (; i + 2 <= nb; i += 2) {                                                        \
+            const float da0 = FDY_LEG_D1(y + i), da1 = FDY_LEG_D1(y + i + 1);                \
+            FDY_LEG_STEPM512(V, OPS, 0, fdy_scale2(W1(x + i) * da0, W1(x + i + 1) * da1),    \
+                             fdy_scale2(M1(x + i) * da0, M1(x + i + 1) * da1));              \
+        }                                                                                    \
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));                          \
+        if (i < nb) {                                                                        \
+            sum += BLOCK(x + i, y + i);                                                      \
+        }                                                                                    \
+        return sum;                                                                          \
+    }
+
+FDY_TARGET_AVX512 static inline __m512i fdy_round512(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_abs_ps(_mm512_sub_ps(v, t));
+    const __mmask16 up = _mm512_cmp_ps_mask(r, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 one = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0f)), _mm512_set1_ps(1.0f));
+    return _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, one));
+}
+
+FDY_TARGET_AVX512 static inline float fdy_quant_block_avx512(const float *x, int8_t *qs,
+                                                             int *sum) {
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    __m512 m = _mm512_max_ps(_mm512_abs_ps(x0), _mm512_setzero_ps()); /* NaN lanes give 0 */
+    m = _mm512_max_ps(_mm512_abs_ps(x1), m);
+    const float amax = _mm512_reduce_max_ps(m);
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i q0 = fdy_round512(_mm512_mul_ps(x0, vid));
+    const __m512i q1 = fdy_round512(_mm512_mul_ps(x1, vid));
+    *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    _mm_storeu_si128((__m128i *)qs, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtepi32_epi8(q1));
+    return d;
+}
+
+
+/* ---- every kernel of a format ---- */
+
+#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)                                        \
+    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)                               \
+    FDY_LEG_DOT256(F##_dot_avx2, FDY_TARGET_AVX2, , WT, AT, F##_ops256, OFF, W1, W8,        \
+                   F##_block)                                                               \
+    FDY_LEG_DOT256(F##_dot_avxvnni, FDY_TARGET_AVXVNNI, _vnni, WT, AT, F##_ops256, OFF, W1, \
+                   W8, F##_block)                                                           \
+    FDY_LEG_DOT512(F##_dot_avx512, FDY_TARGET_AVX512, , WT, AT, F##_ops512, OFF, W1, W8X,   \
+                   F##_block)                                                               \
+    FDY_LEG_DOT512(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI, _vnni, WT, AT, F##_ops512,    \
+                   OFF, W1, W8X, F##_block)                                                 \
+    FDY_LEG_VEC_DOT(F)
+
+#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X)                            \
+    FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)                               \
+    FDY_LEG_DOTM256(F##_dot_avx2, FDY_TARGET_AVX2, , WT, AT, F##_ops256, W1, W8, M1, M8)    \
+    FDY_LEG_DOTM256(F##_dot_avxvnni, FDY_TARGET_AVXVNNI, _vnni, WT, AT, F##_ops256, W1, W8, \
+                    M1, M8)                                                                 \
+    FDY_LEG_DOTM512(F##_dot_avx512, FDY_TARGET_AVX512, , WT, AT, F##_ops512, W1, W8X, M1,   \
+                    M8X, F##_block)                                                         \
+    FDY_LEG_DOTM512(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI, _vnni, WT, AT, F##_ops512,   \
+                    W1, W8X, M1, M8X, F##_block)                                            \
+    FDY_LEG_VEC_DOT(F)
+
+#endif /* __x86_64__ */
+#endif /* FDY_HOST */
+#endif
