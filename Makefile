@@ -10,7 +10,7 @@ CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -ffp-contract=off -fno-strict
 	-Wall -Wextra -Wno-unused-parameter -Wno-unused-function
 LIBS := -lm -lpthread
 
-build/libfoundry.so: $(SRCS) $(wildcard foundry_c/include/*.h foundry_c/src/*.h policies/*.def metal/*.h)
+build/libfoundry.so: $(SRCS) $(wildcard foundry_c/include/*.h foundry_c/src/*.h foundry_c/src/cpu/*.h policies/*.h policies/*.def metal/*.h)
 	@mkdir -p build
 	$(CC) $(CFLAGS_BASE) $(INC) -shared -o $@ $(SRCS) $(LIBS)
 
