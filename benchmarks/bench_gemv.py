@@ -8,7 +8,8 @@ For each format: a 4096 x 4096 weight, M = 1, with 1 and 2 threads, in both comp
 dots).  The script cycles through enough distinct weights that their total is several times
 the last-level cache, so every call streams its weight from DRAM.  It prints weight GB/s
 (weight bytes / time, median over the cycle) and that figure as a fraction of the read
-bandwidth of a large NumPy reduction measured in the same run with the same thread count.
+bandwidth measured in the same run with the same thread count (a 1 GiB buffer streamed with
+wide loads by the core's thread pool, pyfoundry._core.bench_read).
 Target: >= 70% for Q8_0 and Q4_0 in the q8 variant with 2 threads.
 
 It also prints the per-call overhead of a tiny step called from Python (target < 10 us).
@@ -17,7 +18,6 @@ import argparse
 import os
 import platform
 import statistics
-import threading
 import time
 
 import numpy as np
@@ -54,24 +54,21 @@ def cpu_name():
 
 
 def read_bandwidth(threads, total_bytes, repeat):
-    """GB/s of summing large int64 arrays (read-only streaming), `threads` NumPy threads."""
-    n_each = max(1, total_bytes // threads // 8)
-    arrays = [np.ones(n_each, np.int64) for _ in range(threads)]
-    res = [0] * threads
-
-    def work(i):
-        res[i] = int(arrays[i].sum())  # NumPy releases the GIL in the reduction
-
-    times = []
-    for _ in range(repeat):
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        times.append(time.perf_counter() - t0)
-    return threads * n_each * 8 / statistics.median(times) / 1e9
+    """GB/s of streaming a large buffer with wide loads (XOR-reduce) on `threads` threads of
+    the core's pool: the read bandwidth a streaming kernel can hope for."""
+    buf = np.random.default_rng(1).integers(0, 2**63, total_bytes // 8, dtype=np.int64)
+    n0 = pf.get_num_threads()
+    pf.set_num_threads(threads)
+    try:
+        pf._core.bench_read(buf)  # warm up
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            pf._core.bench_read(buf)
+            times.append(time.perf_counter() - t0)
+    finally:
+        pf.set_num_threads(n0)
+    return buf.nbytes / statistics.median(times) / 1e9
 
 
 def main():

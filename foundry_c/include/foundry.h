@@ -173,6 +173,8 @@ fdy_status fdy_gguf_writer_write(fdy_gguf_writer *w, const char *path);
 
 fdy_status fdy_set_num_threads(int n); /* the pool size, caller included */
 int fdy_get_num_threads(void);         /* default: PYFOUNDRY_NUM_THREADS, else online CPUs */
+/* benchmarks: stream `bytes` of `data` on the thread pool with wide loads (read bandwidth) */
+uint64_t fdy_bench_read(const void *data, size_t bytes);
 
 /* ---- CPU stages --------------------------------------------------------------------------
  * Activations are row-major float32, NumPy shapes in comments.  A weight is a view of `rows`

@@ -376,7 +376,22 @@ static PyObject *b_get_num_threads(PyObject *module, PyObject *noargs) {
     return PyLong_FromLong(n);
 }
 
+static PyObject *b_bench_read(PyObject *module, PyObject *arg) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    uint64_t r;
+    Py_BEGIN_ALLOW_THREADS
+    r = fdy_bench_read(v.buf, (size_t)v.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLongLong(r);
+}
+
 static PyMethodDef ops_methods[] = {
+    {"bench_read", b_bench_read, METH_O,
+     "bench_read(buffer) -> checksum: streams the buffer on the thread pool (bandwidth probe)"},
     {"matmul", b_matmul, METH_VARARGS, "matmul(w, x, M, bias, out, accumulate, act, variant)"},
     {"rmsnorm", b_rmsnorm, METH_VARARGS, "rmsnorm(x, M, K, weight, eps, out)"},
     {"rmsnorm_matmul", b_rmsnorm_matmul, METH_VARARGS,
