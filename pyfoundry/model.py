@@ -354,6 +354,11 @@ class Model:
         self._tokenizer = None
 
     @property
+    def tokenizer(self):
+        """The tokenizer of the model's file (:attr:`GGUFFile.tokenizer`)."""
+        return self.file.tokenizer
+
+    @property
     def capture_names(self) -> List[str]:
         return self.plan.capture_names
 

@@ -353,6 +353,10 @@ int32_t fdy_tokenizer_find(const fdy_tokenizer *t, const char *text, size_t len)
 fdy_status fdy_tokenizer_encode(const fdy_tokenizer *t, const char *text, size_t len,
                                 int add_special, int parse_special, int32_t *out, int64_t cap,
                                 int64_t *n_out);
+/* BPE: the words the pre-tokenizer cuts a valid UTF-8 text into, as byte offsets of their ends
+ * (no special tokens are looked for); SPM: the whole text.  FDY_ERR_INVALID for invalid UTF-8. */
+fdy_status fdy_tokenizer_pre_tokenize(const fdy_tokenizer *t, const char *text, size_t len,
+                                      int64_t *ends, int64_t cap, int64_t *n_out);
 /* the bytes a token stands for, a view valid as long as the tokenizer: SPM U+2581 -> " ",
  * <0xXX> -> the byte; BPE characters -> bytes; control and unknown tokens: their text when
  * `special`, else empty; unused tokens: empty.  FDY_ERR_RANGE for a bad id. */

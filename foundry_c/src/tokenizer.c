@@ -1208,6 +1208,15 @@ static bool spm_tokenize(const fdy_tokenizer *t, work *w) {
         if (k > len - off) {
             k = len - off;
         }
+        /* a malformed sequence ends before the first byte that cannot continue it (llama.cpp
+         * would swallow that byte too, and an escaped space in it would come back as U+2581):
+         * the same symbols for valid UTF-8, every byte kept for invalid */
+        for (int64_t j = 1; j < k; j++) {
+            if (((uint8_t)s[off + j] & 0xC0) != 0x80) {
+                k = j;
+                break;
+            }
+        }
         w->syms[n] = (sym){off, k, n - 1, off + k == len ? -1 : n + 1, -1};
         off += k;
     }
@@ -1618,7 +1627,9 @@ static bool bpe_word(const fdy_tokenizer *t, work *w, size_t b0, size_t b1) {
     return true;
 }
 
-static bool bpe_fragment(const fdy_tokenizer *t, work *w, const char *p, size_t n) {
+/* the text p[0..n) with invalid bytes read as U+FFFD into w->text, cut into words: w->cuts
+ * holds the end of each word (code point indices), w->offs the byte offset of each code point */
+static bool pre_split(const fdy_tokenizer *t, work *w, const char *p, size_t n) {
     /* code points, with every byte that does not start a valid character read as U+FFFD */
     static const char FFFD[3] = {'\xef', '\xbf', '\xbd'};
     if (n + 1 > w->cps_cap) {
@@ -1662,10 +1673,10 @@ static bool bpe_fragment(const fdy_tokenizer *t, work *w, const char *p, size_t 
         w->fl[m] = uc_flags(c);
     }
     w->offs[m] = w->text.n;
+    w->cuts.n = 0;
     if (m == 0) {
         return true;
     }
-    w->cuts.n = 0;
     if (!zvec_push(&w->cuts, m)) {
         return false;
     }
@@ -1678,6 +1689,13 @@ static bool bpe_fragment(const fdy_tokenizer *t, work *w, const char *p, size_t 
         zvec tmp = w->cuts;
         w->cuts = w->cuts2;
         w->cuts2 = tmp;
+    }
+    return true;
+}
+
+static bool bpe_fragment(const fdy_tokenizer *t, work *w, const char *p, size_t n) {
+    if (!pre_split(t, w, p, n)) {
+        return false;
     }
     size_t start = 0;
     for (size_t i = 0; i < w->cuts.n; i++) {
@@ -1848,6 +1866,40 @@ fdy_status fdy_tokenizer_encode(const fdy_tokenizer *t, const char *text, size_t
         }
     }
     free(fr.p);
+    work_free(&w);
+    return st;
+}
+
+fdy_status fdy_tokenizer_pre_tokenize(const fdy_tokenizer *t, const char *text, size_t len,
+                                      int64_t *ends, int64_t cap, int64_t *n_out) {
+    if (!t || !n_out || (!text && len) || cap < 0 || (!ends && cap > 0)) {
+        return fdy_fail(FDY_ERR_INVALID, "fdy_tokenizer_pre_tokenize: bad arguments");
+    }
+    *n_out = 0;
+    if (!utf8_valid(text, len)) {
+        return fdy_fail(FDY_ERR_INVALID, "fdy_tokenizer_pre_tokenize: text is not valid UTF-8");
+    }
+    if (t->type != FDY_VOCAB_BPE) {
+        *n_out = len > 0;
+        if (len > 0 && cap > 0) {
+            ends[0] = (int64_t)len;
+        }
+        return len > 0 && cap < 1 ? fdy_fail(FDY_ERR_SPACE, "pre_tokenize: no room") : FDY_OK;
+    }
+    work w = {0};
+    fdy_status st = FDY_OK;
+    if (!pre_split(t, &w, text ? text : "", len)) {
+        st = fdy_fail(FDY_ERR_NOMEM, "fdy_tokenizer_pre_tokenize: out of memory");
+    } else {
+        *n_out = (int64_t)w.cuts.n;
+        for (size_t i = 0; i < w.cuts.n && (int64_t)i < cap; i++) {
+            ends[i] = (int64_t)w.offs[w.cuts.p[i]];
+        }
+        if ((int64_t)w.cuts.n > cap) {
+            st = fdy_fail(FDY_ERR_SPACE, "pre_tokenize: %zu words, room for %lld", w.cuts.n,
+                          (long long)cap);
+        }
+    }
     work_free(&w);
     return st;
 }

@@ -163,6 +163,45 @@ done:
     return list;
 }
 
+static PyObject *tok_pre_tokenize(TokenizerObject *self, PyObject *arg) {
+    fdy_module_state *st = fdy_state_from_type(Py_TYPE(self));
+    if (check_tok(self) < 0) {
+        return NULL;
+    }
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "pre_tokenize: text must be str, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len;
+    const char *p = PyUnicode_AsUTF8AndSize(arg, &len);
+    if (!p) {
+        return NULL;
+    }
+    int64_t n = 0, cap = (int64_t)len + 1;
+    int64_t *ends = (int64_t *)PyMem_Malloc((size_t)cap * sizeof(int64_t));
+    if (!ends) {
+        return PyErr_NoMemory();
+    }
+    fdy_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = fdy_tokenizer_pre_tokenize(self->t, p, (size_t)len, ends, cap, &n);
+    Py_END_ALLOW_THREADS
+    PyObject *list = s ? fdy_raise(st, s) : PyList_New((Py_ssize_t)n);
+    int64_t start = 0;
+    for (int64_t i = 0; list && i < n; i++) {
+        PyObject *w = PyUnicode_DecodeUTF8(p + start, (Py_ssize_t)(ends[i] - start), "strict");
+        if (!w) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, w);
+        start = ends[i];
+    }
+    PyMem_Free(ends);
+    return list;
+}
+
 static PyObject *tok_decode(TokenizerObject *self, PyObject *args) {
     fdy_module_state *st = fdy_state_from_type(Py_TYPE(self));
     PyObject *ids_obj;
@@ -339,6 +378,8 @@ static PyMethodDef tok_methods[] = {
      "encode(text, add_special=True, parse_special=False) -> list of ids"},
     {"decode", (PyCFunction)tok_decode, METH_VARARGS,
      "decode(ids, flags=0) -> bytes (flags: 1 render special tokens, 2 continue)"},
+    {"pre_tokenize", (PyCFunction)tok_pre_tokenize, METH_O,
+     "pre_tokenize(text) -> the words BPE merges within"},
     {"token_to_piece", (PyCFunction)tok_token_to_piece, METH_VARARGS,
      "token_to_piece(id, special=False) -> bytes"},
     {"token_text", (PyCFunction)tok_token_text, METH_O, "token_text(id) -> the vocab bytes"},
