@@ -17,6 +17,7 @@ bytes and decodes them with ``errors="replace"``.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import FrozenSet, Iterable, List, Optional, Union
 
@@ -73,16 +74,17 @@ class Tokenizer:
     """
 
     def __init__(self, source):
-        from .gguf import GGUFFile, open as _open
+        from .gguf import GGUFFile
 
         if isinstance(source, GGUFFile):
             source._check()
             self._core = _core.Tokenizer(source._core)
         elif isinstance(source, _core.GGUF):
             self._core = _core.Tokenizer(source)
-        else:
-            with _open(source) as f:
-                self._core = _core.Tokenizer(f._core)
+        else:  # a path or a buffer: parse the header only, without the Python metadata dict
+            if isinstance(source, os.PathLike):
+                source = os.fspath(source)
+            self._core = _core.Tokenizer(_core.GGUF(source))
         self.warnings: List[str] = [w for w in self._core.warnings.splitlines() if w]
         for w in self.warnings:
             warnings.warn(f"tokenizer: {w}", stacklevel=3)
