@@ -198,7 +198,7 @@ def test_pre_tokenizer_matches_its_regexes(tmp_path, pre):
     regexes = list(PRE_REGEXES[pre])
     if None in regexes:
         regexes[regexes.index(None)] = _rx(f"\\s?[{_ds_letters()}]+")
-    rng = random.Random(hash(pre) & 0xFFFF)
+    rng = random.Random(sum(map(ord, pre)))  # str hashes vary between runs
     texts = [c[0] for v in VOCABS for c in vocab_cases(v)]
     texts += [random_text(rng, rng.randint(1, 80)) for _ in range(400)]
     texts += ["", " ", "   ", "a  ", "  \n  x", "1234567", "\u3000\u3000x", "ab\u3000",
