@@ -9,12 +9,14 @@ files::
         w = f.tensors["blk.0.attn_q.weight"].dequantize()     # float32, (out, in)
     t = pf.Tensor.from_numpy(w, policy="q4_k")                 # quantize
     pf.write_gguf("out.gguf", [t], metadata={"general.architecture": "llama"})
+    tok = pf.open("model.gguf").tokenizer                      # encode / decode / stream
 """
 from ._errors import (FoundryError, FoundryIndexError, FoundryIOError, FoundryMemoryError,
                       FoundryNotImplementedError, FoundryStateError, GGUFError, ShapeError)
 from . import _core
 from .policy import Policy, policies, policy
 from .gguf import GGUFFile, Tensor, infer_type, open, write_gguf
+from .tokenizer import Tokenizer, TokenStream
 from .steps import Step, compile
 from .model import Model, Plan, Trace, load_spec
 from .sampler import Sampler
@@ -60,5 +62,6 @@ def set_cpu_features(names=None):
 __all__ = ["FoundryError", "GGUFError", "ShapeError", "FoundryMemoryError", "FoundryIOError",
            "FoundryNotImplementedError", "FoundryIndexError", "FoundryStateError",
            "Policy", "policies", "policy", "GGUFFile", "Tensor", "open", "write_gguf",
+           "Tokenizer", "TokenStream",
            "infer_type", "cpu_features", "set_cpu_features", "set_num_threads",
            "get_num_threads", "Step", "compile", "Model", "Plan", "Trace", "load_spec", "Sampler", "reference", "drift", "steps", "testing", "__version__"]

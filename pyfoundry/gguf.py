@@ -248,6 +248,17 @@ class GGUFFile:
         return self._tensors
 
     @property
+    def tokenizer(self) -> "Tokenizer":
+        """The :class:`pyfoundry.Tokenizer` described by this file's ``tokenizer.ggml.*``
+        metadata, built on first use."""
+        self._check()
+        tok = getattr(self, "_tokenizer", None)
+        if tok is None:
+            from .tokenizer import Tokenizer
+            tok = self._tokenizer = Tokenizer(self)
+        return tok
+
+    @property
     def architecture(self) -> Optional[str]:
         return self.metadata.get("general.architecture")
 

@@ -376,6 +376,11 @@ class Model:
         return Session(self, sampler=sampler, chat_template=chat_template, system=system)
 
     @property
+    def tokenizer(self):
+        """The tokenizer of the model's file (:attr:`GGUFFile.tokenizer`)."""
+        return self.file.tokenizer
+
+    @property
     def capture_names(self) -> List[str]:
         return self.plan.capture_names
 

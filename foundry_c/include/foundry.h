@@ -26,7 +26,8 @@ typedef enum fdy_status {
     FDY_ERR_NOMEM = 4,       /* an allocation failed (MemoryError) */
     FDY_ERR_UNSUPPORTED = 5, /* valid request this build cannot do (NotImplementedError) */
     FDY_ERR_RANGE = 6,       /* index or key out of range (IndexError / KeyError) */
-    FDY_ERR_STATE = 7        /* object used in the wrong state (RuntimeError) */
+    FDY_ERR_STATE = 7,       /* object used in the wrong state (RuntimeError) */
+    FDY_ERR_SPACE = 8        /* an output buffer is too small; the size needed was returned */
 } fdy_status;
 
 const char *fdy_last_error(void);        /* message of the last failure on this thread */
@@ -334,6 +335,106 @@ fdy_status fdy_sampler_sample(fdy_sampler *s, const float *logits, int64_t vocab
 /* the distribution sample() draws from: probs_out (vocab,) (no draw, generator untouched) */
 fdy_status fdy_sampler_probs(fdy_sampler *s, const float *logits, int64_t vocab,
                              float *probs_out);
+
+/* ---- tokenizer ----------------------------------------------------------------------------
+ * Built from a GGUF file's tokenizer.ggml.* metadata, with llama.cpp's algorithms so that ids
+ * match it: SentencePiece-style ("llama") and byte-level BPE ("gpt2", its pre-tokenizer chosen
+ * by tokenizer.ggml.pre).  A tokenizer copies what it needs (the file may be closed after
+ * creation), is immutable and may be used from several threads at once.  Functions that fill
+ * a caller's buffer return FDY_ERR_SPACE with the size needed in *n_out when `cap` is too
+ * small (pass cap 0 to ask for the size).  A detokenizer belongs to one thread and must not
+ * outlive its tokenizer. */
+
+typedef struct fdy_tokenizer fdy_tokenizer;
+typedef struct fdy_detokenizer fdy_detokenizer;
+
+typedef enum fdy_vocab_type {
+    FDY_VOCAB_SPM = 1, /* tokenizer.ggml.model "llama" */
+    FDY_VOCAB_BPE = 2  /* tokenizer.ggml.model "gpt2" */
+} fdy_vocab_type;
+
+/* token attributes, a bit set: from tokenizer.ggml.token_type (1 normal, 2 unknown, 3 control,
+ * 4 user-defined, 5 unused, 6 byte, others undefined); end-of-turn tokens found by their text
+ * also get CONTROL, as llama.cpp does */
+enum {
+    FDY_TOKEN_NORMAL = 1u << 0,
+    FDY_TOKEN_UNKNOWN = 1u << 1,
+    FDY_TOKEN_CONTROL = 1u << 2,
+    FDY_TOKEN_USER_DEFINED = 1u << 3,
+    FDY_TOKEN_UNUSED = 1u << 4,
+    FDY_TOKEN_BYTE = 1u << 5,
+    FDY_TOKEN_UNDEFINED = 1u << 6
+};
+
+typedef enum fdy_special {
+    FDY_SPECIAL_BOS = 0,
+    FDY_SPECIAL_EOS = 1,
+    FDY_SPECIAL_UNK = 2,
+    FDY_SPECIAL_PAD = 3,
+    FDY_SPECIAL_SEP = 4,
+    FDY_SPECIAL_EOT = 5, /* end of turn: tokenizer.ggml.eot_token_id, else found by its text */
+    FDY_SPECIAL_EOM = 6  /* end of message: tokenizer.ggml.eom_token_id or <|eom_id|> */
+} fdy_special;
+
+/* flags of fdy_tokenizer_decode and fdy_detokenizer_create */
+enum {
+    FDY_DECODE_SPECIAL = 1u << 0, /* render control and unknown tokens as their text */
+    FDY_DECODE_CONTINUE = 1u << 1 /* the ids continue earlier text: never drop a leading space */
+};
+
+/* FDY_ERR_FORMAT for missing or malformed metadata (lengths, types, unknown merge parts,
+ * duplicate tokens, invalid UTF-8), FDY_ERR_UNSUPPORTED for other tokenizer models */
+fdy_status fdy_tokenizer_create(const fdy_gguf *g, fdy_tokenizer **out);
+void fdy_tokenizer_free(fdy_tokenizer *t);
+/* what was accepted with a fallback (an unknown pre-tokenizer, a bad special id): "" or
+ * lines that each end in '\n' */
+const char *fdy_tokenizer_warnings(const fdy_tokenizer *t);
+int32_t fdy_tokenizer_vocab_type(const fdy_tokenizer *t);
+/* the pre-tokenizer rules in use ("gpt2", "llama3", "qwen2", ...; "" for SPM) */
+const char *fdy_tokenizer_pre(const fdy_tokenizer *t);
+int32_t fdy_tokenizer_n_vocab(const fdy_tokenizer *t);
+int32_t fdy_tokenizer_special(const fdy_tokenizer *t, int32_t which); /* id, or -1 if none */
+int fdy_tokenizer_add_bos(const fdy_tokenizer *t);          /* encode with add_special adds */
+int fdy_tokenizer_add_eos(const fdy_tokenizer *t);
+int fdy_tokenizer_add_space_prefix(const fdy_tokenizer *t); /* SPM: " " before the text */
+/* ids that end generation (EOS, EOT, EOM and the end-of-turn texts llama.cpp knows),
+ * ascending */
+int32_t fdy_tokenizer_n_eog(const fdy_tokenizer *t);
+const int32_t *fdy_tokenizer_eog(const fdy_tokenizer *t);
+uint32_t fdy_tokenizer_token_attr(const fdy_tokenizer *t, int32_t id); /* 0 if out of range */
+fdy_str fdy_tokenizer_token_text(const fdy_tokenizer *t, int32_t id);  /* the vocab string */
+float fdy_tokenizer_token_score(const fdy_tokenizer *t, int32_t id);
+int32_t fdy_tokenizer_find(const fdy_tokenizer *t, const char *text, size_t len); /* or -1 */
+
+/* text (len bytes, any bytes) -> ids.  add_special: BOS/EOS as the vocabulary asks;
+ * parse_special: control and unknown token texts in the text become those tokens (user-defined
+ * ones always do, as in llama.cpp).  Invalid UTF-8: SPM encodes the bytes through byte
+ * fallback; BPE reads each invalid byte as U+FFFD (as llama.cpp does). */
+fdy_status fdy_tokenizer_encode(const fdy_tokenizer *t, const char *text, size_t len,
+                                int add_special, int parse_special, int32_t *out, int64_t cap,
+                                int64_t *n_out);
+/* BPE: the words the pre-tokenizer cuts a valid UTF-8 text into, as byte offsets of their ends
+ * (no special tokens are looked for); SPM: the whole text.  FDY_ERR_INVALID for invalid UTF-8. */
+fdy_status fdy_tokenizer_pre_tokenize(const fdy_tokenizer *t, const char *text, size_t len,
+                                      int64_t *ends, int64_t cap, int64_t *n_out);
+/* the bytes a token stands for, a view valid as long as the tokenizer: SPM U+2581 -> " ",
+ * <0xXX> -> the byte; BPE characters -> bytes; control and unknown tokens: their text when
+ * `special`, else empty; unused tokens: empty.  FDY_ERR_RANGE for a bad id. */
+fdy_status fdy_tokenizer_token_to_piece(const fdy_tokenizer *t, int32_t id, int special,
+                                        fdy_str *piece);
+/* ids -> bytes (the pieces joined; for SPM vocabularies the leading space the encoder adds at
+ * the start and after special tokens is dropped).  flags: FDY_DECODE_*. */
+fdy_status fdy_tokenizer_decode(const fdy_tokenizer *t, const int32_t *ids, int64_t n,
+                                uint32_t flags, char *out, size_t cap, size_t *n_out);
+
+/* streaming decode: push ids one at a time; each call yields the bytes that are now complete,
+ * holding back the start of a UTF-8 character that later tokens may finish.  The views stay
+ * valid until the next call on the detokenizer. */
+fdy_status fdy_detokenizer_create(const fdy_tokenizer *t, uint32_t flags, fdy_detokenizer **out);
+void fdy_detokenizer_free(fdy_detokenizer *d);
+fdy_status fdy_detokenizer_push(fdy_detokenizer *d, int32_t id, fdy_str *text);
+/* the held-back bytes (an incomplete character), emptying the buffer */
+fdy_status fdy_detokenizer_flush(fdy_detokenizer *d, fdy_str *text);
 
 #ifdef __cplusplus
 }

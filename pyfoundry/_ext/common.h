@@ -27,10 +27,14 @@ fdy_module_state *fdy_state_from_type(PyTypeObject *type);
 /* raise the exception matching `status` with fdy_last_error(); always returns NULL */
 PyObject *fdy_raise(fdy_module_state *st, fdy_status status);
 
+/* the parsed file of a _core.GGUF object; NULL with an exception for anything else */
+const fdy_gguf *fdy_gguf_handle(fdy_module_state *st, PyObject *obj);
+
 int fdy_init_policy_bindings(PyObject *module);
 int fdy_init_gguf_bindings(PyObject *module);
 int fdy_init_ops_bindings(PyObject *module);
 int fdy_init_model_bindings(PyObject *module);
 int fdy_init_sampler_bindings(PyObject *module);
+int fdy_init_tokenizer_bindings(PyObject *module);
 
 #endif

@@ -168,6 +168,18 @@ static int check_open(GGUFObject *self) {
     return 0;
 }
 
+const fdy_gguf *fdy_gguf_handle(fdy_module_state *st, PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, st->GGUFType)) {
+        PyErr_Format(PyExc_TypeError, "expected a pyfoundry._core.GGUF, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (check_open((GGUFObject *)obj) < 0) {
+        return NULL;
+    }
+    return ((GGUFObject *)obj)->g;
+}
+
 static PyObject *gguf_metadata(GGUFObject *self, PyObject *noargs) {
     if (check_open(self) < 0) {
         return NULL;

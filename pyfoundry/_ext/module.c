@@ -1,6 +1,7 @@
 /* module.c - entry point of the pyfoundry._core extension: multi-phase init, module state
  * (exception classes from pyfoundry._errors, heap types) and the status -> exception map.
- * Each binding area (policies, GGUF) is one file with one init function called from here. */
+ * Each binding area (policies, GGUF, ops, models, tokenizers) is one file with one init
+ * function called from here. */
 #include "common.h"
 
 #define NPY_NO_DEPRECATED_API NPY_1_20_API_VERSION
@@ -101,7 +102,7 @@ static int module_exec(PyObject *module) {
     }
     if (fdy_init_policy_bindings(module) < 0 || fdy_init_gguf_bindings(module) < 0 ||
         fdy_init_ops_bindings(module) < 0 || fdy_init_model_bindings(module) < 0 ||
-        fdy_init_sampler_bindings(module) < 0) {
+        fdy_init_sampler_bindings(module) < 0 || fdy_init_tokenizer_bindings(module) < 0) {
         return -1;
     }
 #ifndef FDY_BUILD_ID
