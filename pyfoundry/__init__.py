@@ -17,7 +17,8 @@ from .policy import Policy, policies, policy
 from .gguf import GGUFFile, Tensor, infer_type, open, write_gguf
 from .steps import Step, compile
 from .model import Model, Plan, Trace, load_spec
-from . import reference, drift, steps, testing
+from . import reference, drift, steps, testing, gpu
+from .gpu import cuda_available
 
 __version__ = _core.version
 
@@ -60,4 +61,5 @@ __all__ = ["FoundryError", "GGUFError", "ShapeError", "FoundryMemoryError", "Fou
            "FoundryNotImplementedError", "FoundryIndexError", "FoundryStateError",
            "Policy", "policies", "policy", "GGUFFile", "Tensor", "open", "write_gguf",
            "infer_type", "cpu_features", "set_cpu_features", "set_num_threads",
-           "get_num_threads", "Step", "compile", "Model", "Plan", "Trace", "load_spec", "reference", "drift", "steps", "testing", "__version__"]
+           "get_num_threads", "Step", "compile", "Model", "Plan", "Trace", "load_spec", "reference",
+           "drift", "steps", "testing", "gpu", "cuda_available", "__version__"]

@@ -31,5 +31,6 @@ int fdy_init_policy_bindings(PyObject *module);
 int fdy_init_gguf_bindings(PyObject *module);
 int fdy_init_ops_bindings(PyObject *module);
 int fdy_init_model_bindings(PyObject *module);
+int fdy_init_gpu_bindings(PyObject *module);
 
 #endif
