@@ -73,6 +73,15 @@ def cuda_init() -> Tuple[str, int, int]:
     return _info
 
 
+def cuda_error() -> Optional[str]:
+    """Why CUDA is unusable here, or None."""
+    try:
+        cuda_init()
+        return None
+    except Exception as e:               # noqa: BLE001
+        return str(e)
+
+
 def cuda_available() -> bool:
     """True when a CUDA driver, a device and NVRTC are usable."""
     try:

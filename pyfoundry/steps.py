@@ -386,7 +386,9 @@ def compile(op: str, policy=None, *, variant: str = "f32", backend: str = "cpu",
         raise ShapeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if backend == "cuda":
         from . import gpu
-        gpu.cuda_init()          # FoundryNotImplementedError without a driver or device
+        if not gpu.cuda_available():
+            raise FoundryNotImplementedError(f"backend 'cuda' is not available here: "
+                                             f"{gpu.cuda_error()}")
         if variant != "f32":
             raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
                                              "on cuda")
