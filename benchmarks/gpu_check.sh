@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUTDIR=${OUT:-/tmp}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 echo "== build"
 $PY setup.py build_ext --inplace -q 2>&1 | grep -E "error|warning:" || true
 $PY -c "import pyfoundry as pf; print('cuda:', pf.cuda_available(), pf.gpu.cuda_error() or pf.gpu.cuda_init())"

@@ -73,7 +73,8 @@ def test_cuda_fused_qkv_mixed_policies(p):
         x = acts(M, K, 14)
         for n_parts in (2, 3):
             step = pf.compile("rmsnorm_qkv", policy=ps[:n_parts], backend="cuda")
-            outs = step(x, g, *ws[:n_parts], *bs[:n_parts])
+            kw = dict(zip(("bq", "bk", "bv"), bs[:n_parts]))
+            outs = step(x, g, *ws[:n_parts], **kw)
             refs = R.rmsnorm_qkv(x, g, [w.dequantize() for w in ws[:n_parts]],
                                  biases=bs[:n_parts])
             for q, o, r in zip(ps, outs, refs):

@@ -433,8 +433,10 @@ static fdy_status nvrtc_compile(const char *source, const char *arch_opt, char *
     if (r != 0) {
         return fdy_fail(FDY_ERR_STATE, "nvrtc: create program: %s", C.nvrtcGetErrorString(r));
     }
-    const char *opts[] = {arch_opt, "--std=c++17", "-default-device"};
-    r = C.nvrtcCompileProgram(prog, 3, opts);
+    /* no FMA contraction: the policy decode code rounds as the CPU (built with
+     * -ffp-contract=off) and the oracles do, so decoded weights are bit-identical */
+    const char *opts[] = {arch_opt, "--std=c++17", "-default-device", "--fmad=false"};
+    r = C.nvrtcCompileProgram(prog, 4, opts);
     if (r != 0) {
         size_t n = 0;
         C.nvrtcGetProgramLogSize(prog, &n);
@@ -470,7 +472,7 @@ fdy_status fdy_cuda_module_get(const char *source, fdy_cuda_module **out) {
     }
     char arch_opt[64], key[65], info[128];
     snprintf(arch_opt, sizeof arch_opt, "--gpu-architecture=sm_%d", C.arch);
-    snprintf(info, sizeof info, "driver %d nvrtc %d %s --std=c++17 -default-device", C.driver,
+    snprintf(info, sizeof info, "driver %d nvrtc %d %s --std=c++17 -default-device --fmad=false", C.driver,
              C.nvrtc_version, arch_opt);
     sha256 h;
     sha_init(&h);
