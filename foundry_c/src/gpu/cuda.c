@@ -472,8 +472,8 @@ fdy_status fdy_cuda_module_get(const char *source, fdy_cuda_module **out) {
     }
     char arch_opt[64], key[65], info[128];
     snprintf(arch_opt, sizeof arch_opt, "--gpu-architecture=sm_%d", C.arch);
-    snprintf(info, sizeof info, "driver %d nvrtc %d %s --std=c++17 -default-device --fmad=false", C.driver,
-             C.nvrtc_version, arch_opt);
+    snprintf(info, sizeof info, "driver %d nvrtc %d %s --std=c++17 -default-device --fmad=false",
+             C.driver, C.nvrtc_version, arch_opt);
     sha256 h;
     sha_init(&h);
     sha_add(&h, info, strlen(info) + 1);
