@@ -4,13 +4,21 @@
 #   make fuzz       the libFuzzer target for the GGUF parser (needs clang): build/fuzz_gguf
 # The Python extension is built by setup.py from the same sources.
 CC ?= cc
-SRCS := $(wildcard foundry_c/src/*.c foundry_c/src/cpu/*.c policies/*.c)
-INC := -Ifoundry_c/include -Ifoundry_c/src -Ipolicies -Imetal
+.DEFAULT_GOAL := build/libfoundry.so
+GEN := foundry_c/src/gpu/sources_gen.c
+SRCS := $(wildcard foundry_c/src/*.c foundry_c/src/cpu/*.c policies/*.c) \
+	$(filter-out $(GEN),$(wildcard foundry_c/src/gpu/*.c)) $(GEN)
+INC := -Ifoundry_c/include -Ifoundry_c/src -Ifoundry_c/src/gpu -Ipolicies -Imetal
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -ffp-contract=off -fno-strict-aliasing \
 	-Wall -Wextra -Wno-unused-parameter -Wno-unused-function
-LIBS := -lm -lpthread
+LIBS := -lm -lpthread -ldl
+PYTHON ?= python3
 
-build/libfoundry.so: $(SRCS) $(wildcard foundry_c/include/*.h foundry_c/src/*.h foundry_c/src/cpu/*.h policies/*.h policies/*.def metal/*.h)
+# the kernel texts (metal/, policies/) embedded as C strings for the GPU composer
+$(GEN): tools/embed_gpu_sources.py $(wildcard metal/*.h metal/*.metal policies/*.c policies/*.def)
+	$(PYTHON) tools/embed_gpu_sources.py $@ && touch $@
+
+build/libfoundry.so: $(SRCS) $(wildcard foundry_c/include/*.h foundry_c/src/*.h foundry_c/src/gpu/*.h foundry_c/src/cpu/*.h policies/*.h policies/*.def metal/*.h)
 	@mkdir -p build
 	$(CC) $(CFLAGS_BASE) $(INC) -shared -o $@ $(SRCS) $(LIBS)
 
@@ -27,6 +35,6 @@ build/fuzz_gguf: tests/c/fuzz_gguf.c $(SRCS)
 		tests/c/fuzz_gguf.c $(SRCS) $(LIBS)
 
 clean:
-	rm -rf build
+	rm -rf build $(GEN)
 
 .PHONY: asan fuzz clean

@@ -5,10 +5,16 @@ import glob
 import hashlib
 import os
 
+import subprocess
+import sys
+
 import numpy
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# the GPU kernel texts (metal/, policies/) become C string literals compiled into the core
+subprocess.check_call([sys.executable, os.path.join(HERE, "tools", "embed_gpu_sources.py")])
 
 
 def sources():
@@ -37,12 +43,12 @@ SOURCES = sources()
 core = Extension(
     "pyfoundry._core",
     sources=SOURCES,
-    include_dirs=["foundry_c/include", "foundry_c/src", "policies", "metal",
+    include_dirs=["foundry_c/include", "foundry_c/src", "foundry_c/src/gpu", "policies", "metal",
                   numpy.get_include()],
     define_macros=[("_GNU_SOURCE", "1"), ("FDY_BUILD_ID", '"%s"' % build_id(SOURCES))],
     extra_compile_args=["-std=c11", "-O3", "-ffp-contract=off", "-fno-strict-aliasing",
                         "-Wno-unused-function", "-Wno-unused-parameter"],
-    extra_link_args=["-lm", "-lpthread"],
+    extra_link_args=["-lm", "-lpthread", "-ldl"],
 )
 
 setup(ext_modules=[core])

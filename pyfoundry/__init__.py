@@ -20,7 +20,8 @@ from .tokenizer import Tokenizer, TokenStream
 from .steps import Step, compile
 from .model import Model, Plan, Trace, load_spec
 from .sampler import Sampler
-from . import reference, drift, steps, testing
+from . import reference, drift, steps, testing, gpu
+from .gpu import cuda_available
 
 __version__ = _core.version
 
@@ -64,4 +65,5 @@ __all__ = ["FoundryError", "GGUFError", "ShapeError", "FoundryMemoryError", "Fou
            "Policy", "policies", "policy", "GGUFFile", "Tensor", "open", "write_gguf",
            "Tokenizer", "TokenStream",
            "infer_type", "cpu_features", "set_cpu_features", "set_num_threads",
-           "get_num_threads", "Step", "compile", "Model", "Plan", "Trace", "load_spec", "Sampler", "reference", "drift", "steps", "testing", "__version__"]
+           "get_num_threads", "Step", "compile", "Model", "Plan", "Trace", "load_spec", "Sampler",
+           "reference", "drift", "steps", "testing", "gpu", "cuda_available", "__version__"]

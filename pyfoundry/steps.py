@@ -58,7 +58,7 @@ from .gguf import Tensor
 from .policy import Policy, policy as _policy
 
 VARIANTS = ("f32", "q8")
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")
 ACTIVATIONS = {None: 0, "none": 0, "silu": 1, "gelu": 2, "relu": 3}
 
 # op -> (number of weight policies (0: none, -1: 2 or 3), default static parameters)
@@ -179,6 +179,10 @@ class Step:
         self.params = dict(params)
         self.key = key
         self._variant = VARIANTS.index(variant)
+        self._impl = _core
+        if backend == "cuda":
+            from . import gpu
+            self._impl = gpu.CudaOps()
 
     @property
     def policy(self) -> Optional[Policy]:
@@ -188,6 +192,9 @@ class Step:
     def source(self) -> Optional[str]:
         """The composed kernel source on GPU backends; None on the CPU, whose kernels are
         the compiled core (their identity is part of the key)."""
+        if self.backend == "cuda":
+            from . import gpu
+            return gpu.step_source(self.op, self.policies)
         return None
 
     def __repr__(self) -> str:
@@ -209,7 +216,7 @@ class Step:
                              f"[{ids.min()}, {ids.max()}]")
         o = _out(out, (ids.size, w[3]), "out", op)
         if ids.size:
-            _core.embedding(w, ids, ids.size, o)
+            self._impl.embedding(w, ids, ids.size, o)
         return o
 
     def _run_rmsnorm(self, x, weight, out=None):
@@ -218,7 +225,7 @@ class Step:
         M, K = x2.shape
         w = _vec(weight, K, "weight", op)
         o = _out(out, x.shape, "out", op)
-        _core.rmsnorm(x2, M, K, w, float(self.params["eps"]), o)
+        self._impl.rmsnorm(x2, M, K, w, float(self.params["eps"]), o)
         return o
 
     def _mm_common(self, op, x, w, bias, out):
@@ -236,7 +243,7 @@ class Step:
 
     def _run_matmul(self, x, w, bias=None, out=None):
         x2, M, K, wt, b, o = self._mm_common("matmul", x, w, bias, out)
-        _core.matmul(wt, x2, M, b, o, int(bool(self.params["accumulate"])),
+        self._impl.matmul(wt, x2, M, b, o, int(bool(self.params["accumulate"])),
                      ACTIVATIONS[self.params["activation"]], self._variant)
         return o
 
@@ -244,7 +251,7 @@ class Step:
         op = "rmsnorm_matmul"
         x2, M, K, wt, b, o = self._mm_common(op, x, w, bias, out)
         nw = _vec(norm_weight, K, "norm_weight", op)
-        _core.rmsnorm_matmul(x2, M, nw, float(self.params["eps"]), wt, b, o,
+        self._impl.rmsnorm_matmul(x2, M, nw, float(self.params["eps"]), wt, b, o,
                              int(bool(self.params["accumulate"])),
                              ACTIVATIONS[self.params["activation"]], self._variant)
         return o
@@ -270,7 +277,7 @@ class Step:
         os_ = tuple(_out(o, (wt[2],) if flat else (M, wt[2]), f"out[{i}]", op)
                     for i, (o, wt) in enumerate(zip(outs, wts)))
         nw = _vec(norm_weight, K, "norm_weight", op)
-        _core.rmsnorm_qkv(x2, M, nw, float(self.params["eps"]), wts, bs, os_, self._variant)
+        self._impl.rmsnorm_qkv(x2, M, nw, float(self.params["eps"]), wts, bs, os_, self._variant)
         return os_
 
     def _run_rope(self, x, positions, freq_factors=None, out=None):
@@ -283,7 +290,7 @@ class Step:
         pos = _ints(positions, "positions", op, M)
         ff = _vec(freq_factors, rot // 2, "freq_factors", op, optional=True)
         o = _out(out, x.shape, "out", op)
-        _core.rope(x, M, H, D, pos, rot, float(self.params["theta"]), ff,
+        self._impl.rope(x, M, H, D, pos, rot, float(self.params["theta"]), ff,
                    int(bool(self.params["neox"])), o)
         return o
 
@@ -306,14 +313,14 @@ class Step:
         scale = self.params["scale"]
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         o = _out(out, q.shape, "out", op)
-        _core.attention(q, M, H, D, k, v, C, Hkv, start_pos, scale, o)
+        self._impl.attention(q, M, H, D, k, v, C, Hkv, start_pos, scale, o)
         return o
 
     def _run_softmax(self, x, out=None):
         op = "softmax"
         x2, flat = _rows(_f32(x, "x", op, (1, 2)))
         o = _out(out, x.shape, "out", op)
-        _core.softmax(x2, x2.shape[0], x2.shape[1], o)
+        self._impl.softmax(x2, x2.shape[0], x2.shape[1], o)
         return o
 
     def _binary(self, op, a, b, out, fn, names):
@@ -326,10 +333,10 @@ class Step:
         return o
 
     def _run_swiglu(self, gate, up, out=None):
-        return self._binary("swiglu", gate, up, out, _core.swiglu, ("gate", "up"))
+        return self._binary("swiglu", gate, up, out, self._impl.swiglu, ("gate", "up"))
 
     def _run_add(self, a, b, out=None):
-        return self._binary("add", a, b, out, _core.add, ("a", "b"))
+        return self._binary("add", a, b, out, self._impl.add, ("a", "b"))
 
     def _run_ffn(self, x, norm_weight, w_gate, w_up, w_down, out=None):
         op = "ffn"
@@ -345,7 +352,7 @@ class Step:
                              f"down {d[2:]}")
         nw = _vec(norm_weight, K, "norm_weight", op)
         o = _out(out, x.shape, "out", op)
-        _core.ffn(x2, M, nw, float(self.params["eps"]), g, u, d, o, self._variant)
+        self._impl.ffn(x2, M, nw, float(self.params["eps"]), g, u, d, o, self._variant)
         return o
 
 
@@ -373,10 +380,18 @@ def compile(op: str, policy=None, *, variant: str = "f32", backend: str = "cpu",
     if variant not in VARIANTS:
         raise ShapeError(f"unknown variant {variant!r}; use one of {VARIANTS}")
     if backend not in BACKENDS:
-        if backend in ("cuda", "metal"):
-            raise FoundryNotImplementedError(f"backend {backend!r} is not available in this "
-                                             f"build; use 'cpu'")
+        if backend == "metal":
+            raise FoundryNotImplementedError("backend 'metal' needs macOS (the Metal host is "
+                                             "not in this build); use 'cpu' or 'cuda'")
         raise ShapeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend == "cuda":
+        from . import gpu
+        if not gpu.cuda_available():
+            raise FoundryNotImplementedError(f"backend 'cuda' is not available here: "
+                                             f"{gpu.cuda_error()}")
+        if variant != "f32":
+            raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
+                                             "on cuda")
     n_pol, defaults = OPS[op]
     unknown = set(params) - set(defaults)
     if unknown:

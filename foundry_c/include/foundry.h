@@ -232,6 +232,55 @@ fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float ep
 /* out (M, K) = rows ids (M,) of table (V, K) */
 fdy_status fdy_embedding(const fdy_weight *table, const int32_t *ids, int64_t M, float *out);
 
+/* ---- GPU kernel sources -------------------------------------------------------------------
+ * Kernels are composed from text: the target's prelude (metal/prelude_<target>.h), the device
+ * part of each weight policy, and a kernel template of metal/ (see foundry_c/src/gpu/). */
+
+/* the source of kernel template `kernel` for target "cuda" or "metal", weight slot i bound to
+ * policies[i] (names), with `defines` (extra `#define` lines, may be NULL) placed before the
+ * template; *out is allocated: release it with fdy_gpu_free */
+fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *const *policies,
+                           int32_t n_policies, const char *defines, char **out);
+void fdy_gpu_free(void *p);
+const char *fdy_gpu_template_name(int32_t i); /* i-th kernel template name, NULL past the end */
+
+/* ---- CUDA ----------------------------------------------------------------------------------
+ * libcuda and libnvrtc are opened with dlopen on first use: nothing CUDA is needed to build or
+ * load the library.  One context on device 0 (PYFOUNDRY_CUDA_DEVICE picks another), one stream.
+ * Device pointers are opaque 64-bit integers.  Modules are compiled with NVRTC for the device's
+ * architecture and cached by a content key (source, options, driver and NVRTC versions) in
+ * memory and on disk ($PYFOUNDRY_CACHE_DIR or $XDG_CACHE_HOME/pyfoundry or
+ * ~/.cache/pyfoundry, subfolder cuda/). */
+
+typedef struct fdy_cuda_module fdy_cuda_module;
+
+fdy_status fdy_cuda_init(void);               /* FDY_ERR_UNSUPPORTED when no driver / GPU */
+const char *fdy_cuda_device_name(void);
+int fdy_cuda_arch(void);                      /* compute capability, e.g. 90 */
+int fdy_cuda_driver_version(void);
+/* compile (or fetch) the module of `source`; modules live until the process ends */
+fdy_status fdy_cuda_module_get(const char *source, fdy_cuda_module **out);
+const char *fdy_cuda_module_key(const fdy_cuda_module *m);   /* hex content key */
+fdy_status fdy_cuda_malloc(size_t bytes, uint64_t *dptr);
+fdy_status fdy_cuda_free(uint64_t dptr);
+fdy_status fdy_cuda_upload(uint64_t dst, const void *src, size_t bytes);
+fdy_status fdy_cuda_download(void *dst, uint64_t src, size_t bytes);
+fdy_status fdy_cuda_copy(uint64_t dst, uint64_t src, size_t bytes);   /* device to device */
+fdy_status fdy_cuda_fill(uint64_t dst, uint32_t value, size_t n_words); /* poison / zero */
+/* launch kernel `name` of module m: args[i] points to the i-th argument, sizes[i] its size */
+fdy_status fdy_cuda_launch(fdy_cuda_module *m, const char *name, const uint32_t grid[3],
+                           uint32_t block, void *const *args, int32_t n_args);
+fdy_status fdy_cuda_sync(void);
+/* capture the launches made between begin and end as a graph; replay with graph_launch */
+fdy_status fdy_cuda_capture_begin(void);
+fdy_status fdy_cuda_capture_end(uint64_t *graph_exec);
+fdy_status fdy_cuda_graph_launch(uint64_t graph_exec);
+fdy_status fdy_cuda_graph_free(uint64_t graph_exec);
+/* device milliseconds between two recorded points: event_record returns a handle */
+fdy_status fdy_cuda_event_record(uint64_t *event);
+fdy_status fdy_cuda_event_elapsed(uint64_t start, uint64_t end, float *ms);
+fdy_status fdy_cuda_event_free(uint64_t event);
+
 /* ---- model executor ----------------------------------------------------------------------
  * A plan is a flat program of instructions over activation buffers (each (M, width) floats)
  * and weights (views; norms, biases and rope frequency factors must be f32 rows).  It is built

@@ -36,5 +36,6 @@ int fdy_init_ops_bindings(PyObject *module);
 int fdy_init_model_bindings(PyObject *module);
 int fdy_init_sampler_bindings(PyObject *module);
 int fdy_init_tokenizer_bindings(PyObject *module);
+int fdy_init_gpu_bindings(PyObject *module);
 
 #endif

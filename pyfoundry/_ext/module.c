@@ -102,7 +102,8 @@ static int module_exec(PyObject *module) {
     }
     if (fdy_init_policy_bindings(module) < 0 || fdy_init_gguf_bindings(module) < 0 ||
         fdy_init_ops_bindings(module) < 0 || fdy_init_model_bindings(module) < 0 ||
-        fdy_init_sampler_bindings(module) < 0 || fdy_init_tokenizer_bindings(module) < 0) {
+        fdy_init_sampler_bindings(module) < 0 || fdy_init_tokenizer_bindings(module) < 0 ||
+        fdy_init_gpu_bindings(module) < 0) {
         return -1;
     }
 #ifndef FDY_BUILD_ID

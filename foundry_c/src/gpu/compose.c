@@ -1,0 +1,182 @@
+/* compose.c - builds the source of one GPU kernel module: the target's prelude, the device
+ * part of each weight policy the module needs (the same text the CPU compiles), the common
+ * helpers, one copy of metal/weights.metal per weight slot (slot i bound to its policy by
+ * FDY_W<i>_* defines), the caller's constants, then the kernel template.  Templates never name
+ * a format: the slot defines do.  Owns nothing beyond the returned string.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu.h"
+#include "internal.h"
+#include "policy.h"
+
+const char *fdy_gpu_text_find(const char *name) {
+    for (const fdy_gpu_text *t = fdy_gpu_texts; t->name; t++) {
+        if (strcmp(t->name, name) == 0) {
+            return t->text;
+        }
+    }
+    return NULL;
+}
+
+const char *fdy_gpu_template_name(int32_t i) {
+    int32_t k = 0;
+    for (const fdy_gpu_text *t = fdy_gpu_texts; t->name; t++) {
+        if (strncmp(t->name, "template:", 9) == 0 && strcmp(t->name + 9, "common") != 0 &&
+            strcmp(t->name + 9, "weights") != 0) {
+            if (k++ == i) {
+                return t->name + 9;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* ---- a growing string ---- */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    int failed;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *s) {
+    size_t n = strlen(s);
+    if (b->failed) {
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) {
+            cap *= 2;
+        }
+        char *p = (char *)realloc(b->p, cap);
+        if (!p) {
+            b->failed = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n + 1);
+    b->len += n;
+}
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    sb_add(b, tmp);
+}
+
+/* ---- the composer ---- */
+
+#define MAX_SLOTS 4
+
+fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *const *policies,
+                           int32_t n_policies, const char *defines, char **out) {
+    if (!out) {
+        return fdy_fail(FDY_ERR_INVALID, "gpu_compose: missing output");
+    }
+    *out = NULL;
+    if (!target || (strcmp(target, "cuda") != 0 && strcmp(target, "metal") != 0)) {
+        return fdy_fail(FDY_ERR_INVALID, "gpu_compose: target must be 'cuda' or 'metal'");
+    }
+    if (!kernel || strlen(kernel) > 64) {
+        return fdy_fail(FDY_ERR_INVALID, "gpu_compose: missing kernel template name");
+    }
+    if (n_policies < 0 || n_policies > MAX_SLOTS || (n_policies && !policies)) {
+        return fdy_fail(FDY_ERR_INVALID, "gpu_compose: 0 to %d policies, got %d", MAX_SLOTS,
+                        (int)n_policies);
+    }
+    char name[96];
+    snprintf(name, sizeof name, "template:%s", kernel);
+    const char *tmpl = fdy_gpu_text_find(name);
+    if (!tmpl || strcmp(kernel, "common") == 0 || strcmp(kernel, "weights") == 0) {
+        return fdy_fail(FDY_ERR_INVALID, "gpu_compose: no kernel template '%s'", kernel);
+    }
+    snprintf(name, sizeof name, "prelude:%s", target);
+    const char *prelude = fdy_gpu_text_find(name);
+    const char *common = fdy_gpu_text_find("template:common");
+    const char *weights = fdy_gpu_text_find("template:weights");
+    const fdy_policy *pol[MAX_SLOTS];
+    for (int i = 0; i < n_policies; i++) {
+        pol[i] = policies[i] ? fdy_policy_by_name(policies[i]) : NULL;
+        if (!pol[i]) {
+            return fdy_fail(FDY_ERR_INVALID, "gpu_compose: unknown policy '%s'",
+                            policies[i] ? policies[i] : "(null)");
+        }
+    }
+    if (!prelude || !common || !weights) {
+        return fdy_fail(FDY_ERR_STATE, "gpu_compose: kernel texts missing from the build");
+    }
+
+    sbuf b = {0};
+    sb_printf(&b, "/* pyfoundry kernel module: target %s, template %s, policies", target,
+              kernel);
+    for (int i = 0; i < n_policies; i++) {
+        sb_printf(&b, " %s", pol[i]->name);
+    }
+    sb_add(&b, " */\n");
+    sb_add(&b, prelude);
+    for (int i = 0; i < n_policies; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) {
+            seen |= pol[j] == pol[i];
+        }
+        if (seen) {
+            continue;
+        }
+        snprintf(name, sizeof name, "policy:%s", pol[i]->name);
+        const char *text = fdy_gpu_text_find(name);
+        if (!text) {
+            free(b.p);
+            return fdy_fail(FDY_ERR_STATE, "gpu_compose: no device code for policy %s",
+                            pol[i]->name);
+        }
+        sb_printf(&b, "\n/* ---- policy %s (policies/%s.c, device part) ---- */\n",
+                  pol[i]->name, pol[i]->name);
+        sb_add(&b, text);
+    }
+    sb_add(&b, "\n/* ---- metal/common.metal ---- */\n");
+    sb_add(&b, common);
+    for (int i = 0; i < n_policies; i++) {
+        const fdy_policy *p = pol[i];
+        sb_printf(&b, "\n/* ---- weight slot %d: %s ---- */\n", i, p->name);
+        sb_printf(&b, "#define FDY_W%d_DECODE fdy_decode_%s\n", i, p->name);
+        sb_printf(&b, "#define FDY_W%d_BLOCK_ELEMS %d\n", i, (int)p->block_elems);
+        sb_printf(&b, "#define FDY_W%d_BLOCK_BYTES %d\n", i, (int)p->block_bytes);
+        sb_printf(&b, "#define FDY_W%d_SUB_ELEMS %d\n", i, (int)p->sub_elems);
+        sb_printf(&b, "#define FDY_W_DECODE FDY_W%d_DECODE\n", i);
+        sb_printf(&b, "#define FDY_W_BLOCK_ELEMS FDY_W%d_BLOCK_ELEMS\n", i);
+        sb_printf(&b, "#define FDY_W_BLOCK_BYTES FDY_W%d_BLOCK_BYTES\n", i);
+        sb_printf(&b, "#define FDY_W_SUB_ELEMS FDY_W%d_SUB_ELEMS\n", i);
+        sb_printf(&b, "#define FDY_SLOT(name) name##_w%d\n", i);
+        sb_add(&b, weights);
+        sb_add(&b, "#undef FDY_W_DECODE\n#undef FDY_W_BLOCK_ELEMS\n#undef FDY_W_BLOCK_BYTES\n"
+                   "#undef FDY_W_SUB_ELEMS\n#undef FDY_SLOT\n");
+    }
+    if (defines && *defines) {
+        sb_add(&b, "\n/* ---- constants ---- */\n");
+        sb_add(&b, defines);
+        sb_add(&b, "\n");
+    }
+    sb_printf(&b, "\n/* ---- metal/%s.metal ---- */\n", kernel);
+    sb_add(&b, tmpl);
+    if (b.failed) {
+        free(b.p);
+        return fdy_fail(FDY_ERR_NOMEM, "gpu_compose: out of memory");
+    }
+    *out = b.p;
+    return FDY_OK;
+}
+
+void fdy_gpu_free(void *p) {
+    free(p);
+}

@@ -1,0 +1,147 @@
+/* matmul.metal - out (M, N) = act(h @ W.T + bias) (+ out when accumulating), W in slot 0,
+ * h = x (M, K) or the fused RMSNorm of x (norm_w given): every threadgroup computes the
+ * inverse RMS of its own rows, so no global synchronisation is needed.
+ *
+ *   fdy_gemv  M = 1 (or any M, one row of x per grid row y): one SIMD group per weight row,
+ *             FDY_GEMV_ROWS groups per threadgroup; grid (ceil(N / FDY_GEMV_ROWS), M).
+ *   fdy_gemm  prefill: 256 threads compute a FDY_TM x FDY_TN tile of out, stepping through K
+ *             in chunks of FDY_TK staged in threadgroup memory (weights decoded there once
+ *             per tile); edges masked, so M may be smaller than a tile.
+ *             grid (ceil(N / FDY_TN), ceil(M / FDY_TM)).
+ * flags: 1 bias, 2 accumulate, 4 norm; act: FDY_ACT_*.
+ */
+#ifndef FDY_GEMV_ROWS
+#define FDY_GEMV_ROWS 4
+#endif
+#define FDY_TM 32
+#define FDY_TN 64
+#define FDY_TK 64 /* a multiple of every SUB_ELEMS (<= 32) */
+
+FDY_FN void fdy_store_out(FDY_GLOBAL float *out, int64_t i, float v, FDY_GLOBAL const float *bias,
+                          int n, int flags, int act) {
+    if (flags & 1) {
+        v += bias[n];
+    }
+    v = fdy_activate(v, act);
+    if (flags & 2) {
+        v += out[i];
+    }
+    out[i] = v;
+}
+
+FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
+                    FDY_BUFFER(FDY_GLOBAL const float *x, 1),
+                    FDY_BUFFER(FDY_GLOBAL const float *bias, 2),
+                    FDY_BUFFER(FDY_GLOBAL float *out, 3),
+                    FDY_BUFFER(FDY_GLOBAL const float *norm_w, 4),
+                    FDY_SCALAR(int, N, 5), FDY_SCALAR(int, K, 6), FDY_SCALAR(int, flags, 7),
+                    FDY_SCALAR(int, act, 8), FDY_SCALAR(float, eps, 9) FDY_KERNEL_INDICES) {
+    FDY_SHARED float tmp[32];
+    const int m = FDY_GROUP_Y;
+    FDY_GLOBAL const float *xr = x + (int64_t)m * K;
+    float scale = 1.0f;
+    if (flags & 4) {
+        scale = fdy_group_inv_rms(xr, K, eps, tmp, FDY_LOCAL_X, FDY_GROUP_SIZE_X);
+    }
+    const int n = FDY_GROUP_X * FDY_GEMV_ROWS + FDY_SIMD_ID;
+    if (n >= N) {
+        return;
+    }
+    FDY_GLOBAL const uint8_t *row = w + (int64_t)n * fdy_w_row_bytes_w0(K);
+    const float v = fdy_w_dot_w0(row, xr, (flags & 4) ? norm_w : 0, scale, K, FDY_LANE);
+    if (FDY_LANE == 0) {
+        fdy_store_out(out, (int64_t)m * N + n, v, bias, n, flags, act);
+    }
+}
+
+FDY_KERNEL fdy_gemm(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
+                    FDY_BUFFER(FDY_GLOBAL const float *x, 1),
+                    FDY_BUFFER(FDY_GLOBAL const float *bias, 2),
+                    FDY_BUFFER(FDY_GLOBAL float *out, 3),
+                    FDY_BUFFER(FDY_GLOBAL const float *norm_w, 4),
+                    FDY_SCALAR(int, N, 5), FDY_SCALAR(int, K, 6), FDY_SCALAR(int, flags, 7),
+                    FDY_SCALAR(int, act, 8), FDY_SCALAR(float, eps, 9),
+                    FDY_SCALAR(int, M, 10) FDY_KERNEL_INDICES) {
+    FDY_SHARED float ws[FDY_TN][FDY_TK + 1];
+    FDY_SHARED float xs[FDY_TM][FDY_TK + 1];
+    FDY_SHARED float scales[FDY_TM];
+    const int tid = FDY_LOCAL_X, lane = FDY_LANE, simd = FDY_SIMD_ID;
+    const int n0 = FDY_GROUP_X * FDY_TN, m0 = FDY_GROUP_Y * FDY_TM;
+    const int64_t row_bytes = fdy_w_row_bytes_w0(K);
+    const int sub = FDY_W0_SUB_ELEMS;
+
+    /* inverse RMS of this tile's rows: one SIMD group per row */
+    for (int r = simd; r < FDY_TM; r += 8) {
+        float sc = 1.0f;
+        if ((flags & 4) && m0 + r < M) {
+            FDY_GLOBAL const float *xr = x + (int64_t)(m0 + r) * K;
+            fdy_real ss = 0;
+            for (int k = lane; k < K; k += 32) {
+                ss += (fdy_real)xr[k] * (fdy_real)xr[k];
+            }
+            const float tot = fdy_simd_sum((float)ss);
+            sc = (float)((fdy_real)1 / sqrt((fdy_real)tot / (fdy_real)K + (fdy_real)eps));
+        }
+        if (lane == 0) {
+            scales[r] = sc;
+        }
+    }
+
+    const int tn = tid & 15, tm = tid >> 4; /* outputs (m0 + 2 tm + i, n0 + tn + 16 j) */
+    float acc[2][4];
+    for (int i = 0; i < 2; i++) {
+        for (int j = 0; j < 4; j++) {
+            acc[i][j] = 0.0f;
+        }
+    }
+    float buf[FDY_W0_SUB_ELEMS];
+    for (int k0 = 0; k0 < K; k0 += FDY_TK) {
+        const int kc = K - k0 < FDY_TK ? K - k0 : FDY_TK;
+        FDY_BARRIER();
+        /* weights: FDY_TN rows x kc / sub sub-blocks, decoded once */
+        const int spr = kc / sub;
+        for (int u = tid; u < FDY_TN * spr; u += 256) {
+            const int r = u / spr, sc = u % spr;
+            if (n0 + r < N) {
+                fdy_w_decode_w0(w + (int64_t)(n0 + r) * row_bytes, k0 / sub + sc, buf);
+                for (int i = 0; i < FDY_W0_SUB_ELEMS; i++) {
+                    ws[r][sc * sub + i] = buf[i];
+                }
+            } else {
+                for (int i = 0; i < FDY_W0_SUB_ELEMS; i++) {
+                    ws[r][sc * sub + i] = 0.0f;
+                }
+            }
+        }
+        /* activations (normalised on the fly) */
+        for (int u = tid; u < FDY_TM * kc; u += 256) {
+            const int r = u / kc, k = u % kc;
+            float v = 0.0f;
+            if (m0 + r < M) {
+                v = x[(int64_t)(m0 + r) * K + k0 + k];
+                if (flags & 4) {
+                    v = (v * scales[r]) * norm_w[k0 + k];
+                }
+            }
+            xs[r][k] = v;
+        }
+        FDY_BARRIER();
+        for (int k = 0; k < kc; k++) {
+            const float x0 = xs[2 * tm][k], x1 = xs[2 * tm + 1][k];
+            for (int j = 0; j < 4; j++) {
+                const float wv = ws[tn + 16 * j][k];
+                acc[0][j] += x0 * wv;
+                acc[1][j] += x1 * wv;
+            }
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        const int m = m0 + 2 * tm + i;
+        for (int j = 0; j < 4; j++) {
+            const int n = n0 + tn + 16 * j;
+            if (m < M && n < N) {
+                fdy_store_out(out, (int64_t)m * N + n, acc[i][j], bias, n, flags, act);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+/* prelude_cuda.h - the portable kernel dialect, CUDA C++ flavour.
+ *
+ * The GPU composer (foundry_c/src/gpu/compose.c) pastes this text first, then the device
+ * part of each policy file, then the kernel templates (metal/NAME.metal), and the CUDA host
+ * compiles the result with NVRTC.  It needs no header: NVRTC provides the built-in variables,
+ * intrinsics and device math; the fixed-width integer types are declared here.  The names
+ * are those of metal/dialect.h (the host flavour) plus what kernels need:
+ *
+ *   FDY_GLOBAL / FDY_THREAD / FDY_CONSTANT / FDY_FN / FDY_STATIC_ASSERT   as in dialect.h
+ *   FDY_SHARED          threadgroup (shared) memory, declared in a kernel body
+ *   FDY_SHARED_PTR      qualifier of a helper's pointer parameter into shared memory
+ *   FDY_BARRIER()       threadgroup barrier with shared-memory ordering
+ *   FDY_KERNEL          `FDY_KERNEL name(args FDY_KERNEL_INDICES)` opens a kernel
+ *   FDY_BUFFER(decl, i) a pointer argument bound at slot i (decl carries FDY_GLOBAL)
+ *   FDY_SCALAR(t, n, i) a by-value scalar argument bound at slot i
+ *   FDY_GROUP_X/Y/Z     threadgroup (block) index;  FDY_LOCAL_X: thread index in the group
+ *   FDY_GROUP_SIZE_X    threads per group (1-D groups only)
+ *   FDY_SIMD_WIDTH, FDY_LANE, FDY_SIMD_ID   SIMD-group (warp) width, lane, index in group
+ *   fdy_simd_sum / fdy_simd_max / fdy_simd_shuffle / fdy_simd_shuffle_xor
+ *   fdy_half_to_float, fdy_bf16_to_float, fdy_as_float, fdy_float_bits
+ *   fdy_real            the widest float type the target has (double here, float on Metal)
+ */
+#define FDY_DIALECT 1
+#define FDY_CUDA 1
+
+#ifdef __CUDACC_RTC__
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef short int16_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
+#include <stdint.h>
+#endif
+
+#define FDY_GLOBAL
+#define FDY_THREAD
+#define FDY_CONSTANT static __device__ const
+#define FDY_FN static __device__ __forceinline__
+#define FDY_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+
+#define FDY_SHARED __shared__
+#define FDY_SHARED_PTR          /* a pointer to shared memory, as a helper's parameter */
+#define FDY_BARRIER() __syncthreads()
+
+#define FDY_KERNEL extern "C" __global__ void
+#define FDY_BUFFER(decl, idx) decl
+#define FDY_SCALAR(type, name, idx) type name
+#define FDY_KERNEL_INDICES
+
+#define FDY_GROUP_X ((int)blockIdx.x)
+#define FDY_GROUP_Y ((int)blockIdx.y)
+#define FDY_GROUP_Z ((int)blockIdx.z)
+#define FDY_LOCAL_X ((int)threadIdx.x)
+#define FDY_GROUP_SIZE_X ((int)blockDim.x)
+#define FDY_SIMD_WIDTH 32
+#define FDY_LANE ((int)threadIdx.x & 31)
+#define FDY_SIMD_ID ((int)threadIdx.x >> 5)
+
+typedef double fdy_real;
+
+FDY_FN float fdy_as_float(uint32_t bits) {
+    return __uint_as_float(bits);
+}
+
+FDY_FN uint32_t fdy_float_bits(float f) {
+    return __float_as_uint(f);
+}
+
+/* IEEE half -> float: the hardware conversion, exact for every input */
+FDY_FN float fdy_half_to_float(uint16_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+FDY_FN float fdy_bf16_to_float(uint16_t h) {
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+/* ---- SIMD-group (warp) collectives: every lane gets the result ---- */
+FDY_FN float fdy_simd_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, o, 32);
+    }
+    return v;
+}
+
+FDY_FN float fdy_simd_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, 32));
+    }
+    return v;
+}
+
+FDY_FN float fdy_simd_shuffle(float v, int lane) {
+    return __shfl_sync(0xffffffffu, v, lane, 32);
+}
+
+FDY_FN float fdy_simd_shuffle_xor(float v, int mask) {
+    return __shfl_xor_sync(0xffffffffu, v, mask, 32);
+}

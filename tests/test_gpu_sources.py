@@ -1,0 +1,116 @@
+"""The GPU kernel sources, checked on any machine (no GPU needed).
+
+Every kernel template is composed for every policy (weight templates: the policy in slot 0,
+and for the multi-weight templates the next policies of the registry in the other slots, so
+mixed formats meet in one source) for both targets, and compiled as C++ with -fsyntax-only
+against a declaration header of the target's names (tests/c/cuda_stub.hpp,
+tests/c/metal_stub.hpp).  Where nvcc exists, every template is also compiled for real.
+"""
+import shutil
+import subprocess
+
+import pytest
+
+import pyfoundry as pf
+from pyfoundry import gpu
+
+from conftest import ALL_POLICIES, ROOT, policy_ids
+
+CXX = shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
+STUBS = {"cuda": ROOT / "tests" / "c" / "cuda_stub.hpp",
+         "metal": ROOT / "tests" / "c" / "metal_stub.hpp"}
+
+
+def compile_cpp(src, target):
+    r = subprocess.run([CXX, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror",
+                        "-Wno-attributes", "-Wno-unused-function", "-Wno-unused-variable",
+                        "-include", str(STUBS[target]), "-x", "c++", "-"],
+                       input=src, capture_output=True, text=True)
+    return r.returncode, r.stderr
+
+
+def compositions(p):
+    """(template, policies) of every template that takes weights, around policy p"""
+    i = ALL_POLICIES.index(p)
+    nxt = [ALL_POLICIES[(i + k) % len(ALL_POLICIES)] for k in (1, 5)]
+    out = []
+    for name in gpu.templates():
+        n = gpu.TEMPLATE_SLOTS.get(name, 0)
+        if n:
+            out.append((name, [p] + nxt[:n - 1]))
+    return out
+
+
+def test_every_template_has_a_known_slot_count():
+    assert set(gpu.templates()) <= set(gpu.TEMPLATE_SLOTS)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+@pytest.mark.parametrize("target", ["cuda", "metal"])
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_every_kernel_composes_and_compiles_for_every_policy(p, target):
+    for name, ps in compositions(p):
+        src = gpu.compose(name, ps, target=target)
+        assert f"fdy_decode_{p.name}" in src
+        rc, err = compile_cpp(src, target)
+        assert rc == 0, f"{target} {name} {[q.name for q in ps]}:\n{err[:4000]}"
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+@pytest.mark.parametrize("target", ["cuda", "metal"])
+def test_templates_without_weights_compile(target):
+    for name in gpu.templates():
+        if gpu.TEMPLATE_SLOTS[name] == 0:
+            rc, err = compile_cpp(gpu.compose(name, [], target=target), target)
+            assert rc == 0, f"{target} {name}:\n{err[:4000]}"
+
+
+def test_templates_never_name_a_format():
+    names = [p.name for p in ALL_POLICIES]
+    for f in (ROOT / "metal").glob("*.metal"):
+        text = f.read_text()
+        for n in names:
+            assert f"_{n}(" not in text and f"fdy_block_{n}" not in text, (f.name, n)
+
+
+def test_composition_pastes_each_policy_once_and_binds_slots():
+    src = gpu.compose("qkv", ["q4_k", "q4_k", "q6_k"])
+    assert src.count("typedef struct fdy_block_q4_k") == 1
+    assert src.count("typedef struct fdy_block_q6_k") == 1
+    assert "#define FDY_W0_DECODE fdy_decode_q4_k" in src
+    assert "#define FDY_W2_DECODE fdy_decode_q6_k" in src
+    assert "#ifdef FDY_HOST" not in src      # device parts only
+
+
+def test_compose_rejects_bad_requests():
+    with pytest.raises(ValueError, match="template"):
+        gpu.compose("nope", [])
+    with pytest.raises(ValueError, match="policy"):
+        gpu.compose("matmul", ["q9_z"])
+    with pytest.raises(ValueError, match="target"):
+        gpu.compose("matmul", ["q4_0"], target="vulkan")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
+@pytest.mark.parametrize("p", ["q4_k", "f16", "iq2_xxs"])
+def test_cuda_sources_compile_with_nvcc(p, tmp_path):
+    for name in gpu.templates():
+        n = gpu.TEMPLATE_SLOTS[name]
+        src = gpu.compose(name, [p] * n)
+        f = tmp_path / f"{name}.cu"
+        f.write_text(src)
+        r = subprocess.run(["nvcc", "-arch=sm_80", "-std=c++17", "-cubin", "-Werror",
+                            "all-warnings", "-diag-suppress", "177", "-o",
+                            str(tmp_path / f"{name}.cubin"), str(f)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"{name} {p}:\n{r.stderr[:4000]}"
+
+
+def test_cuda_unavailable_is_clean():
+    # on a machine without a driver this is False and nothing raises; with one it is True
+    assert pf.cuda_available() in (True, False)
+    if not pf.cuda_available():
+        with pytest.raises(pf.FoundryNotImplementedError):
+            pf.compile("rmsnorm", backend="cuda")(
+                __import__("numpy").ones((1, 8), "float32"),
+                __import__("numpy").ones(8, "float32"))
