@@ -59,8 +59,16 @@ class ChatTemplate:
         self.is_default = source is None
         self.bos_token = bos_token
         self.eos_token = eos_token
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            keep_trailing_newline=False)
+        from jinja2.exceptions import SecurityError
+
+        class _Sandbox(ImmutableSandboxedEnvironment):
+            # the stock sandbox renders a forbidden attribute as undefined (empty text); a
+            # template reaching for Python internals is hostile: fail loudly instead
+            def unsafe_undefined(self, obj, attribute):
+                raise SecurityError(f"access to attribute {attribute!r} of a "
+                                    f"{type(obj).__name__} is not allowed")
+
+        env = _Sandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         env.filters["tojson"] = _tojson
@@ -93,8 +101,8 @@ class ChatTemplate:
             raise ChatTemplateError(f"the chat template failed: {e}") from None
         except RecursionError:
             raise ChatTemplateError("the chat template recursed too deeply") from None
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError,
-                ZeroDivisionError) as e:
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
+                ZeroDivisionError, MemoryError) as e:
             raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") \
                 from None
 

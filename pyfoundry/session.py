@@ -62,7 +62,8 @@ class Session:
         self.stop_reason = None
 
     def eog_ids(self) -> set:
-        return set(self.tokenizer.eog_ids)
+        """End-of-generation ids: EOS and the end-of-turn tokens from the metadata."""
+        return set(self.tokenizer.eot_ids)
 
     # ---- core loop ----
     def _prefill(self, ids: Sequence[int]) -> bool:
@@ -118,7 +119,10 @@ class Session:
     def _stream_text(self, ids: Iterator[int], stop: Sequence[str]) -> Iterator[str]:
         """Detokenize a token stream, yielding only complete UTF-8 and holding back text that
         could be the start of a stop string."""
-        det = self.tokenizer.stream(prev=self.tokens[-1] if self.tokens else None)
+        # the first piece of a text (nothing, or only BOS, before it) drops its leading space
+        bos = self.tokenizer.bos_id
+        start = not self.tokens or (len(self.tokens) == 1 and self.tokens[0] == bos)
+        det = self.tokenizer.stream(start=start)
         pending = ""
         try:
             for tok in ids:
