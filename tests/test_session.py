@@ -138,3 +138,21 @@ def test_chat_template_override_file(synthetic, tmp_path):
     tpl.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>")
     r = run_cli("chat", synthetic, "-n", "2", "--chat-template", str(tpl), stdin="hey\n")
     assert "> hey" in r.stdout
+
+
+def test_cli_chat_ctrl_c_stops_the_reply_not_the_program(tmp_path):
+    import signal
+    import time
+    path = pf.testing.synthetic_model(tmp_path / "big.gguf", "llama", "q8_0", n_layers=2,
+                                      context_length=100000)
+    p = subprocess.Popen([sys.executable, "-m", "pyfoundry.cli", "chat", path, "-n", "90000",
+                          "--temp", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdin.write("talk forever\n")
+    p.stdin.flush()
+    time.sleep(3.0)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    out, err = p.communicate("/quit\n", timeout=120)
+    assert p.returncode == 0, err
+    assert "[interrupted]" in err
