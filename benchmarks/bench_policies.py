@@ -11,6 +11,8 @@ import platform
 import statistics
 import time
 
+import warnings
+
 import numpy as np
 
 import pyfoundry as pf
@@ -51,13 +53,14 @@ def gguf_fn(p, what):
 
 
 def main():
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # gguf-py on random blocks
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--gguf-rows", type=int, default=256,
-                    help="rows given to gguf.quants (it is slow); rates are per weight")
+    ap.add_argument("--gguf-rows", type=int, default=None,
+                    help="rows given to gguf.quants (default: the same rows as pyfoundry)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
@@ -78,7 +81,7 @@ def main():
         t = median_time(lambda: p.dequantize(raw), args.repeat)
         deq = n / t / 1e6
         g = gguf_fn(p, "dequantize")
-        gr = raw[: args.gguf_rows]
+        gr = raw[: args.gguf_rows or args.rows]
         gdeq = (gr.shape[0] * args.cols) / median_time(lambda: g(gr), max(1, args.repeat // 2)) / 1e6 if g else None
         qs = gq = None
         if p.can_quantize:
@@ -86,7 +89,7 @@ def main():
             qs = xs.size / median_time(lambda: p.quantize(xs), args.repeat) / 1e6
             gqf = gguf_fn(p, "quantize")
             if gqf:
-                xg = x[: min(args.gguf_rows, 64)]
+                xg = x[: min(args.gguf_rows or args.rows, 64)]
                 gq = xg.size / median_time(lambda: gqf(xg), 1) / 1e6
 
         def f(v):
