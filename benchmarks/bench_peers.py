@@ -1,0 +1,159 @@
+"""pyfoundry against llama.cpp on the same GGUF files, same machine, same threads, same run.
+
+    pip install ".[peers]"          # llama-cpp-python, built from source for this CPU
+    python benchmarks/bench_peers.py [MODEL.gguf ...] [--threads 1,2] [--prompt 128]
+                                     [--decode 128] [--repeat 3] [--no-synthetic]
+
+Default set: SmolLM2-135M-Instruct Q4_1 (../shared/tools/fetch-model.sh smollm2), the same
+model requantized by pyfoundry to Q8_0, Q4_0 and Q4_K, and synthetic llama-shaped models of
+about 1B parameters (dim 2048, 16 layers, 32/8 heads, FFN 8192, vocab 32000) in Q4_0, Q8_0 and
+Q4_K, written to a temporary folder.  For each file and thread count the two engines run
+alternately (pyfoundry's q8 variant, which pairs activations with weights as llama.cpp's CPU
+backend does; llama.cpp through llama-cpp-python): prefill of a --prompt-token prompt in one
+batch, then --decode tokens one at a time.  Printed: tokens/s of both (median of --repeat),
+the ratio, and the decode bandwidth bound: bytes read per token (every weight once) over the
+read bandwidth measured in the same run.
+"""
+import argparse
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import pyfoundry as pf
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def read_bandwidth(threads):
+    buf = np.random.default_rng(1).integers(0, 2**63, (1 << 30) // 8, dtype=np.int64)
+    n0 = pf.get_num_threads()
+    pf.set_num_threads(threads)
+    pf._core.bench_read(buf)
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        pf._core.bench_read(buf)
+        ts.append(time.perf_counter() - t0)
+    pf.set_num_threads(n0)
+    return buf.nbytes / statistics.median(ts) / 1e9
+
+
+def weight_bytes(path):
+    with pf.open(path) as f:
+        return sum(t.nbytes for t in f.tensors.values()
+                   if len(t.shape) == 2 and t.name != "token_embd.weight") + \
+            (f.tensors["token_embd.weight"].nbytes if "output.weight" not in f.tensors else 0)
+
+
+def run_pf(path, threads, prompt, n_decode, repeat):
+    pf.set_num_threads(threads)
+    m = pf.Model(path, variant="q8", context_length=len(prompt) + n_decode + 8)
+    pre, dec = [], []
+    for _ in range(repeat):
+        m.reset()
+        t0 = time.perf_counter()
+        lg = m.forward(prompt, 0, logits="last")
+        pre.append(len(prompt) / (time.perf_counter() - t0))
+        tok = int(np.argmax(lg))
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            tok = int(np.argmax(m.forward([tok], logits="last")))
+        dec.append(n_decode / (time.perf_counter() - t0))
+    return statistics.median(pre), statistics.median(dec)
+
+
+def run_llama(path, threads, prompt, n_decode, repeat):
+    import llama_cpp
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads,
+                n_ctx=len(prompt) + n_decode + 8, n_batch=len(prompt), verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits():  # the logits of the last evaluated token, straight from llama.cpp
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+    pre, dec = [], []
+    for _ in range(repeat):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        pre.append(len(prompt) / (time.perf_counter() - t0))
+        tok = int(np.argmax(last_logits()))
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            llm.eval([tok])
+            tok = int(np.argmax(last_logits()))
+        dec.append(n_decode / (time.perf_counter() - t0))
+    del llm
+    return statistics.median(pre), statistics.median(dec)
+
+
+def default_files(tmp, synthetic):
+    script = HERE.parent.parent / "shared" / "tools" / "fetch-model.sh"
+    files = []
+    r = subprocess.run(["bash", str(script), "smollm2"], capture_output=True, text=True)
+    if r.returncode == 0 and r.stdout.strip():
+        smol = r.stdout.strip().splitlines()[-1]
+        files.append(smol)
+        for p in ("q8_0", "q4_0", "q4_k"):
+            files.append(pf.testing.requantize_model(smol, os.path.join(tmp, f"smollm2-{p}.gguf"), p))
+    else:
+        print("# SmolLM2 could not be fetched; skipped", file=sys.stderr)
+    if synthetic:
+        for p in ("q4_0", "q8_0", "q4_k"):
+            files.append(pf.testing.synthetic_model(
+                os.path.join(tmp, f"synthetic-1b-{p}.gguf"), "llama", p, dim=2048, n_layers=16,
+                n_heads=32, n_kv_heads=8, ffn_dim=8192, vocab_size=32000, context_length=4096))
+    return files
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-synthetic", action="store_true", help="skip the 1B synthetic models")
+    args = ap.parse_args()
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        sys.exit("llama-cpp-python is not installed: pip install '.[peers]'")
+    tmp = tempfile.TemporaryDirectory()
+    files = args.models or default_files(tmp.name, not args.no_synthetic)
+    threads = [int(t) for t in args.threads.split(",")]
+    bw = {t: read_bandwidth(t) for t in threads}
+    print(f"# {time.strftime('%Y-%m-%d')}; pyfoundry q8 variant vs llama.cpp "
+          f"(llama-cpp-python {llama_cpp.__version__}); prompt {args.prompt}, decode "
+          f"{args.decode}; median of {args.repeat}")
+    print("# read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in threads))
+    hdr = (f"{'model':<28} {'thr':>3} {'prefill pf':>10} {'llama.cpp':>9} {'ratio':>6} "
+           f"{'decode pf':>9} {'llama.cpp':>9} {'ratio':>6} {'bound tok/s':>11}")
+    print(hdr)
+    print("-" * len(hdr))
+    rng = np.random.default_rng(0)
+    for path in files:
+        with pf.open(path) as f:
+            vocab = f.tensors["token_embd.weight"].shape[0]
+        prompt = [1] + [int(x) for x in rng.integers(3, min(vocab, 30000), args.prompt - 1)]
+        wb = weight_bytes(path)
+        for t in threads:
+            ppre, pdec = run_pf(path, t, prompt, args.decode, args.repeat)
+            lpre, ldec = run_llama(path, t, prompt, args.decode, args.repeat)
+            bound = bw[t] * 1e9 / wb
+            name = pathlib.Path(path).name[:28]
+            print(f"{name:<28} {t:>3} {ppre:10.1f} {lpre:9.1f} {ppre / lpre:6.2f} "
+                  f"{pdec:9.1f} {ldec:9.1f} {pdec / ldec:6.2f} {bound:11.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
