@@ -4,7 +4,8 @@
  *   make fuzz && ./build/fuzz_gguf -max_total_time=300 -max_len=65536 build/fuzz_corpus
  * Seed the corpus with real GGUF files (or their first few KB).  The target parses the input,
  * walks every metadata value and tensor, dequantizes the first block of each tensor and
- * closes: any crash, leak, overflow or hang is a bug. */
+ * closes; when the metadata holds a vocabulary it also builds the tokenizer and encodes a
+ * few strings.  Any crash, leak, overflow or hang is a bug. */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -47,6 +48,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (t->n_elements >= be && be <= 4096) {
             fdy_policy_dequantize(t->policy, t->data, block, be);
         }
+    }
+    fdy_tokenizer *tok = NULL;
+    if (fdy_gguf_find_kv(g, "tokenizer.ggml.tokens") >= 0 &&
+        fdy_tokenizer_create(g, &tok) == FDY_OK) {
+        static const char *texts[] = {"Hello world", " \t\n  x", "<s>caf\xc3\xa9 123", "\xff\xfe"};
+        int32_t ids[256];
+        int64_t n = 0;
+        for (int i = 0; i < 4; i++) {
+            fdy_tokenizer_encode(tok, texts[i], strlen(texts[i]), 1, i & 1, ids, 256, &n);
+        }
+        fdy_tokenizer_free(tok);
     }
     fdy_gguf_close(g);
     return 0;
