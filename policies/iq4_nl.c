@@ -42,12 +42,13 @@ FDY_FN void fdy_decode_iq4_nl(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 #include "kquant_ref.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
  * one plain float loop the compiler vectorizes (same float expression as the decode) */
-static void iq4_nl_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void iq4_nl_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_iq4_nl *b = (const fdy_block_iq4_nl *)src;
     int8_t v[32];
     for (int64_t i = 0; i < n / 32; i++) {
@@ -62,6 +63,7 @@ static void iq4_nl_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(iq4_nl_dequantize, iq4_nl_dequantize_rows)
 
 static void iq4_nl_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_iq4_nl *b = (fdy_block_iq4_nl *)dst;

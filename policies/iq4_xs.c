@@ -52,12 +52,13 @@ FDY_FN void fdy_decode_iq4_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
  * plain float loops the compiler vectorizes (same float expression as the decode) */
-static void iq4_xs_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void iq4_xs_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_iq4_xs *b = (const fdy_block_iq4_xs *)src;
     int8_t v[256];
     for (int64_t i = 0; i < n / 256; i++) {
@@ -78,6 +79,7 @@ static void iq4_xs_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(iq4_xs_dequantize, iq4_xs_dequantize_rows)
 
 static void iq4_xs_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_iq4_xs *b = (fdy_block_iq4_xs *)dst;

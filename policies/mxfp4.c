@@ -48,9 +48,10 @@ FDY_FN void fdy_decode_mxfp4(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 
-static void mxfp4_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void mxfp4_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_mxfp4 *b = (const fdy_block_mxfp4 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         const float d = fdy_e8m0_to_float_half(b[i].e);
@@ -65,6 +66,7 @@ static void mxfp4_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(mxfp4_dequantize, mxfp4_dequantize_rows)
 
 /* the code whose value d * kvalues[k] is nearest to x; first index on ties */
 static int mxfp4_nearest(float d, float x) {

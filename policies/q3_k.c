@@ -53,12 +53,13 @@ FDY_FN void fdy_decode_q3_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the signed 3-bit
  * codes in element order, then scale them group by group (same float expression as decode) */
-static void q3_k_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q3_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
     int8_t q[256];
     for (int64_t i = 0; i < n / 256; i++) {
@@ -82,6 +83,7 @@ static void q3_k_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(q3_k_dequantize, q3_k_dequantize_rows)
 
 static void q3_k_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q3_k *b = (fdy_block_q3_k *)dst;

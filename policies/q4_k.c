@@ -54,10 +54,11 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
-static void q4_k_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q4_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -78,6 +79,7 @@ static void q4_k_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(q4_k_dequantize, q4_k_dequantize_rows)
 
 static void q4_k_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q4_k *b = (fdy_block_q4_k *)dst;

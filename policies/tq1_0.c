@@ -59,9 +59,10 @@ FDY_FN void fdy_decode_tq1_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_kquants.h"
 
-static void tq1_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void tq1_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_tq1_0 *b = (const fdy_block_tq1_0 *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -87,6 +88,7 @@ static void tq1_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(tq1_0_dequantize, tq1_0_dequantize_rows)
 
 /* pack trits t[0], t[stride], ... (count of them, most significant first) into one byte */
 static uint8_t tq1_0_pack(const int *t, int stride, int count) {

@@ -34,9 +34,10 @@ FDY_FN void fdy_decode_tq2_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_kquants.h"
 
-static void tq2_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void tq2_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_tq2_0 *b = (const fdy_block_tq2_0 *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -51,6 +52,7 @@ static void tq2_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+FDY_DEQ_DISPATCH(tq2_0_dequantize, tq2_0_dequantize_rows)
 
 static void tq2_0_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_tq2_0 *b = (fdy_block_tq2_0 *)dst;
