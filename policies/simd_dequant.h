@@ -130,6 +130,63 @@ FDY_DEQ_TARGET_AVX2 FDY_DEQ_INLINE void fdy_deq_nib32_avx2(const uint8_t *qs, ui
     }
 }
 
+/* ---- 32 byte codes (a __m256i; AVX2 byte ops work in both copies) to floats:
+ *   fdy_deq_s8x32_S(v, s0, s1, y)       y[j] = s * (float)(int8)v[j], s0 for j < 16, s1 above
+ *   fdy_deq_u8x32_ms_S(v, s0, m0, s1, m1, y)   y[j] = s * (float)(uint8)v[j] - m
+ * (the portable products / differences, in the portable order) ---- */
+
+FDY_DEQ_TARGET_AVX512 FDY_DEQ_INLINE void fdy_deq_s8x32_avx512(__m256i v, float s0, float s1,
+                                                               float *y) {
+    _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_set1_ps(s0), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                              _mm256_castsi256_si128(v)))));
+    _mm512_storeu_ps(y + 16, _mm512_mul_ps(_mm512_set1_ps(s1),
+                                           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                               _mm256_extracti128_si256(v, 1)))));
+}
+
+FDY_DEQ_TARGET_AVX2 FDY_DEQ_INLINE void fdy_deq_s8x32_avx2(__m256i v, float s0, float s1,
+                                                           float *y) {
+    for (int h = 0; h < 2; h++) {
+        const __m128i x = h ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+        const __m256 s = _mm256_set1_ps(h ? s1 : s0);
+        _mm256_storeu_ps(y + 16 * h, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x))));
+        _mm256_storeu_ps(y + 16 * h + 8, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                              _mm_srli_si128(x, 8)))));
+    }
+}
+
+FDY_DEQ_TARGET_AVX512 FDY_DEQ_INLINE void fdy_deq_u8x32_ms_avx512(__m256i v, float s0, float m0,
+                                                                  float s1, float m1, float *y) {
+    for (int h = 0; h < 2; h++) {
+        const __m128i x = h ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+        const __m512 f = _mm512_mul_ps(_mm512_set1_ps(h ? s1 : s0),
+                                       _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(x)));
+        _mm512_storeu_ps(y + 16 * h, _mm512_sub_ps(f, _mm512_set1_ps(h ? m1 : m0)));
+    }
+}
+
+FDY_DEQ_TARGET_AVX2 FDY_DEQ_INLINE void fdy_deq_u8x32_ms_avx2(__m256i v, float s0, float m0,
+                                                              float s1, float m1, float *y) {
+    for (int h = 0; h < 2; h++) {
+        const __m128i x = h ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+        const __m256 s = _mm256_set1_ps(h ? s1 : s0);
+        const __m256 m = _mm256_set1_ps(h ? m1 : m0);
+        for (int k = 0; k < 2; k++) {
+            const __m128i x8 = k ? _mm_srli_si128(x, 8) : x;
+            const __m256 f = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x8)));
+            _mm256_storeu_ps(y + 16 * h + 8 * k, _mm256_sub_ps(f, m));
+        }
+    }
+}
+
+/* NAME_avx512 and NAME_avx2 from one body: BODY(S) is the body of a function
+ * (const void *src, float *dst, int64_t n) calling the helpers as fdy_deq_..._##S */
+#define FDY_DEQ_BOTH(NAME, BODY)                                                        \
+    FDY_DEQ_TARGET_AVX512 static void NAME##_avx512(const void *src, float *dst,        \
+                                                    int64_t n) BODY(avx512)             \
+    FDY_DEQ_TARGET_AVX2 static void NAME##_avx2(const void *src, float *dst, int64_t n) \
+        BODY(avx2)
+
 /* NAME_avx512 / NAME_avx2 over blocks of type BT: BODY(b, y, SUFFIX) decodes block *b to y */
 #define FDY_DEQ_BLOCKS(NAME, BT, BODY)                                                 \
     FDY_DEQ_TARGET_AVX512 static void NAME##_avx512(const void *src, float *dst,       \
