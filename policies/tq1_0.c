@@ -88,7 +88,45 @@ FDY_DEQ_INLINE void tq1_0_dequantize_rows(const void *src, float *dst, int64_t n
         }
     }
 }
-FDY_DEQ_DISPATCH(tq1_0_dequantize, tq1_0_dequantize_rows)
+#if defined(__x86_64__)
+/* 16 trits t = ((uint8_t)(q * p) * 3) >> 8 of 16 bytes q, with the multipliers p (16-bit lanes) */
+FDY_DEQ_TARGET_AVX2 FDY_DEQ_INLINE __m128i tq1_0_trits16(__m128i q, __m256i p) {
+    __m256i w = _mm256_and_si256(_mm256_mullo_epi16(_mm256_cvtepu8_epi16(q), p),
+                                 _mm256_set1_epi16(0xFF));
+    w = _mm256_srli_epi16(_mm256_mullo_epi16(w, _mm256_set1_epi16(3)), 8);
+    return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+#define TQ1_0_DEQ_BODY(S)                                                                  \
+    {                                                                                      \
+        const fdy_block_tq1_0 *b = (const fdy_block_tq1_0 *)src;                           \
+        const __m256i c1 = _mm256_set1_epi8(1);                                            \
+        const __m256i ph = _mm256_setr_epi16(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27); \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            float *y = dst + i * 256;                                                      \
+            const __m128i q0 = _mm_loadu_si128((const __m128i *)b[i].qs);                  \
+            const __m128i q1 = _mm_loadu_si128((const __m128i *)(b[i].qs + 16));           \
+            const __m128i q2 = _mm_loadu_si128((const __m128i *)(b[i].qs + 32));           \
+            uint32_t h4;                                                                   \
+            memcpy(&h4, b[i].qh, 4);                                                       \
+            const __m128i q3 = _mm_set1_epi32((int)h4);                                    \
+            __m128i t2[5];                                                                 \
+            for (int l = 0; l < 5; l++) {                                                  \
+                const __m256i p = _mm256_set1_epi16((short)fdy_pow3_tq1_0[l]);             \
+                const __m256i t = _mm256_set_m128i(tq1_0_trits16(q1, p), tq1_0_trits16(q0, p)); \
+                fdy_deq_s8x32_##S(_mm256_sub_epi8(t, c1), d, d, y + 32 * l);               \
+                t2[l] = tq1_0_trits16(q2, p);                                              \
+            }                                                                              \
+            const __m128i t3 = tq1_0_trits16(q3, ph);                                      \
+            fdy_deq_s8x32_##S(_mm256_sub_epi8(_mm256_set_m128i(t2[1], t2[0]), c1), d, d, y + 160); \
+            fdy_deq_s8x32_##S(_mm256_sub_epi8(_mm256_set_m128i(t2[3], t2[2]), c1), d, d, y + 192); \
+            fdy_deq_s8x32_##S(_mm256_sub_epi8(_mm256_set_m128i(t3, t2[4]), c1), d, d, y + 224);    \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(tq1_0_dequantize, TQ1_0_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(tq1_0_dequantize, tq1_0_dequantize_rows)
 
 /* pack trits t[0], t[stride], ... (count of them, most significant first) into one byte */
 static uint8_t tq1_0_pack(const int *t, int stride, int count) {
