@@ -28,8 +28,12 @@ FDY_DEQ_INLINE uint32_t fdy_deq_le32(const uint8_t *p) {
 
 #if defined(__x86_64__)
 #define FDY_DEQ_TARGET_AVX2 __attribute__((target("avx2")))
+#if defined(__clang__)
+#define FDY_DEQ_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq")))
+#else /* GCC: let the loops it vectorizes itself (FDY_DEQ_DISPATCH) use 512-bit vectors */
 #define FDY_DEQ_TARGET_AVX512 \
     __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
+#endif
 
 #include <immintrin.h>
 
