@@ -1,15 +1,26 @@
 /* simd_dequant.h - host-only helpers of the whole-row dequantizers (dequantize_fast).
  *
- * A format file writes its row loop once, as an always-inline function F_rows(src, dst, n)
- * whose inner loops the compiler vectorizes, and instantiates it with
+ * Every format keeps its portable row loop F_dequantize_rows (an always-inline function) and
+ * gets x86-64 copies chosen on each call from fdy_cpu_features_enabled():
+ *   F_dequantize_avx512   AVX-512 F+BW+VL+DQ (with AVX2)
+ *   F_dequantize_avx2     AVX2
+ *   F_dequantize_rows     anything else (SSE2 baseline, aarch64, ...)
+ * No global -m flag: each copy carries its own target attribute, and off x86-64 only the
+ * portable loop is compiled.
  *
- *     FDY_DEQ_DISPATCH(F_dequantize, F_rows)
+ *   FDY_DEQ_DISPATCH(F_dequantize, F_dequantize_rows)  compiles the portable loop itself for
+ *       each target (what the compiler vectorizes; used where that is as fast as it gets)
+ *   FDY_DEQ_BLOCKS(F_dequantize, BT, BODY)  per 32-weight block of type BT, BODY(b, y, S)
+ *       with S the target suffix, calling the helpers below
+ *   FDY_DEQ_BOTH(F_dequantize, BODY)  BODY(S) is a whole function body
+ *   FDY_DEQ_SELECT(F_dequantize, F_dequantize_rows)  the dispatcher of the two above
  *
- * which compiles the same loop three times: for AVX-512 (F+BW+VL+DQ), for AVX2 and for the
- * baseline (SSE2 on x86-64, NEON on aarch64, anything else), and defines F_dequantize choosing
- * one from fdy_cpu_features_enabled() on each call.  No global -m flag: each copy carries its
- * own target attribute.  The arithmetic is the C of F_rows in every copy (the core compiles
- * with -ffp-contract=off, so no multiply-add is fused), hence bit-identical results.
+ * Bit-exactness: the helpers do the portable arithmetic (the same integer codes, converted
+ * exactly to float, then d * q, or d * q + m / d * q - m as a multiply and a separate add or
+ * subtract; the core compiles with -ffp-contract=off, so nothing is fused), with the scales
+ * formed by the portable scalar code (fdy_half_to_float and the formats' scale unpacking).
+ * tests/test_policies.py::test_every_cpu_path_matches_portable_path compares every path bit
+ * for bit.
  */
 #ifndef FDY_SIMD_DEQUANT_H
 #define FDY_SIMD_DEQUANT_H
