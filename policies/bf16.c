@@ -20,13 +20,15 @@ FDY_FN void fdy_decode_bf16(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 
-static void bf16_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void bf16_dequantize_rows(const void *src, float *dst, int64_t n) {
     const uint16_t *h = (const uint16_t *)src;
     for (int64_t i = 0; i < n; i++) {
         dst[i] = fdy_bf16_to_float(h[i]);
     }
 }
+FDY_DEQ_DISPATCH(bf16_dequantize, bf16_dequantize_rows)
 
 static void bf16_quantize(const float *src, void *dst, int64_t n) {
     uint16_t *h = (uint16_t *)dst;

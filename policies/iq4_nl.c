@@ -42,12 +42,13 @@ FDY_FN void fdy_decode_iq4_nl(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 #include "kquant_ref.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
  * one plain float loop the compiler vectorizes (same float expression as the decode) */
-static void iq4_nl_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void iq4_nl_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_iq4_nl *b = (const fdy_block_iq4_nl *)src;
     int8_t v[32];
     for (int64_t i = 0; i < n / 32; i++) {
@@ -62,6 +63,11 @@ static void iq4_nl_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define IQ4_NL_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, fdy_iq4_nl_grid, 0, fdy_half_to_float((B)->d), 0.0f, 0, Y)
+FDY_DEQ_BLOCKS(iq4_nl_dequantize, fdy_block_iq4_nl, IQ4_NL_DEQ_BLOCK)
+#endif
+FDY_DEQ_SELECT(iq4_nl_dequantize, iq4_nl_dequantize_rows)
 
 static void iq4_nl_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_iq4_nl *b = (fdy_block_iq4_nl *)dst;

@@ -52,12 +52,13 @@ FDY_FN void fdy_decode_iq4_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
  * plain float loops the compiler vectorizes (same float expression as the decode) */
-static void iq4_xs_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void iq4_xs_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_iq4_xs *b = (const fdy_block_iq4_xs *)src;
     int8_t v[256];
     for (int64_t i = 0; i < n / 256; i++) {
@@ -78,6 +79,23 @@ static void iq4_xs_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define IQ4_XS_DEQ_BODY(S)                                                                 \
+    {                                                                                      \
+        const fdy_block_iq4_xs *b = (const fdy_block_iq4_xs *)src;                         \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            float *y = dst + i * 256;                                                      \
+            for (int g = 0; g < 8; g++) {                                                  \
+                const float dl = d * (float)fdy_iq4_xs_scale(&b[i], g);                    \
+                fdy_deq_nib32_##S(b[i].qs + 16 * g, 0, 0, fdy_iq4_xs_grid, 0, dl, 0.0f, 0,  \
+                                  y + 32 * g);                                             \
+            }                                                                              \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(iq4_xs_dequantize, IQ4_XS_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(iq4_xs_dequantize, iq4_xs_dequantize_rows)
 
 static void iq4_xs_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_iq4_xs *b = (fdy_block_iq4_xs *)dst;

@@ -48,9 +48,10 @@ FDY_FN void fdy_decode_mxfp4(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 
-static void mxfp4_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void mxfp4_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_mxfp4 *b = (const fdy_block_mxfp4 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         const float d = fdy_e8m0_to_float_half(b[i].e);
@@ -65,6 +66,13 @@ static void mxfp4_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+/* fdy_kvalues_mxfp4 as int8 (d * (float)code is the product the portable table holds) */
+static const int8_t mxfp4_codes[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+#define MXFP4_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, mxfp4_codes, 0, fdy_e8m0_to_float_half((B)->e), 0.0f, 0, Y)
+FDY_DEQ_BLOCKS(mxfp4_dequantize, fdy_block_mxfp4, MXFP4_DEQ_BLOCK)
+#endif
+FDY_DEQ_SELECT(mxfp4_dequantize, mxfp4_dequantize_rows)
 
 /* the code whose value d * kvalues[k] is nearest to x; first index on ties */
 static int mxfp4_nearest(float d, float x) {

@@ -44,12 +44,13 @@ FDY_FN void fdy_decode_q2_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the 2-bit codes in
  * element order, then scale them group by group (same float expression as the decode) */
-static void q2_k_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q2_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q2_k *b = (const fdy_block_q2_k *)src;
     uint8_t q[256];
     for (int64_t i = 0; i < n / 256; i++) {
@@ -72,6 +73,33 @@ static void q2_k_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define Q2_K_DEQ_BODY(S)                                                                   \
+    {                                                                                      \
+        const fdy_block_q2_k *b = (const fdy_block_q2_k *)src;                             \
+        const __m256i m3 = _mm256_set1_epi8(3);                                            \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            const float dmin = fdy_half_to_float(b[i].dmin);                               \
+            float dl[16], ml[16];                                                          \
+            for (int g = 0; g < 16; g++) {                                                 \
+                dl[g] = d * (float)(b[i].scales[g] & 0xF);                                 \
+                ml[g] = dmin * (float)(b[i].scales[g] >> 4);                               \
+            }                                                                              \
+            float *y = dst + i * 256;                                                      \
+            for (int h = 0; h < 2; h++) {                                                  \
+                const __m256i Q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * h)); \
+                for (int k = 0; k < 4; k++) {                                              \
+                    const int g = 8 * h + 2 * k;                                           \
+                    const __m256i q = _mm256_and_si256(_mm256_srli_epi16(Q, 2 * k), m3);   \
+                    fdy_deq_u8x32_ms_##S(q, dl[g], ml[g], dl[g + 1], ml[g + 1], y + 16 * g); \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(q2_k_dequantize, Q2_K_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(q2_k_dequantize, q2_k_dequantize_rows)
 
 static void q2_k_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q2_k *b = (fdy_block_q2_k *)dst;

@@ -53,12 +53,13 @@ FDY_FN void fdy_decode_q3_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the signed 3-bit
  * codes in element order, then scale them group by group (same float expression as decode) */
-static void q3_k_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q3_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
     int8_t q[256];
     for (int64_t i = 0; i < n / 256; i++) {
@@ -82,6 +83,36 @@ static void q3_k_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define Q3_K_DEQ_BODY(S)                                                                   \
+    {                                                                                      \
+        const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;                             \
+        const __m256i m3 = _mm256_set1_epi8(3), c4 = _mm256_set1_epi8(4);                  \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            float dl[16];                                                                  \
+            for (int g = 0; g < 16; g++) {                                                 \
+                dl[g] = d * (float)fdy_q3_k_scale(b[i].scales, g);                         \
+            }                                                                              \
+            float *y = dst + i * 256;                                                      \
+            const __m256i Hm = _mm256_loadu_si256((const __m256i *)b[i].hmask);            \
+            for (int h = 0; h < 2; h++) {                                                  \
+                const __m256i Q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * h)); \
+                for (int k = 0; k < 4; k++) {                                              \
+                    const int g = 8 * h + 2 * k;                                           \
+                    const __m256i low = _mm256_and_si256(_mm256_srli_epi16(Q, 2 * k), m3); \
+                    const __m256i clear = _mm256_cmpeq_epi8(                               \
+                        _mm256_and_si256(Hm, _mm256_set1_epi8((char)(1 << (4 * h + k)))),  \
+                        _mm256_setzero_si256());                                           \
+                    const __m256i q = _mm256_sub_epi8(low, _mm256_and_si256(clear, c4));   \
+                    fdy_deq_s8x32_##S(q, dl[g], dl[g + 1], y + 16 * g);                    \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(q3_k_dequantize, Q3_K_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(q3_k_dequantize, q3_k_dequantize_rows)
 
 static void q3_k_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q3_k *b = (fdy_block_q3_k *)dst;

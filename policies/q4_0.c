@@ -33,9 +33,10 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 
-static void q4_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q4_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_0 *b = (const fdy_block_q4_0 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -50,6 +51,11 @@ static void q4_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define Q4_0_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, NULL, 8, fdy_half_to_float((B)->d), 0.0f, 0, Y)
+FDY_DEQ_BLOCKS(q4_0_dequantize, fdy_block_q4_0, Q4_0_DEQ_BLOCK)
+#endif
+FDY_DEQ_SELECT(q4_0_dequantize, q4_0_dequantize_rows)
 
 static void q4_0_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q4_0 *b = (fdy_block_q4_0 *)dst;

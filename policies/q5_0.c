@@ -39,6 +39,7 @@ FDY_FN void fdy_decode_q5_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 
 /* bit j of a u32, per lane */
@@ -48,7 +49,7 @@ static const uint32_t q5_0_bit[32] = {
     1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21, 1u << 22, 1u << 23,
     1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
 
-static void q5_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q5_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q5_0 *b = (const fdy_block_q5_0 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -68,6 +69,11 @@ static void q5_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define Q5_0_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, fdy_deq_le32((B)->qh), 1, NULL, 16, fdy_half_to_float((B)->d), 0.0f, 0, Y)
+FDY_DEQ_BLOCKS(q5_0_dequantize, fdy_block_q5_0, Q5_0_DEQ_BLOCK)
+#endif
+FDY_DEQ_SELECT(q5_0_dequantize, q5_0_dequantize_rows)
 
 static void q5_0_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q5_0 *b = (fdy_block_q5_0 *)dst;

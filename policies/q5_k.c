@@ -51,10 +51,11 @@ FDY_FN void fdy_decode_q5_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
-static void q5_k_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q5_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q5_k *b = (const fdy_block_q5_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -77,6 +78,42 @@ static void q5_k_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define Q5_K_DEQ_BODY(S)                                                                   \
+    {                                                                                      \
+        const fdy_block_q5_k *b = (const fdy_block_q5_k *)src;                             \
+        const __m256i m4 = _mm256_set1_epi8(0x0F), c16 = _mm256_set1_epi8(16);             \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            const float dmin = fdy_half_to_float(b[i].dmin);                               \
+            const __m256i QH = _mm256_loadu_si256((const __m256i *)b[i].qh);               \
+            float *y = dst + i * 256;                                                      \
+            for (int c = 0; c < 4; c++) {                                                  \
+                const int g1 = 2 * c, g2 = 2 * c + 1;                                      \
+                const float d1 = d * (float)fdy_q5_k_sc(b[i].scales, g1);                  \
+                const float m1 = dmin * (float)fdy_q5_k_m(b[i].scales, g1);                \
+                const float d2 = d * (float)fdy_q5_k_sc(b[i].scales, g2);                  \
+                const float m2 = dmin * (float)fdy_q5_k_m(b[i].scales, g2);                \
+                const __m256i Q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * c)); \
+                const __m256i h1 = _mm256_andnot_si256(                                    \
+                    _mm256_cmpeq_epi8(_mm256_and_si256(QH, _mm256_set1_epi8((char)(1 << g1))), \
+                                      _mm256_setzero_si256()),                             \
+                    c16);                                                                  \
+                const __m256i h2 = _mm256_andnot_si256(                                    \
+                    _mm256_cmpeq_epi8(_mm256_and_si256(QH, _mm256_set1_epi8((char)(1 << g2))), \
+                                      _mm256_setzero_si256()),                             \
+                    c16);                                                                  \
+                fdy_deq_u8x32_ms_##S(_mm256_or_si256(_mm256_and_si256(Q, m4), h1), d1, m1, \
+                                     d1, m1, y + 64 * c);                                  \
+                fdy_deq_u8x32_ms_##S(                                                      \
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(Q, 4), m4), h2), d2, \
+                    m2, d2, m2, y + 64 * c + 32);                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(q5_k_dequantize, Q5_K_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(q5_k_dequantize, q5_k_dequantize_rows)
 
 static void q5_k_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q5_k *b = (fdy_block_q5_k *)dst;

@@ -44,12 +44,13 @@ FDY_FN void fdy_decode_q6_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the signed 6-bit
  * codes in element order, then scale them group by group (same float expression as decode) */
-static void q6_k_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q6_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q6_k *b = (const fdy_block_q6_k *)src;
     int8_t q[256];
     for (int64_t i = 0; i < n / 256; i++) {
@@ -74,6 +75,45 @@ static void q6_k_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+/* the codes of 32 bytes at once (ymm byte ops), then 16-wide scaled converts */
+#define Q6_K_DEQ_BODY(S)                                                                   \
+    {                                                                                      \
+        const fdy_block_q6_k *b = (const fdy_block_q6_k *)src;                             \
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);            \
+        const __m256i c32 = _mm256_set1_epi8(32);                                          \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            float dl[16];                                                                  \
+            for (int g = 0; g < 16; g++) {                                                 \
+                dl[g] = d * (float)b[i].scales[g];                                         \
+            }                                                                              \
+            float *y = dst + i * 256;                                                      \
+            for (int h = 0; h < 2; h++) {                                                  \
+                const __m256i A = _mm256_loadu_si256((const __m256i *)(b[i].ql + 64 * h)); \
+                const __m256i B =                                                          \
+                    _mm256_loadu_si256((const __m256i *)(b[i].ql + 64 * h + 32));          \
+                const __m256i H = _mm256_loadu_si256((const __m256i *)(b[i].qh + 32 * h)); \
+                __m256i q[4];                                                              \
+                q[0] = _mm256_or_si256(_mm256_and_si256(A, m4),                            \
+                                       _mm256_and_si256(_mm256_slli_epi16(H, 4), m30));    \
+                q[1] = _mm256_or_si256(_mm256_and_si256(B, m4),                            \
+                                       _mm256_and_si256(_mm256_slli_epi16(H, 2), m30));    \
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4),      \
+                                       _mm256_and_si256(H, m30));                          \
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4),      \
+                                       _mm256_and_si256(_mm256_srli_epi16(H, 2), m30));    \
+                for (int k = 0; k < 4; k++) {                                              \
+                    const int g = 8 * h + 2 * k;                                           \
+                    fdy_deq_s8x32_##S(_mm256_sub_epi8(q[k], c32), dl[g], dl[g + 1],        \
+                                      y + 16 * g);                                         \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(q6_k_dequantize, Q6_K_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(q6_k_dequantize, q6_k_dequantize_rows)
 
 static void q6_k_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q6_k *b = (fdy_block_q6_k *)dst;

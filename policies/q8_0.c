@@ -30,9 +30,10 @@ FDY_FN void fdy_decode_q8_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_legacy.h"
 
-static void q8_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void q8_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -41,6 +42,13 @@ static void q8_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define Q8_0_DEQ_BLOCK(B, Y, S)                                                      \
+    fdy_deq_s8x32_##S(_mm256_loadu_si256((const __m256i *)(B)->qs),                  \
+                      fdy_half_to_float((B)->d), fdy_half_to_float((B)->d), Y)
+FDY_DEQ_BLOCKS(q8_0_dequantize, fdy_block_q8_0, Q8_0_DEQ_BLOCK)
+#endif
+FDY_DEQ_SELECT(q8_0_dequantize, q8_0_dequantize_rows)
 
 static void q8_0_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_q8_0 *b = (fdy_block_q8_0 *)dst;

@@ -59,9 +59,10 @@ FDY_FN void fdy_decode_tq1_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_kquants.h"
 
-static void tq1_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void tq1_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_tq1_0 *b = (const fdy_block_tq1_0 *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -87,6 +88,53 @@ static void tq1_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+/* 16 trits t = ((uint8_t)(q * p) * 3) >> 8 of 16 bytes q, with the multipliers p (16-bit lanes) */
+FDY_DEQ_TARGET_AVX2 FDY_DEQ_INLINE __m128i tq1_0_trits16(__m128i q, __m256i p) {
+    __m256i w = _mm256_and_si256(_mm256_mullo_epi16(_mm256_cvtepu8_epi16(q), p),
+                                 _mm256_set1_epi16(0xFF));
+    w = _mm256_srli_epi16(_mm256_mullo_epi16(w, _mm256_set1_epi16(3)), 8);
+    return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+/* trit - 1 of 32 bytes x = (uint8_t)(q * p): ((x * 3) >> 8) - 1 = [x >= 86] + [x >= 171] - 1 */
+FDY_DEQ_TARGET_AVX2 FDY_DEQ_INLINE __m256i tq1_0_trits32m1(__m256i x) {
+    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(x, _mm256_set1_epi8(86)), x);
+    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(x, _mm256_set1_epi8((char)171)), x);
+    return _mm256_sub_epi8(_mm256_sub_epi8(_mm256_set1_epi8(-1), ge86), ge171);
+}
+
+/* the products q * 3^l (mod 256) by repeated byte additions x + x + x */
+#define TQ1_0_DEQ_BODY(S)                                                                  \
+    {                                                                                      \
+        const fdy_block_tq1_0 *b = (const fdy_block_tq1_0 *)src;                           \
+        const __m256i c1 = _mm256_set1_epi8(1);                                            \
+        const __m256i ph = _mm256_setr_epi16(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27); \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            float *y = dst + i * 256;                                                      \
+            __m256i x = _mm256_loadu_si256((const __m256i *)b[i].qs);                      \
+            __m256i x2 = _mm256_broadcastsi128_si256(                                      \
+                _mm_loadu_si128((const __m128i *)(b[i].qs + 32)));                         \
+            __m256i t2[5];                                                                 \
+            for (int l = 0; l < 5; l++) {                                                  \
+                fdy_deq_s8x32_##S(tq1_0_trits32m1(x), d, d, y + 32 * l);                   \
+                t2[l] = tq1_0_trits32m1(x2);                                               \
+                x = _mm256_add_epi8(_mm256_add_epi8(x, x), x);                             \
+                x2 = _mm256_add_epi8(_mm256_add_epi8(x2, x2), x2);                         \
+            }                                                                              \
+            uint32_t h4;                                                                   \
+            memcpy(&h4, b[i].qh, 4);                                                       \
+            const __m128i t3 = _mm_sub_epi8(tq1_0_trits16(_mm_set1_epi32((int)h4), ph),    \
+                                            _mm256_castsi256_si128(c1));                   \
+            fdy_deq_s8x32_##S(_mm256_blend_epi32(t2[0], t2[1], 0xF0), d, d, y + 160);      \
+            fdy_deq_s8x32_##S(_mm256_blend_epi32(t2[2], t2[3], 0xF0), d, d, y + 192);      \
+            fdy_deq_s8x32_##S(_mm256_inserti128_si256(t2[4], t3, 1), d, d, y + 224);       \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(tq1_0_dequantize, TQ1_0_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(tq1_0_dequantize, tq1_0_dequantize_rows)
 
 /* pack trits t[0], t[stride], ... (count of them, most significant first) into one byte */
 static uint8_t tq1_0_pack(const int *t, int stride, int count) {

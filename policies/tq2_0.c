@@ -34,9 +34,10 @@ FDY_FN void fdy_decode_tq2_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD 
 
 #ifdef FDY_HOST
 #include "policy.h"
+#include "simd_dequant.h"
 #include "simd_kquants.h"
 
-static void tq2_0_dequantize(const void *src, float *dst, int64_t n) {
+FDY_DEQ_INLINE void tq2_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_tq2_0 *b = (const fdy_block_tq2_0 *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
@@ -51,6 +52,27 @@ static void tq2_0_dequantize(const void *src, float *dst, int64_t n) {
         }
     }
 }
+#if defined(__x86_64__)
+#define TQ2_0_DEQ_BODY(S)                                                                  \
+    {                                                                                      \
+        const fdy_block_tq2_0 *b = (const fdy_block_tq2_0 *)src;                           \
+        const __m256i m3 = _mm256_set1_epi8(3), c1 = _mm256_set1_epi8(1);                  \
+        for (int64_t i = 0; i < n / 256; i++) {                                            \
+            const float d = fdy_half_to_float(b[i].d);                                     \
+            float *y = dst + i * 256;                                                      \
+            for (int c = 0; c < 2; c++) {                                                  \
+                const __m256i Q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * c)); \
+                for (int l = 0; l < 4; l++) {                                              \
+                    const __m256i q = _mm256_sub_epi8(                                     \
+                        _mm256_and_si256(_mm256_srli_epi16(Q, 2 * l), m3), c1);            \
+                    fdy_deq_s8x32_##S(q, d, d, y + 128 * c + 32 * l);                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+    }
+FDY_DEQ_BOTH(tq2_0_dequantize, TQ2_0_DEQ_BODY)
+#endif
+FDY_DEQ_SELECT(tq2_0_dequantize, tq2_0_dequantize_rows)
 
 static void tq2_0_quantize(const float *src, void *dst, int64_t n) {
     fdy_block_tq2_0 *b = (fdy_block_tq2_0 *)dst;

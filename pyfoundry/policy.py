@@ -97,6 +97,15 @@ class Policy:
         ``shape`` is omitted, a uint8 array's leading axes are kept and its last axis is
         converted; anything else decodes to a flat array.
         """
+        if (shape is None and type(raw) is np.ndarray and raw.dtype == np.uint8
+                and raw.ndim >= 1 and raw.flags.c_contiguous):
+            # the common case (rows of blocks, as quantize returns them) without the general
+            # path's shape arithmetic: the call costs the decode, not the bookkeeping
+            rb = raw.shape[-1]
+            if rb % self.block_bytes == 0:
+                cols = rb // self.block_bytes * self.block_elems
+                out = _core.dequantize(self.gguf_type, raw, raw.size // rb * cols if rb else 0)
+                return out.reshape(raw.shape[:-1] + (cols,))
         if isinstance(raw, np.ndarray):
             buf = np.ascontiguousarray(raw).view(np.uint8)
         else:
