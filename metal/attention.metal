@@ -7,7 +7,9 @@
  * rows t = w, w + FDY_ATT_SIMDS, ... with an online softmax (running max, running sum,
  * rescaled accumulator; lane l holds dims l, l + 32, ...), then the groups' partial results
  * are merged through threadgroup memory.  D <= 32 * FDY_ATT_DPL.
- * grid (H, M), FDY_ATT_SIMDS * 32 threads.
+ * grid (H, M), FDY_ATT_SIMDS * 32 threads.  With `positions` given (a device buffer, so a
+ * captured graph replays at any position) row m sees rows 0 .. positions[m] and start_pos is
+ * ignored.
  */
 #define FDY_ATT_SIMDS 4
 #define FDY_ATT_DPL 8
@@ -18,14 +20,15 @@ FDY_KERNEL fdy_attention(FDY_BUFFER(FDY_GLOBAL const float *q, 0),
                          FDY_BUFFER(FDY_GLOBAL float *out, 3),
                          FDY_SCALAR(int, H, 4), FDY_SCALAR(int, D, 5), FDY_SCALAR(int, Hkv, 6),
                          FDY_SCALAR(int, start_pos, 7),
-                         FDY_SCALAR(float, scale, 8) FDY_KERNEL_INDICES) {
+                         FDY_SCALAR(float, scale, 8),
+                         FDY_BUFFER(FDY_GLOBAL const int32_t *positions, 9) FDY_KERNEL_INDICES) {
     FDY_SHARED float s_max[FDY_ATT_SIMDS];
     FDY_SHARED float s_sum[FDY_ATT_SIMDS];
     FDY_SHARED float s_acc[FDY_ATT_SIMDS][32 * FDY_ATT_DPL];
     const int h = FDY_GROUP_X, m = FDY_GROUP_Y;
     const int lane = FDY_LANE, simd = FDY_SIMD_ID;
     const int hk = h / (H / Hkv);
-    const int n = start_pos + m + 1;
+    const int n = (positions ? positions[m] : start_pos + m) + 1;
     FDY_GLOBAL const float *qr = q + ((int64_t)m * H + h) * D;
     float qv[FDY_ATT_DPL], acc[FDY_ATT_DPL];
     for (int j = 0; j < FDY_ATT_DPL; j++) {

@@ -324,7 +324,7 @@ class CudaOps:
         qd, kd, vd, od = self._in(q), self._in(k), self._in(v), self._out(o)
         module("attention").launch("fdy_attention", (H, M), 128,
                                    [P(qd), P(kd), P(vd), P(od), I(H), I(D), I(Hkv),
-                                    I(start_pos), F(scale)])
+                                    I(start_pos), F(scale), P(None)])
         od.download(o)
 
     def softmax(self, x2, M, N, o):
