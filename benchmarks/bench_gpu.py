@@ -71,7 +71,7 @@ def gemv_bandwidth(fmt, N, K, copies):
     def launch():
         w = ws[state["i"] % copies]
         state["i"] += 1
-        mod.launch("fdy_gemv", (-(-N // gpu.GEMV_ROWS), 1), 32 * gpu.GEMV_ROWS,
+        mod.launch("fdy_gemv", (-(-N // gpu.GEMV_BLOCK_ROWS), 1), gpu.GEMV_THREADS,
                    [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N), gpu.I(K),
                     gpu.I(0), gpu.I(0), gpu.F(0.0)])
     ms = timed(launch, 12 * copies)

@@ -31,6 +31,7 @@ from .policy import Policy, policy as _policy
 TEMPLATE_SLOTS: Dict[str, int] = {"matmul": 1, "embedding": 1, "qkv": 3, "ffn": 2,
                                   "elementwise": 0, "rope": 0, "attention": 0}
 GEMV_ROWS = 4          # SIMD groups (rows) per threadgroup of fdy_gemv / fdy_qkv / fdy_gateup
+GEMV_BLOCK_ROWS, GEMV_THREADS = 8, 64   # CUDA fdy_gemv: 2 warps x 4 rows per block
 GEMM_TM, GEMM_TN = 32, 64
 NAN_BITS = 0x7FC00000
 
@@ -231,7 +232,7 @@ class CudaOps:
         mod = module("matmul", [p])
         common = [P(wd), P(xd), P(bd), P(od), P(nwd), I(N), I(K), I(flags), I(act), F(eps)]
         if M == 1:
-            mod.launch("fdy_gemv", (_cdiv(N, GEMV_ROWS), M), 32 * GEMV_ROWS, common)
+            mod.launch("fdy_gemv", (_cdiv(N, GEMV_BLOCK_ROWS), M), GEMV_THREADS, common)
         else:
             mod.launch("fdy_gemm", (_cdiv(N, GEMM_TN), _cdiv(M, GEMM_TM)), 256,
                        common + [I(M)])

@@ -179,8 +179,8 @@ class CudaCore:
                           I(ins["act"]), F(0.0)]
                 mod = self._mod("matmul", int(ins["weight"]))
                 if rows == 1:
-                    mod.launch("fdy_gemv", (_cdiv(N, _gpu.GEMV_ROWS), 1), 32 * _gpu.GEMV_ROWS,
-                               common)
+                    mod.launch("fdy_gemv", (_cdiv(N, _gpu.GEMV_BLOCK_ROWS), 1),
+                               _gpu.GEMV_THREADS, common)
                 else:
                     mod.launch("fdy_gemm", (_cdiv(N, _gpu.GEMM_TN), _cdiv(rows, _gpu.GEMM_TM)),
                                256, common + [I(rows)])
