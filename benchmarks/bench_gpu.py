@@ -71,9 +71,10 @@ def gemv_bandwidth(fmt, N, K, copies):
     def launch():
         w = ws[state["i"] % copies]
         state["i"] += 1
-        mod.launch("fdy_gemv", (-(-N // gpu.GEMV_BLOCK_ROWS), 1), gpu.GEMV_THREADS,
+        gx, rbits = gpu.gemv_geometry(N)
+        mod.launch("fdy_gemv", (gx, 1), gpu.GEMV_THREADS,
                    [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N), gpu.I(K),
-                    gpu.I(0), gpu.I(0), gpu.F(0.0)])
+                    gpu.I(rbits), gpu.I(0), gpu.F(0.0)])
     ms = timed(launch, 12 * copies)
     return raw.nbytes / ms / 1e6, ms
 
@@ -117,11 +118,44 @@ def bench_model(path, label, bw, n_prefill=512, n_decode=128):
     gpu_ms = _core.cuda_event_elapsed(a, b) / 20
     _core.cuda_event_free(a)
     _core.cuda_event_free(b)
+    # where the decode step's GPU time goes: one graph per kind of instruction
+    core, names = m._core, {v: k for k, v in {"embedding": 1, "rmsnorm": 2, "matmul": 3,
+                                               "rope": 4, "attention": 5, "swiglu": 6,
+                                               "add": 7}.items()}
+    kinds = {}
+    for ins in core.prog:
+        key = names[int(ins["op"])]
+        if key == "matmul":
+            t, _, N, K = core.w[ins["weight"]]
+            key = f"matmul {N}x{K}"
+        kinds.setdefault(key, []).append(int(ins["op"]))
+    parts = []
+    for key in kinds:
+        def only(ins, key=key):
+            k = names[int(ins["op"])]
+            if k == "matmul":
+                _, _, N, K = core.w[ins["weight"]]
+                k = f"matmul {N}x{K}"
+            return k == key
+        _core.cuda_capture_begin()
+        core._run(1, True, only=only)
+        gk = _core.cuda_capture_end()
+        _core.cuda_graph_launch(gk)
+        a = _core.cuda_event_record()
+        for _ in range(10):
+            _core.cuda_graph_launch(gk)
+        b = _core.cuda_event_record()
+        parts.append((key, len(kinds[key]), _core.cuda_event_elapsed(a, b) / 10))
+        _core.cuda_event_free(a)
+        _core.cuda_event_free(b)
+        _core.cuda_graph_free(gk)
+    print("   decode step by kind: " + ", ".join(f"{k} x{n} {ms * 1e3:.0f} us"
+                                                 for k, n, ms in parts), flush=True)
     nbytes = model_bytes_per_token(m, n_prefill + n_decode // 2)
     bound = bw * 1e9 / nbytes
     r = {"model": label, "prefill_tok_s": prefill, "decode_tok_s": 1 / dt,
          "decode_gpu_ms": gpu_ms, "decode_wall_ms": dt * 1e3, "bytes_per_token": nbytes,
-         "bound_tok_s": bound}
+         "bound_tok_s": bound, "decode_parts_ms": parts}
     print(f"{label:28} prefill {prefill:8.0f} tok/s   decode {1 / dt:7.1f} tok/s "
           f"(wall {dt * 1e3:.2f} ms, GPU {gpu_ms:.2f} ms, host+launch "
           f"{max(0.0, 1 - gpu_ms / (dt * 1e3)):.0%})   bound {bound:7.1f} tok/s "

@@ -11,7 +11,7 @@
  * captured graph replays at any position) row m sees rows 0 .. positions[m] and start_pos is
  * ignored.
  */
-#define FDY_ATT_SIMDS 4
+#define FDY_ATT_SIMDS 16
 #define FDY_ATT_DPL 8
 
 FDY_KERNEL fdy_attention(FDY_BUFFER(FDY_GLOBAL const float *q, 0),

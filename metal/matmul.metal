@@ -37,7 +37,8 @@ FDY_FN void fdy_store_out(FDY_GLOBAL float *out, int64_t i, float v, FDY_GLOBAL 
  * slice of x (normalised when fused) in shared memory padded by one float in 32 (lane s
  * reading element s * SUB + i hits bank (s + i) % 32: conflict-free), then lane l decodes
  * sub-blocks l, l + 32, ... of every row from shared memory and reuses each x value for
- * FDY_GEMV_RPW rows. */
+ * FDY_GEMV_RPW rows.  Rows per warp: (flags >> 8) & 7 when set (1, 2 or 4: small N wants
+ * more warps), else FDY_GEMV_RPW; grid (ceil(N / (FDY_GEMV_WARPS * rpw)), M). */
 #define FDY_GEMV_WARPS 2
 #define FDY_GEMV_RPW 4
 #define FDY_GV_NB0 ((FDY_W0_BLOCK_BYTES & 1) ? 16 : 8) /* NB0 * bytes is a multiple of 16 */
@@ -66,8 +67,10 @@ FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
     if (flags & 4) {
         scale = fdy_group_inv_rms(xr, K, eps, tmp, tid, nt);
     }
-    const int n0 = (FDY_GROUP_X * FDY_GEMV_WARPS + warp) * FDY_GEMV_RPW;
-    const int nr = n0 >= N ? 0 : (N - n0 < FDY_GEMV_RPW ? N - n0 : FDY_GEMV_RPW);
+    const int rq = (flags >> 8) & 7;
+    const int rpw = rq > 0 && rq < FDY_GEMV_RPW ? rq : FDY_GEMV_RPW;
+    const int n0 = (FDY_GROUP_X * FDY_GEMV_WARPS + warp) * rpw;
+    const int nr = n0 >= N ? 0 : (N - n0 < rpw ? N - n0 : rpw);
     const int64_t rb = fdy_w_row_bytes_w0(K);
     const int nblk = K / FDY_W0_BLOCK_ELEMS;
     const int spb = FDY_W0_BLOCK_ELEMS / FDY_W0_SUB_ELEMS;

@@ -151,10 +151,13 @@ class CudaCore:
     def _rows(self, b, r0):
         return _Ptr(self.bufs[b].ptr + r0 * self.widths[b] * 4)
 
-    def _run(self, M, last_only, caps=None):
-        """Enqueue the whole program for M rows (positions and ids already on the device)."""
+    def _run(self, M, last_only, caps=None, only=None):
+        """Enqueue the whole program for M rows (positions and ids already on the device);
+        ``only(ins)``, when given, selects the instructions (profiling)."""
         for ins in self.prog:
             op = int(ins["op"])
+            if only is not None and not only(ins):
+                continue
             tail = last_only and ins["tail"]
             rows = 1 if tail else M
             r0 = M - 1 if tail else 0
@@ -179,8 +182,9 @@ class CudaCore:
                           I(ins["act"]), F(0.0)]
                 mod = self._mod("matmul", int(ins["weight"]))
                 if rows == 1:
-                    mod.launch("fdy_gemv", (_cdiv(N, _gpu.GEMV_BLOCK_ROWS), 1),
-                               _gpu.GEMV_THREADS, common)
+                    gx, rbits = _gpu.gemv_geometry(N)
+                    common[7] = I(flags | rbits)
+                    mod.launch("fdy_gemv", (gx, 1), _gpu.GEMV_THREADS, common)
                 else:
                     mod.launch("fdy_gemm", (_cdiv(N, _gpu.GEMM_TN), _cdiv(rows, _gpu.GEMM_TM)),
                                256, common + [I(rows)])
@@ -201,7 +205,7 @@ class CudaCore:
                                    [P(self.bufs[ins["in1"]]), P(self.pos), P(None),
                                     P(self.kc[l]), P(self.bufs[ins["in2"]]), P(self.vc[l]),
                                     I(Hkv), I(D), I(0), F(1.0), I(4 | 8)])
-                self.m_att.launch("fdy_attention", (H, M), 128,
+                self.m_att.launch("fdy_attention", (H, M), _gpu.ATT_THREADS,
                                   [P(self.bufs[ins["in0"]]), P(self.kc[l]), P(self.vc[l]),
                                    P(self.bufs[ins["out"]]), I(H), I(D), I(Hkv), I(0),
                                    F(ins["scale"]), P(self.pos)])
