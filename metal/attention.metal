@@ -13,6 +13,7 @@
  */
 #define FDY_ATT_SIMDS 16
 #define FDY_ATT_DPL 8
+#define FDY_ATT_ILP 4
 
 FDY_KERNEL fdy_attention(FDY_BUFFER(FDY_GLOBAL const float *q, 0),
                          FDY_BUFFER(FDY_GLOBAL const float *kc, 1),
@@ -37,25 +38,41 @@ FDY_KERNEL fdy_attention(FDY_BUFFER(FDY_GLOBAL const float *q, 0),
         acc[j] = 0.0f;
     }
     float mx = FDY_NEG_INF, sum = 0.0f;
-    for (int t = simd; t < n; t += FDY_ATT_SIMDS) {
-        FDY_GLOBAL const float *kr = kc + ((int64_t)t * Hkv + hk) * D;
-        FDY_GLOBAL const float *vr = vc + ((int64_t)t * Hkv + hk) * D;
-        float dot = 0.0f;
-        for (int j = 0; j < FDY_ATT_DPL; j++) {
-            const int d = lane + 32 * j;
-            if (d < D) {
-                dot += qv[j] * kr[d];
+    /* FDY_ATT_ILP positions per step: independent loads and reductions in flight */
+    for (int t0 = simd; t0 < n; t0 += FDY_ATT_SIMDS * FDY_ATT_ILP) {
+        float sc[FDY_ATT_ILP];
+        for (int u = 0; u < FDY_ATT_ILP; u++) {
+            const int t = t0 + u * FDY_ATT_SIMDS;
+            float dot = 0.0f;
+            if (t < n) {
+                FDY_GLOBAL const float *kr = kc + ((int64_t)t * Hkv + hk) * D;
+                for (int j = 0; j < FDY_ATT_DPL; j++) {
+                    const int d = lane + 32 * j;
+                    if (d < D) {
+                        dot += qv[j] * kr[d];
+                    }
+                }
+            }
+            sc[u] = dot;
+        }
+        for (int u = 0; u < FDY_ATT_ILP; u++) {
+            sc[u] = fdy_simd_sum(sc[u]) * scale;
+        }
+        for (int u = 0; u < FDY_ATT_ILP; u++) {
+            const int t = t0 + u * FDY_ATT_SIMDS;
+            if (t < n) {
+                FDY_GLOBAL const float *vr = vc + ((int64_t)t * Hkv + hk) * D;
+                const float s = sc[u];
+                const float nm = fmax(mx, s);
+                const float corr = exp(mx - nm), p = exp(s - nm);
+                sum = sum * corr + p;
+                for (int j = 0; j < FDY_ATT_DPL; j++) {
+                    const int d = lane + 32 * j;
+                    acc[j] = acc[j] * corr + (d < D ? p * vr[d] : 0.0f);
+                }
+                mx = nm;
             }
         }
-        const float s = fdy_simd_sum(dot) * scale;
-        const float nm = fmax(mx, s);
-        const float corr = exp(mx - nm), p = exp(s - nm);
-        sum = sum * corr + p;
-        for (int j = 0; j < FDY_ATT_DPL; j++) {
-            const int d = lane + 32 * j;
-            acc[j] = acc[j] * corr + (d < D ? p * vr[d] : 0.0f);
-        }
-        mx = nm;
     }
     if (lane == 0) {
         s_max[simd] = mx;

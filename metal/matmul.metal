@@ -46,8 +46,17 @@ FDY_FN void fdy_store_out(FDY_GLOBAL float *out, int64_t i, float v, FDY_GLOBAL 
 #define FDY_GV_NB (FDY_GV_NB0 * (FDY_GV_MUL > 0 ? FDY_GV_MUL : 1))
 #define FDY_GV_CHUNK (FDY_GV_NB * FDY_W0_BLOCK_BYTES)
 #define FDY_GV_XE (FDY_GV_NB * FDY_W0_BLOCK_ELEMS)
+#if defined(__CUDA_ARCH__) || defined(__NVCC__)
+#define FDY_PRAGMA(x) _Pragma(#x)
+#define FDY_UNROLL(n) FDY_PRAGMA(unroll n)
+#else
+#define FDY_UNROLL(n)
+#endif
 struct alignas(16) fdy_u128 {
     uint32_t a, b, c, d;
+};
+struct alignas(16) fdy_f4 {
+    float x, y, z, w;
 };
 
 FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
@@ -75,6 +84,8 @@ FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
     const int nblk = K / FDY_W0_BLOCK_ELEMS;
     const int spb = FDY_W0_BLOCK_ELEMS / FDY_W0_SUB_ELEMS;
     const bool aligned = ((rb & 15) == 0) && ((((uint64_t)w) & 15) == 0);
+    const bool xvec = ((((uint64_t)xr) & 15) == 0) && (FDY_GV_XE % 4 == 0) && (K % 4 == 0) &&
+                      (!(flags & 4) || ((((uint64_t)norm_w) & 15) == 0));
     float acc[FDY_GEMV_RPW];
     for (int r = 0; r < FDY_GEMV_RPW; r++) {
         acc[r] = 0.0f;
@@ -89,6 +100,7 @@ FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
             const uint8_t *src = w + (int64_t)(n0 + r) * rb + (int64_t)b0 * FDY_W0_BLOCK_BYTES;
             uint8_t *dst = (uint8_t *)stage16[warp][r];
             const int n16 = aligned ? cb >> 4 : 0;
+FDY_UNROLL(4)
             for (int i = lane; i < n16; i += 32) {
                 stage16[warp][r][i] = ((const fdy_u128 *)src)[i];
             }
@@ -96,12 +108,31 @@ FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
                 dst[i] = src[i];
             }
         }
-        for (int k = tid; k < ke; k += nt) {
-            float v = xr[k0 + k];
-            if (flags & 4) {
-                v = (v * scale) * norm_w[k0 + k];
+        if (xvec) { /* 16-byte loads, all in flight */
+FDY_UNROLL(8)
+            for (int k = 4 * tid; k < ke; k += 4 * nt) {
+                fdy_f4 v = *(const fdy_f4 *)(xr + k0 + k);
+                if (flags & 4) {
+                    const fdy_f4 g = *(const fdy_f4 *)(norm_w + k0 + k);
+                    v.x = (v.x * scale) * g.x;
+                    v.y = (v.y * scale) * g.y;
+                    v.z = (v.z * scale) * g.z;
+                    v.w = (v.w * scale) * g.w;
+                }
+                float *d = xs + k + (k >> 5);
+                d[0] = v.x;
+                d[1] = v.y;
+                d[2] = v.z;
+                d[3] = v.w;
             }
-            xs[k + (k >> 5)] = v;
+        } else {
+            for (int k = tid; k < ke; k += nt) {
+                float v = xr[k0 + k];
+                if (flags & 4) {
+                    v = (v * scale) * norm_w[k0 + k];
+                }
+                xs[k + (k >> 5)] = v;
+            }
         }
         FDY_BARRIER();
         const int nsub = nb * spb;
