@@ -318,7 +318,10 @@ def _tokens(tokens) -> np.ndarray:
 
 
 class Model:
-    """A model compiled for the CPU: ``forward`` runs tokens through the C executor.
+    """A model compiled for the CPU (or, ``backend="cuda"``, the GPU through
+    :mod:`pyfoundry.gpu_model`: weights uploaded once, activations and KV cache on the device,
+    the decode step replayed as a CUDA graph; variant "f32" only): ``forward`` runs tokens
+    through the executor.
 
     ``source``: a path or an opened :class:`GGUFFile`.  ``variant``: "f32" (exact path) or
     "q8" (llama.cpp-style activation quantization and integer dots).  ``spec``: an
