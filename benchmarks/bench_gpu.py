@@ -171,6 +171,7 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--models", default="", help="synthetic ~1B llama formats, e.g. q4_k,q8_0")
     ap.add_argument("--gguf", nargs="*", default=[])
+    ap.add_argument("--layers", type=int, default=16, help="layers of the synthetic models")
     a = ap.parse_args()
     if not pf.cuda_available():
         print("no CUDA device:", gpu.cuda_error())
@@ -199,10 +200,10 @@ def main():
         with tempfile.TemporaryDirectory() as d:
             for fmt in filter(None, a.models.split(",")):
                 path = os.path.join(d, f"llama1b-{fmt}.gguf")
-                pf.testing.synthetic_model(path, "llama", fmt, dim=2048, n_layers=16,
+                pf.testing.synthetic_model(path, "llama", fmt, dim=2048, n_layers=a.layers,
                                            n_heads=32, n_kv_heads=8, ffn_dim=8192,
                                            vocab_size=32000, context_length=4096)
-                models.append(bench_model(path, f"synthetic-1B-{fmt}", bw))
+                models.append(bench_model(path, f"synthetic-{a.layers}L-{fmt}", bw))
                 os.remove(path)
     if a.json:
         with open(a.json, "w") as f:
