@@ -41,15 +41,21 @@ FDY_KERNEL fdy_attention(FDY_BUFFER(FDY_GLOBAL const float *q, 0),
     /* FDY_ATT_ILP positions per step: independent loads and reductions in flight */
     for (int t0 = simd; t0 < n; t0 += FDY_ATT_SIMDS * FDY_ATT_ILP) {
         float sc[FDY_ATT_ILP];
+        float vv[FDY_ATT_ILP][FDY_ATT_DPL]; /* V rows loaded with the K rows: one latency */
         for (int u = 0; u < FDY_ATT_ILP; u++) {
             const int t = t0 + u * FDY_ATT_SIMDS;
             float dot = 0.0f;
+            for (int j = 0; j < FDY_ATT_DPL; j++) {
+                vv[u][j] = 0.0f;
+            }
             if (t < n) {
                 FDY_GLOBAL const float *kr = kc + ((int64_t)t * Hkv + hk) * D;
+                FDY_GLOBAL const float *vr = vc + ((int64_t)t * Hkv + hk) * D;
                 for (int j = 0; j < FDY_ATT_DPL; j++) {
                     const int d = lane + 32 * j;
                     if (d < D) {
                         dot += qv[j] * kr[d];
+                        vv[u][j] = vr[d];
                     }
                 }
             }
@@ -61,14 +67,13 @@ FDY_KERNEL fdy_attention(FDY_BUFFER(FDY_GLOBAL const float *q, 0),
         for (int u = 0; u < FDY_ATT_ILP; u++) {
             const int t = t0 + u * FDY_ATT_SIMDS;
             if (t < n) {
-                FDY_GLOBAL const float *vr = vc + ((int64_t)t * Hkv + hk) * D;
                 const float s = sc[u];
                 const float nm = fmax(mx, s);
                 const float corr = exp(mx - nm), p = exp(s - nm);
                 sum = sum * corr + p;
                 for (int j = 0; j < FDY_ATT_DPL; j++) {
                     const int d = lane + 32 * j;
-                    acc[j] = acc[j] * corr + (d < D ? p * vr[d] : 0.0f);
+                    acc[j] = acc[j] * corr + (d < D ? p * vv[u][j] : 0.0f);
                 }
                 mx = nm;
             }
