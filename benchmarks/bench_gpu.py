@@ -4,6 +4,14 @@ the same run.  Timed with device events around graph replays of many launches (l
 excluded), rotating among weight copies so the L2 cache does not serve them.
 
     python benchmarks/bench_gpu.py [--n 8192] [--k 8192] [--formats f16,q8_0,q4_0,q4_k,q6_k]
+        [--models q4_k,q8_0] [--gguf path ...]
+
+Then whole models on pf.Model(backend="cuda"): prefill (512 tokens, one call) and decode
+(M = 1, a replayed CUDA graph) tokens/s, beside the bandwidth bound of decode: weight bytes
+read per token (every matmul's weights, one embedding row) + the KV cache read at the mean
+position, over the copy bandwidth.  --models builds synthetic ~1B llama-shaped models
+(dim 2048, 16 layers, 32 heads / 8 kv heads, ffn 8192, vocab 32000) in each format, in a
+temporary directory; --gguf adds real files.
 """
 import argparse
 import json
@@ -63,11 +71,96 @@ def gemv_bandwidth(fmt, N, K, copies):
     def launch():
         w = ws[state["i"] % copies]
         state["i"] += 1
-        mod.launch("fdy_gemv", (-(-N // gpu.GEMV_ROWS), 1), 32 * gpu.GEMV_ROWS,
+        gx, rbits = gpu.gemv_geometry(N)
+        mod.launch("fdy_gemv", (gx, 1), gpu.GEMV_THREADS,
                    [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N), gpu.I(K),
-                    gpu.I(0), gpu.I(0), gpu.F(0.0)])
+                    gpu.I(rbits), gpu.I(0), gpu.F(0.0)])
     ms = timed(launch, 12 * copies)
     return raw.nbytes / ms / 1e6, ms
+
+
+def model_bytes_per_token(m, pos):
+    """weight bytes a decode step reads, plus the KV cache at position pos"""
+    plan, total = m.plan, 0
+    for ins in plan.instructions:
+        w = plan.weights[ins["weight"]][1] if ins["weight"] >= 0 else None
+        if ins["op"] == "matmul":
+            total += w.raw.nbytes
+        elif ins["op"] == "embedding":
+            total += w.raw.nbytes // w.shape[0]
+    return total + 2 * m.n_layers * pos * plan.kv_width * 4
+
+
+def bench_model(path, label, bw, n_prefill=512, n_decode=128):
+    import time
+    m = pf.Model(path, backend="cuda", context_length=n_prefill + n_decode + 8)
+    rng = np.random.default_rng(0)
+    toks = rng.integers(3, m.vocab_size, n_prefill + n_decode).tolist()
+    m.forward(toks[:32], 0, logits="last")          # compile, allocate
+    best = 1e9
+    for _ in range(3):
+        m.reset()
+        t0 = time.perf_counter()
+        m.forward(toks[:n_prefill], 0, logits="last")
+        best = min(best, time.perf_counter() - t0)
+    prefill = n_prefill / best
+    m.forward([toks[n_prefill]], logits="last")     # captures the decode graph
+    t0 = time.perf_counter()
+    for t in toks[n_prefill + 1:n_prefill + n_decode]:
+        m.forward([t], logits="last")
+    dt = (time.perf_counter() - t0) / (n_decode - 1)
+    # GPU time of one decode step: events around graph replays
+    g = m._core._graph
+    a = _core.cuda_event_record()
+    for _ in range(20):
+        _core.cuda_graph_launch(g)
+    b = _core.cuda_event_record()
+    gpu_ms = _core.cuda_event_elapsed(a, b) / 20
+    _core.cuda_event_free(a)
+    _core.cuda_event_free(b)
+    # where the decode step's GPU time goes: one graph per kind of instruction
+    core, names = m._core, {v: k for k, v in {"embedding": 1, "rmsnorm": 2, "matmul": 3,
+                                               "rope": 4, "attention": 5, "swiglu": 6,
+                                               "add": 7}.items()}
+    kinds = {}
+    for ins in core.prog:
+        key = names[int(ins["op"])]
+        if key == "matmul":
+            t, _, N, K = core.w[ins["weight"]]
+            key = f"matmul {N}x{K}"
+        kinds.setdefault(key, []).append(int(ins["op"]))
+    parts = []
+    for key in kinds:
+        def only(ins, key=key):
+            k = names[int(ins["op"])]
+            if k == "matmul":
+                _, _, N, K = core.w[ins["weight"]]
+                k = f"matmul {N}x{K}"
+            return k == key
+        _core.cuda_capture_begin()
+        core._run(1, True, only=only)
+        gk = _core.cuda_capture_end()
+        _core.cuda_graph_launch(gk)
+        a = _core.cuda_event_record()
+        for _ in range(10):
+            _core.cuda_graph_launch(gk)
+        b = _core.cuda_event_record()
+        parts.append((key, len(kinds[key]), _core.cuda_event_elapsed(a, b) / 10))
+        _core.cuda_event_free(a)
+        _core.cuda_event_free(b)
+        _core.cuda_graph_free(gk)
+    print("   decode step by kind: " + ", ".join(f"{k} x{n} {ms * 1e3:.0f} us"
+                                                 for k, n, ms in parts), flush=True)
+    nbytes = model_bytes_per_token(m, n_prefill + n_decode // 2)
+    bound = bw * 1e9 / nbytes
+    r = {"model": label, "prefill_tok_s": prefill, "decode_tok_s": 1 / dt,
+         "decode_gpu_ms": gpu_ms, "decode_wall_ms": dt * 1e3, "bytes_per_token": nbytes,
+         "bound_tok_s": bound, "decode_parts_ms": parts}
+    print(f"{label:28} prefill {prefill:8.0f} tok/s   decode {1 / dt:7.1f} tok/s "
+          f"(wall {dt * 1e3:.2f} ms, GPU {gpu_ms:.2f} ms, host+launch "
+          f"{max(0.0, 1 - gpu_ms / (dt * 1e3)):.0%})   bound {bound:7.1f} tok/s "
+          f"({nbytes / 1e6:.0f} MB/token) -> {1 / dt / bound:.0%} of bound", flush=True)
+    return r
 
 
 def main():
@@ -76,6 +169,9 @@ def main():
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--formats", default="f16,q8_0,q4_0,q4_k,q6_k")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--models", default="", help="synthetic ~1B llama formats, e.g. q4_k,q8_0")
+    ap.add_argument("--gguf", nargs="*", default=[])
+    ap.add_argument("--layers", type=int, default=16, help="layers of the synthetic models")
     a = ap.parse_args()
     if not pf.cuda_available():
         print("no CUDA device:", gpu.cuda_error())
@@ -95,9 +191,24 @@ def main():
     print(f"{'format':8} {'us':>8} {'GB/s':>8} {'of copy bw':>10}")
     for r in rows:
         print(f"{r['format']:8} {r['ms'] * 1e3:8.1f} {r['GB/s']:8.0f} {r['fraction']:10.1%}")
+    models = []
+    if a.models or a.gguf:
+        import tempfile
+        print("\nmodels (pf.Model backend='cuda'):")
+        for path in a.gguf:
+            models.append(bench_model(path, os.path.basename(path), bw))
+        with tempfile.TemporaryDirectory() as d:
+            for fmt in filter(None, a.models.split(",")):
+                path = os.path.join(d, f"llama1b-{fmt}.gguf")
+                pf.testing.synthetic_model(path, "llama", fmt, dim=2048, n_layers=a.layers,
+                                           n_heads=32, n_kv_heads=8, ffn_dim=8192,
+                                           vocab_size=32000, context_length=4096)
+                models.append(bench_model(path, f"synthetic-{a.layers}L-{fmt}", bw))
+                os.remove(path)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": name, "copy_GBs": bw, "gemv": rows}, f, indent=1)
+            json.dump({"device": name, "copy_GBs": bw, "gemv": rows, "models": models}, f,
+                      indent=1)
     return 0
 
 

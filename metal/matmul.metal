@@ -29,6 +29,137 @@ FDY_FN void fdy_store_out(FDY_GLOBAL float *out, int64_t i, float v, FDY_GLOBAL 
     out[i] = v;
 }
 
+#ifdef FDY_CUDA
+/* CUDA fdy_gemv: FDY_GEMV_WARPS warps per block, FDY_GEMV_RPW rows per warp (so
+ * grid (ceil(N / (FDY_GEMV_WARPS * FDY_GEMV_RPW)), M), 32 * FDY_GEMV_WARPS threads).  The row
+ * is walked in chunks of FDY_GV_NB blocks: each warp copies its rows' chunk bytes into
+ * shared memory with 16-byte loads (coalesced, many in flight), the block stages the matching
+ * slice of x (normalised when fused) in shared memory padded by one float in 32 (lane s
+ * reading element s * SUB + i hits bank (s + i) % 32: conflict-free), then lane l decodes
+ * sub-blocks l, l + 32, ... of every row from shared memory and reuses each x value for
+ * FDY_GEMV_RPW rows.  Rows per warp: (flags >> 8) & 7 when set (1, 2 or 4: small N wants
+ * more warps), else FDY_GEMV_RPW; grid (ceil(N / (FDY_GEMV_WARPS * rpw)), M). */
+#define FDY_GEMV_WARPS 2
+#define FDY_GEMV_RPW 4
+#define FDY_GV_NB0 ((FDY_W0_BLOCK_BYTES & 1) ? 16 : 8) /* NB0 * bytes is a multiple of 16 */
+#define FDY_GV_MUL (1024 / (FDY_GV_NB0 * FDY_W0_BLOCK_BYTES))
+#define FDY_GV_NB (FDY_GV_NB0 * (FDY_GV_MUL > 0 ? FDY_GV_MUL : 1))
+#define FDY_GV_CHUNK (FDY_GV_NB * FDY_W0_BLOCK_BYTES)
+#define FDY_GV_XE (FDY_GV_NB * FDY_W0_BLOCK_ELEMS)
+#if defined(__CUDA_ARCH__) || defined(__NVCC__)
+#define FDY_PRAGMA(x) _Pragma(#x)
+#define FDY_UNROLL(n) FDY_PRAGMA(unroll n)
+#else
+#define FDY_UNROLL(n)
+#endif
+struct alignas(16) fdy_u128 {
+    uint32_t a, b, c, d;
+};
+struct alignas(16) fdy_f4 {
+    float x, y, z, w;
+};
+
+FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
+                    FDY_BUFFER(FDY_GLOBAL const float *x, 1),
+                    FDY_BUFFER(FDY_GLOBAL const float *bias, 2),
+                    FDY_BUFFER(FDY_GLOBAL float *out, 3),
+                    FDY_BUFFER(FDY_GLOBAL const float *norm_w, 4),
+                    FDY_SCALAR(int, N, 5), FDY_SCALAR(int, K, 6), FDY_SCALAR(int, flags, 7),
+                    FDY_SCALAR(int, act, 8), FDY_SCALAR(float, eps, 9) FDY_KERNEL_INDICES) {
+    FDY_SHARED float tmp[32];
+    FDY_SHARED fdy_u128 stage16[FDY_GEMV_WARPS][FDY_GEMV_RPW][FDY_GV_CHUNK / 16];
+    FDY_SHARED float xs[FDY_GV_XE + FDY_GV_XE / 32 + 1];
+    const int m = FDY_GROUP_Y, tid = FDY_LOCAL_X, nt = FDY_GROUP_SIZE_X;
+    const int lane = FDY_LANE, warp = FDY_SIMD_ID;
+    FDY_GLOBAL const float *xr = x + (int64_t)m * K;
+    float scale = 1.0f;
+    if (flags & 4) {
+        scale = fdy_group_inv_rms(xr, K, eps, tmp, tid, nt);
+    }
+    const int rq = (flags >> 8) & 7;
+    const int rpw = rq > 0 && rq < FDY_GEMV_RPW ? rq : FDY_GEMV_RPW;
+    const int n0 = (FDY_GROUP_X * FDY_GEMV_WARPS + warp) * rpw;
+    const int nr = n0 >= N ? 0 : (N - n0 < rpw ? N - n0 : rpw);
+    const int64_t rb = fdy_w_row_bytes_w0(K);
+    const int nblk = K / FDY_W0_BLOCK_ELEMS;
+    const int spb = FDY_W0_BLOCK_ELEMS / FDY_W0_SUB_ELEMS;
+    const bool aligned = ((rb & 15) == 0) && ((((uint64_t)w) & 15) == 0);
+    const bool xvec = ((((uint64_t)xr) & 15) == 0) && (FDY_GV_XE % 4 == 0) && (K % 4 == 0) &&
+                      (!(flags & 4) || ((((uint64_t)norm_w) & 15) == 0));
+    float acc[FDY_GEMV_RPW];
+    for (int r = 0; r < FDY_GEMV_RPW; r++) {
+        acc[r] = 0.0f;
+    }
+    float buf[FDY_W0_SUB_ELEMS];
+    for (int b0 = 0; b0 < nblk; b0 += FDY_GV_NB) {
+        const int nb = nblk - b0 < FDY_GV_NB ? nblk - b0 : FDY_GV_NB;
+        const int cb = nb * FDY_W0_BLOCK_BYTES;
+        const int k0 = b0 * FDY_W0_BLOCK_ELEMS, ke = nb * FDY_W0_BLOCK_ELEMS;
+        FDY_BARRIER();
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *src = w + (int64_t)(n0 + r) * rb + (int64_t)b0 * FDY_W0_BLOCK_BYTES;
+            uint8_t *dst = (uint8_t *)stage16[warp][r];
+            const int n16 = aligned ? cb >> 4 : 0;
+FDY_UNROLL(4)
+            for (int i = lane; i < n16; i += 32) {
+                stage16[warp][r][i] = ((const fdy_u128 *)src)[i];
+            }
+            for (int i = (n16 << 4) + lane; i < cb; i += 32) {
+                dst[i] = src[i];
+            }
+        }
+        if (xvec) { /* 16-byte loads, all in flight */
+FDY_UNROLL(8)
+            for (int k = 4 * tid; k < ke; k += 4 * nt) {
+                fdy_f4 v = *(const fdy_f4 *)(xr + k0 + k);
+                if (flags & 4) {
+                    const fdy_f4 g = *(const fdy_f4 *)(norm_w + k0 + k);
+                    v.x = (v.x * scale) * g.x;
+                    v.y = (v.y * scale) * g.y;
+                    v.z = (v.z * scale) * g.z;
+                    v.w = (v.w * scale) * g.w;
+                }
+                float *d = xs + k + (k >> 5);
+                d[0] = v.x;
+                d[1] = v.y;
+                d[2] = v.z;
+                d[3] = v.w;
+            }
+        } else {
+            for (int k = tid; k < ke; k += nt) {
+                float v = xr[k0 + k];
+                if (flags & 4) {
+                    v = (v * scale) * norm_w[k0 + k];
+                }
+                xs[k + (k >> 5)] = v;
+            }
+        }
+        FDY_BARRIER();
+        const int nsub = nb * spb;
+        for (int s = lane; s < nsub; s += 32) {
+            float xv[FDY_W0_SUB_ELEMS];
+            for (int i = 0; i < FDY_W0_SUB_ELEMS; i++) {
+                const int k = s * FDY_W0_SUB_ELEMS + i;
+                xv[i] = xs[k + (k >> 5)];
+            }
+            for (int r = 0; r < FDY_GEMV_RPW; r++) {
+                if (r < nr) {
+                    fdy_w_decode_w0((const uint8_t *)stage16[warp][r], s, buf);
+                    for (int i = 0; i < FDY_W0_SUB_ELEMS; i++) {
+                        acc[r] += buf[i] * xv[i];
+                    }
+                }
+            }
+        }
+    }
+    for (int r = 0; r < FDY_GEMV_RPW; r++) {
+        const float v = fdy_simd_sum(acc[r]);
+        if (lane == 0 && r < nr) {
+            fdy_store_out(out, (int64_t)m * N + n0 + r, v, bias, n0 + r, flags, act);
+        }
+    }
+}
+#else
 FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
                     FDY_BUFFER(FDY_GLOBAL const float *x, 1),
                     FDY_BUFFER(FDY_GLOBAL const float *bias, 2),
@@ -53,6 +184,8 @@ FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
         fdy_store_out(out, (int64_t)m * N + n, v, bias, n, flags, act);
     }
 }
+
+#endif
 
 FDY_KERNEL fdy_gemm(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
                     FDY_BUFFER(FDY_GLOBAL const float *x, 1),

@@ -31,6 +31,15 @@ from .policy import Policy, policy as _policy
 TEMPLATE_SLOTS: Dict[str, int] = {"matmul": 1, "embedding": 1, "qkv": 3, "ffn": 2,
                                   "elementwise": 0, "rope": 0, "attention": 0}
 GEMV_ROWS = 4          # SIMD groups (rows) per threadgroup of fdy_gemv / fdy_qkv / fdy_gateup
+GEMV_BLOCK_ROWS, GEMV_THREADS = 8, 64   # CUDA fdy_gemv: 2 warps x 4 rows per block
+ATT_THREADS = 512                       # fdy_attention: FDY_ATT_SIMDS (16) warps
+
+
+def gemv_geometry(N: int):
+    """(grid x, flags bits) of the CUDA fdy_gemv for N rows: 4 rows per warp when that still
+    gives >= 4096 warps, else fewer (more warps in flight for small matrices)."""
+    rpw = 4 if N >= 4 * 4096 else (2 if N >= 2 * 4096 else 1)
+    return _cdiv(N, 2 * rpw), rpw << 8
 GEMM_TM, GEMM_TN = 32, 64
 NAN_BITS = 0x7FC00000
 
@@ -231,7 +240,9 @@ class CudaOps:
         mod = module("matmul", [p])
         common = [P(wd), P(xd), P(bd), P(od), P(nwd), I(N), I(K), I(flags), I(act), F(eps)]
         if M == 1:
-            mod.launch("fdy_gemv", (_cdiv(N, GEMV_ROWS), M), 32 * GEMV_ROWS, common)
+            gx, rbits = gemv_geometry(N)
+            common[7] = I(flags | rbits)
+            mod.launch("fdy_gemv", (gx, M), GEMV_THREADS, common)
         else:
             mod.launch("fdy_gemm", (_cdiv(N, GEMM_TN), _cdiv(M, GEMM_TM)), 256,
                        common + [I(M)])
@@ -322,9 +333,9 @@ class CudaOps:
         if D > 256:
             raise FoundryNotImplementedError(f"attention on cuda: head size {D} > 256")
         qd, kd, vd, od = self._in(q), self._in(k), self._in(v), self._out(o)
-        module("attention").launch("fdy_attention", (H, M), 128,
+        module("attention").launch("fdy_attention", (H, M), ATT_THREADS,
                                    [P(qd), P(kd), P(vd), P(od), I(H), I(D), I(Hkv),
-                                    I(start_pos), F(scale)])
+                                    I(start_pos), F(scale), P(None)])
         od.download(o)
 
     def softmax(self, x2, M, N, o):

@@ -426,6 +426,13 @@ static void write_file(const char *dir, const char *path, const char *data, size
     }
 }
 
+/* FDY_CUDA_FMAD=1 in the environment allows FMA contraction (for speed comparisons; the
+ * decode is then no longer bit-identical with the CPU's) */
+static const char *fmad_opt(void) {
+    const char *e = getenv("FDY_CUDA_FMAD");
+    return (e && e[0] == '1') ? "--fmad=true" : "--fmad=false";
+}
+
 static fdy_status nvrtc_compile(const char *source, const char *arch_opt, char **cubin,
                                 size_t *size) {
     nvrtcProgram prog;
@@ -435,7 +442,7 @@ static fdy_status nvrtc_compile(const char *source, const char *arch_opt, char *
     }
     /* no FMA contraction: the policy decode code rounds as the CPU (built with
      * -ffp-contract=off) and the oracles do, so decoded weights are bit-identical */
-    const char *opts[] = {arch_opt, "--std=c++17", "-default-device", "--fmad=false"};
+    const char *opts[] = {arch_opt, "--std=c++17", "-default-device", fmad_opt()};
     r = C.nvrtcCompileProgram(prog, 4, opts);
     if (r != 0) {
         size_t n = 0;
@@ -472,8 +479,8 @@ fdy_status fdy_cuda_module_get(const char *source, fdy_cuda_module **out) {
     }
     char arch_opt[64], key[65], info[128];
     snprintf(arch_opt, sizeof arch_opt, "--gpu-architecture=sm_%d", C.arch);
-    snprintf(info, sizeof info, "driver %d nvrtc %d %s --std=c++17 -default-device --fmad=false",
-             C.driver, C.nvrtc_version, arch_opt);
+    snprintf(info, sizeof info, "driver %d nvrtc %d %s --std=c++17 -default-device %s",
+             C.driver, C.nvrtc_version, arch_opt, fmad_opt());
     sha256 h;
     sha_init(&h);
     sha_add(&h, info, strlen(info) + 1);
