@@ -86,25 +86,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _prompt_tokens(f, text: str) -> List[int]:
-    """BOS + the prompt's UTF-8 bytes as the vocabulary's <0xXX> byte tokens."""
-    md = f.metadata
-    toks = md.get("tokenizer.ggml.tokens")
-    if not toks:
-        raise SystemExit("pyfoundry: this model has no vocabulary; use --tokens")
-    index = {t: i for i, t in enumerate(toks)}
-    ids = []
-    bos = md.get("tokenizer.ggml.bos_token_id")
-    if bos is not None:
-        ids.append(int(bos))
-    for b in text.encode("utf-8"):
-        t = f"<0x{b:02X}>"
-        if t not in index:
-            raise SystemExit("pyfoundry: the vocabulary has no byte tokens; use --tokens")
-        ids.append(index[t])
-    return ids
-
-
 def cmd_parity(args) -> int:
     import contextlib
     import tempfile
@@ -128,7 +109,9 @@ def cmd_parity(args) -> int:
         if args.tokens:
             tokens = [int(t) for t in args.tokens.replace(",", " ").split()]
         else:
-            tokens = _prompt_tokens(model.file, args.prompt)
+            if "tokenizer.ggml.tokens" not in model.file.metadata:
+                raise SystemExit("pyfoundry: this model has no vocabulary; use --tokens")
+            tokens = model.tokenizer.encode(args.prompt)
         ref = RefModel(model.file, dtype=np.float64 if args.reference == "float64" else np.float32)
         logits, trace = model.forward(tokens, capture="all")
         _, ref_trace = ref.forward(tokens, capture="all", progress=not args.json)
@@ -286,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     pp.add_argument("model", nargs="?", help="GGUF file (default: a synthetic model)")
     g = pp.add_mutually_exclusive_group()
     g.add_argument("--prompt", default="Once upon a time, in a land far away,",
-                   help="text to run (encoded as BOS + byte tokens)")
+                   help="text to run (encoded with the model's tokenizer)")
     g.add_argument("--tokens", help="token ids, comma or space separated")
     pp.add_argument("--variant", choices=["f32", "q8"], default="f32")
     pp.add_argument("--reference", choices=["float32", "float64"], default="float64")
