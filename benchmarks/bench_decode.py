@@ -13,6 +13,7 @@ process; RssAnon is read from /proc/self/status after the runs, and the model's 
 + activations + 10% of the file size.
 """
 import argparse
+import json
 import os
 import pathlib
 import statistics
@@ -24,6 +25,7 @@ import time
 import numpy as np
 
 import pyfoundry as pf
+from common import fetch_smollm2
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -34,14 +36,6 @@ def rss_anon():
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def fetch_smollm2():
-    script = HERE.parent.parent / "shared" / "tools" / "fetch-model.sh"
-    r = subprocess.run(["bash", str(script), "smollm2"], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit("could not fetch SmolLM2; pass MODEL paths")
-    return r.stdout.strip().splitlines()[-1]
 
 
 def run(model, prompt, n_decode, repeat):
@@ -89,16 +83,20 @@ def main():
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(repr(measure(args.models[0], args.variant, [int(x) for x in args.threads.split(",")],
-                           args)))
+        print(json.dumps(measure(args.models[0], args.variant,
+                                 [int(x) for x in args.threads.split(",")], args)))
         return
-    models = args.models or [fetch_smollm2()]
+    if not args.models:
+        smol = fetch_smollm2()
+        if smol is None:
+            sys.exit("could not fetch SmolLM2; pass MODEL paths")
+        args.models = [smol]
+    models = list(args.models)
     tmp = tempfile.TemporaryDirectory()
     if args.requantize:
         dst = os.path.join(tmp.name, f"requantized-{args.requantize}.gguf")
         pf.testing.requantize_model(models[0], dst, args.requantize)
         models.append(dst)
-    rng = np.random.default_rng(0)
     print(f"# {time.strftime('%Y-%m-%d')}; prefill {args.prompt} tokens, decode {args.decode}; "
           f"median of {args.repeat}")
     hdr = (f"{'model':<34} {'variant':<7} {'thr':>3} {'prefill tok/s':>13} {'decode tok/s':>12} "
@@ -118,7 +116,7 @@ def main():
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode:
                     sys.exit(r.stderr)
-                rows = eval(r.stdout.strip().splitlines()[-1])  # list of tuples, our own output
+                rows = json.loads(r.stdout.strip().splitlines()[-1])
             name = pathlib.Path(path).name[:34]
             for t, pre, dec, ra, delta, budget in rows:
                 ok = "ok" if delta <= budget else "OVER"

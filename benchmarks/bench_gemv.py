@@ -16,13 +16,13 @@ It also prints the per-call overhead of a tiny step called from Python (target <
 """
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
 import pyfoundry as pf
+from common import cpu_name, read_bandwidth
 
 
 def llc_bytes():
@@ -40,35 +40,6 @@ def llc_bytes():
     except OSError:
         pass
     return best or 32 << 20
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def read_bandwidth(threads, total_bytes, repeat):
-    """GB/s of streaming a large buffer with wide loads (XOR-reduce) on `threads` threads of
-    the core's pool: the read bandwidth a streaming kernel can hope for."""
-    buf = np.random.default_rng(1).integers(0, 2**63, total_bytes // 8, dtype=np.int64)
-    n0 = pf.get_num_threads()
-    pf.set_num_threads(threads)
-    try:
-        pf._core.bench_read(buf)  # warm up
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            pf._core.bench_read(buf)
-            times.append(time.perf_counter() - t0)
-    finally:
-        pf.set_num_threads(n0)
-    return buf.nbytes / statistics.median(times) / 1e9
 
 
 def main():

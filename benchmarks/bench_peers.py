@@ -18,7 +18,6 @@ import argparse
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,22 +25,9 @@ import time
 import numpy as np
 
 import pyfoundry as pf
+from common import fetch_smollm2, read_bandwidth
 
 HERE = pathlib.Path(__file__).resolve().parent
-
-
-def read_bandwidth(threads):
-    buf = np.random.default_rng(1).integers(0, 2**63, (1 << 30) // 8, dtype=np.int64)
-    n0 = pf.get_num_threads()
-    pf.set_num_threads(threads)
-    pf._core.bench_read(buf)
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        pf._core.bench_read(buf)
-        ts.append(time.perf_counter() - t0)
-    pf.set_num_threads(n0)
-    return buf.nbytes / statistics.median(ts) / 1e9
 
 
 def weight_bytes(path):
@@ -91,16 +77,13 @@ def run_llama(path, threads, prompt, n_decode, repeat):
             llm.eval([tok])
             tok = int(np.argmax(last_logits()))
         dec.append(n_decode / (time.perf_counter() - t0))
-    del llm
     return statistics.median(pre), statistics.median(dec)
 
 
 def default_files(tmp, synthetic):
-    script = HERE.parent.parent / "shared" / "tools" / "fetch-model.sh"
     files = []
-    r = subprocess.run(["bash", str(script), "smollm2"], capture_output=True, text=True)
-    if r.returncode == 0 and r.stdout.strip():
-        smol = r.stdout.strip().splitlines()[-1]
+    smol = fetch_smollm2()
+    if smol:
         files.append(smol)
         for p in ("q8_0", "q4_0", "q4_k"):
             files.append(pf.testing.requantize_model(smol, os.path.join(tmp, f"smollm2-{p}.gguf"), p))

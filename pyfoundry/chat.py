@@ -17,7 +17,7 @@ Models without a template use :data:`DEFAULT_TEMPLATE`, ChatML::
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from ._errors import FoundryError
 

@@ -13,14 +13,12 @@ A layer-by-layer report over a whole forward pass (``layerwise``) belongs in thi
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
-
 import json
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["compare", "Comparison"]
+__all__ = ["compare", "Comparison", "layerwise", "Report", "Row"]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
 from . import _core
 from ._errors import FoundryStateError, ShapeError
 from .policy import Policy, policy as _policy
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 # ---- metadata value types ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ The graph is dropped when a buffer is reallocated (a larger batch, a longer KV c
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 

@@ -25,14 +25,13 @@ import math
 import operator
 import os
 import pathlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from ._errors import FoundryError, FoundryNotImplementedError, ShapeError
+from ._errors import FoundryNotImplementedError, ShapeError
 from .gguf import GGUFFile, Tensor, open as _open
-from .policy import policy as _policy
 
 SPEC_DIR = pathlib.Path(__file__).resolve().parent / "specs"
 
@@ -386,11 +385,6 @@ class Model:
         ``chat_template`` overrides the file's template (source text)."""
         from .session import Session
         return Session(self, sampler=sampler, chat_template=chat_template, system=system)
-
-    @property
-    def tokenizer(self):
-        """The tokenizer of the model's file (:attr:`GGUFFile.tokenizer`)."""
-        return self.file.tokenizer
 
     @property
     def capture_names(self) -> List[str]:

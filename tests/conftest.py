@@ -1,6 +1,5 @@
 """Shared fixtures: the registry of policies (tests iterate over it, never over a hand-written
 list), paths to ../shared/testdata (skip when absent), and the gguf package oracle."""
-import os
 import pathlib
 
 import numpy as np

@@ -2,7 +2,6 @@
 directions, lazy mapping, lifetime of views, and malformed input (hand-made corrupt headers,
 truncation at many offsets, random byte flips) that must raise GGUFError, never crash."""
 import gc
-import os
 import struct
 
 import numpy as np

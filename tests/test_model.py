@@ -3,7 +3,6 @@ models in every policy), batched/chunked prefill at any start position, KV cache
 formats, tied embeddings, rope frequency factors, the real SmolLM2 model when it can be fetched,
 and the ``pyfoundry parity`` / ``info`` commands."""
 import json
-import os
 import pathlib
 import subprocess
 import sys

@@ -111,7 +111,7 @@ def generate() -> str:
                 "W": "White_Space (regex \\s)"}[name]
         w(f"#define FDY_UC_{name} 0x{bit:02X}u /* {what} */")
     w("")
-    w(f"/* (first code point << 8) | flags, ascending; a run lasts until the next entry */")
+    w("/* (first code point << 8) | flags, ascending; a run lasts until the next entry */")
     w(f"#define FDY_UC_N_RANGES {len(runs)}")
     w("static const uint32_t fdy_uc_ranges[FDY_UC_N_RANGES] = {")
     row = []

@@ -58,10 +58,6 @@ static void run_tasks(pool *p, int thread) {
     }
 }
 
-typedef struct worker_arg {
-    int index;
-} worker_arg;
-
 static void *worker_main(void *arg) {
     int index = (int)(intptr_t)arg;
     pool *p = &fdy_pool;
