@@ -41,15 +41,8 @@ def weight_tensor(p, N, K, seed):
     rng = np.random.default_rng(seed)
     if p.can_quantize:
         return pf.Tensor.from_numpy(rng.standard_normal((N, K)).astype(np.float32), p, "w")
-    nb = N * K // p.block_elems
-    raw = rng.integers(0, 256, (nb, p.block_bytes), dtype=np.uint8)
-    for _ in range(100):
-        vals = p.dequantize(raw.reshape(nb, -1), (nb, p.block_elems))
-        bad = ~np.isfinite(vals).all(axis=1) | (np.abs(vals).max(axis=1) > 1e3)
-        if not bad.any():
-            break
-        raw[bad] = rng.integers(0, 256, (int(bad.sum()), p.block_bytes), dtype=np.uint8)
-    return pf.Tensor("w", (N, K), p, raw.reshape(N, -1))
+    t = pf.testing.random_blocks(p, N, K, rng, max_abs=1e3)
+    return pf.Tensor("w", (N, K), p, t.raw)
 
 
 def acts(M, K, seed):
