@@ -64,9 +64,9 @@ def assert_bits_equal(a, b, what):
                              f"{idx.tolist()}: {a[tuple(idx[0])]!r} vs {b[tuple(idx[0])]!r}")
 
 
-def valid_random_blocks(p, n_blocks, seed):
-    """Random block bytes whose float fields are finite: quantize random data where possible,
-    else random bytes (dequantize-only formats have f16 scales; keep them finite)."""
+def random_block_bytes(p, n_blocks, seed):
+    """Uniformly random block bytes: every code and scale pattern, including f16 scales that
+    decode to inf or NaN (assert_bits_equal treats NaN == NaN)."""
     rng = np.random.default_rng(seed)
     raw = rng.integers(0, 256, size=(n_blocks, p.block_bytes), dtype=np.uint8)
     return raw
@@ -91,7 +91,7 @@ def test_dequantize_random_blocks_matches_gguf(p):
         pytest.skip(f"gguf.quants cannot dequantize {p.name}")
     import gguf
     n_blocks = 64 if p.block_elems > 1 else 4096
-    raw = valid_random_blocks(p, n_blocks, seed=p.gguf_type)
+    raw = random_block_bytes(p, n_blocks, seed=p.gguf_type)
     rows = raw.reshape(4, -1)
     ours = p.dequantize(rows)
     ref = gguf.quants.dequantize(rows, gguf_qtype(p)).astype(np.float32)
@@ -124,7 +124,7 @@ def test_dequantize_matches_numpy_reference(p):
     if p.name not in refq.REFERENCE:
         pytest.skip(f"no NumPy reference for {p.name}")
     x = random_rows(p, rows=4, blocks=4, seed=2)
-    raw = p.quantize(x) if p.can_quantize else valid_random_blocks(p, 16, 3).reshape(4, -1)
+    raw = p.quantize(x) if p.can_quantize else random_block_bytes(p, 16, 3).reshape(4, -1)
     assert_bits_equal(p.dequantize(raw), refq.REFERENCE[p.name].dequantize(raw),
                       f"{p.name} dequantize vs NumPy reference")
 
@@ -271,7 +271,7 @@ def test_every_cpu_path_matches_portable_path(p, path):
     x[1, 3] = np.nan if p.name in ("f16", "bf16", "f32") else x[1, 3]
     try:
         pf.set_cpu_features([])
-        raw = p.quantize(x) if p.can_quantize else valid_random_blocks(p, 40, 12).reshape(5, -1)
+        raw = p.quantize(x) if p.can_quantize else random_block_bytes(p, 40, 12).reshape(5, -1)
         ref = p.dequantize(raw)
         pf.set_cpu_features(CPU_PATHS[path])
         if p.can_quantize:
