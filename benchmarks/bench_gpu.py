@@ -51,7 +51,7 @@ def copy_bandwidth(nbytes=1 << 30):
     return 2 * nbytes / ms / 1e6  # GB/s, read + write
 
 
-def gemv_bandwidth(fmt, N, K, copies):
+def gemv_bandwidth(fmt, N, K, copies, staged=False):
     p = pf.policy(fmt)
     row = p.row_bytes(K) if hasattr(p, "row_bytes") else K // p.block_elems * p.block_bytes
     rng = np.random.default_rng(0)
@@ -71,10 +71,14 @@ def gemv_bandwidth(fmt, N, K, copies):
     def launch():
         w = ws[state["i"] % copies]
         state["i"] += 1
-        gx, rbits = gpu.gemv_geometry(N)
-        mod.launch("fdy_gemv", (gx, 1), gpu.GEMV_THREADS,
-                   [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N), gpu.I(K),
-                    gpu.I(rbits), gpu.I(0), gpu.F(0.0)])
+        args = [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N), gpu.I(K),
+                gpu.I(0), gpu.I(0), gpu.F(0.0)]
+        if staged:      # the generic kernel (policy decode from shared memory)
+            gx, rbits = gpu.gemv_geometry(N)
+            args[7] = gpu.I(rbits)
+            mod.launch("fdy_gemv", (gx, 1), gpu.GEMV_THREADS, args)
+        else:           # what the stages and pf.Model launch: the dot hook where one exists
+            gpu.launch_gemv(mod, p, N, 1, args, 0)
     ms = timed(launch, 12 * copies)
     return raw.nbytes / ms / 1e6, ms
 
@@ -185,12 +189,18 @@ def main():
         p = pf.policy(fmt)
         wbytes = a.n * (a.k // p.block_elems) * p.block_bytes
         copies = max(2, -(-(200 << 20) // wbytes))   # > 200 MB in rotation: beyond L2
-        gbs, ms = gemv_bandwidth(fmt, a.n, a.k, copies)
-        rows.append({"format": fmt, "ms": ms, "GB/s": gbs, "fraction": gbs / bw})
-    print(f"\nGEMV {a.n}x{a.k}, M=1:")
-    print(f"{'format':8} {'us':>8} {'GB/s':>8} {'of copy bw':>10}")
+        kernels = [("dot hook", False), ("staged", True)] if gpu.has_dotf(p) else \
+            [("staged", True)]
+        for kname, staged in kernels:
+            gbs, ms = gemv_bandwidth(fmt, a.n, a.k, copies, staged)
+            rows.append({"format": fmt, "kernel": kname, "ms": ms, "GB/s": gbs,
+                         "fraction": gbs / bw})
+    print(f"\nGEMV {a.n}x{a.k}, M=1 (kernel: 'dot hook' = fdy_gemv_dotf through the policy's "
+          f"FDY_<NAME>_DOTF hook, 'staged' = the generic fdy_gemv):")
+    print(f"{'format':8} {'kernel':9} {'us':>8} {'GB/s':>8} {'of copy bw':>10}")
     for r in rows:
-        print(f"{r['format']:8} {r['ms'] * 1e3:8.1f} {r['GB/s']:8.0f} {r['fraction']:10.1%}")
+        print(f"{r['format']:8} {r['kernel']:9} {r['ms'] * 1e3:8.1f} {r['GB/s']:8.0f} "
+              f"{r['fraction']:10.1%}")
     models = []
     if a.models or a.gguf:
         import tempfile

@@ -14,12 +14,18 @@
  *   FDY_STATIC_ASSERT a compile-time check (no-op where the target lacks it)
  *   fdy_half_to_float(uint16_t bits), fdy_bf16_to_float(uint16_t bits) -> float
  *   fdy_as_float(uint32_t bits)                                   bit cast
+ *   fdy_fma(a, b, c)                                              fused multiply-add
+ *   fdy_code_f(u, off)  float(u) - off for a small unsigned code u, without an int convert
+ * A policy may also give a GEMV dot hook (see metal/weights.metal): FDY_<NAME>_DOTF_PARTS
+ * and fdy_dotf_<name>(block, part, x): the dot of part `part` of one block with x (the
+ * block's BLOCK_ELEMS floats); the parts of a block together cover all its elements.
  * Host-only code (quantizers, descriptors, SIMD) sits inside `#ifdef FDY_HOST`.
  */
 #ifndef FDY_DIALECT
 #define FDY_DIALECT 1
 #define FDY_HOST 1
 
+#include <math.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
@@ -70,5 +76,14 @@ FDY_FN float fdy_half_to_float(uint16_t h) {
 FDY_FN float fdy_bf16_to_float(uint16_t h) {
     return fdy_as_float((uint32_t)h << 16);
 }
+
+/* fused multiply-add (one rounding) on every target */
+FDY_FN float fdy_fma(float a, float b, float c) {
+    return fmaf(a, b, c);
+}
+
+/* the float value of a small unsigned integer code u (u < 2^23) minus `off`, exact: builds
+ * 2^23 + u from the bits and subtracts 2^23 + off (a float add, no int -> float convert) */
+#define fdy_code_f(u, off) (fdy_as_float(0x4B000000u | (uint32_t)(u)) - (8388608.0f + (float)(off)))
 
 #endif /* FDY_DIALECT */

@@ -159,6 +159,74 @@ FDY_UNROLL(8)
         }
     }
 }
+
+#ifdef FDY_W0_DOTF_PARTS
+/* fdy_gemv_dotf<R>: the GEMV through the policy's dot hook (FDY_W0_DOTF: the dot of one part
+ * of a block with x), for policies that have one and no fused norm.  FDY_GD_WARPS warps per
+ * block, R rows per warp; lane l takes part l % PARTS of blocks l / PARTS + i * 32 / PARTS,
+ * reading the weights with word loads straight from device memory (no staging, no barrier,
+ * no shared memory) and x through the L1 cache.  Every load of an unrolled step is
+ * unconditional (indices clamped, results masked) so that the FDY_GD_U x R loads of a step
+ * are all in flight together.  grid (ceil(N / (FDY_GD_WARPS * R)), M). */
+#define FDY_GD_WARPS 4
+#define FDY_GD_U 4
+#define FDY_GEMV_DOTF_KERNEL(NAME, R)                                                         \
+    FDY_KERNEL NAME(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),                              \
+                    FDY_BUFFER(FDY_GLOBAL const float *x, 1),                                \
+                    FDY_BUFFER(FDY_GLOBAL const float *bias, 2),                             \
+                    FDY_BUFFER(FDY_GLOBAL float *out, 3),                                    \
+                    FDY_BUFFER(FDY_GLOBAL const float *norm_w, 4), FDY_SCALAR(int, N, 5),    \
+                    FDY_SCALAR(int, K, 6), FDY_SCALAR(int, flags, 7), FDY_SCALAR(int, act, 8), \
+                    FDY_SCALAR(float, eps, 9) FDY_KERNEL_INDICES) {                          \
+        const int m = FDY_GROUP_Y, lane = FDY_LANE;                                         \
+        const int n0 = (FDY_GROUP_X * FDY_GD_WARPS + FDY_SIMD_ID) * (R);                    \
+        if (n0 >= N) {                                                                       \
+            return;                                                                          \
+        }                                                                                    \
+        const int nr = N - n0 < (R) ? N - n0 : (R);                                          \
+        const int64_t rb = fdy_w_row_bytes_w0(K);                                            \
+        const int nblk = K / FDY_W0_BLOCK_ELEMS;                                             \
+        const int bps = 32 / FDY_W0_DOTF_PARTS, part = lane % FDY_W0_DOTF_PARTS;             \
+        FDY_GLOBAL const float *xr = x + (int64_t)m * K;                                     \
+        FDY_GLOBAL const uint8_t *rowp[R];                                                   \
+        float acc[R];                                                                        \
+        FDY_UNROLL(R)                                                                        \
+        for (int r = 0; r < (R); r++) {                                                      \
+            rowp[r] = w + (int64_t)(n0 + (r < nr ? r : nr - 1)) * rb;                        \
+            acc[r] = 0.0f;                                                                   \
+        }                                                                                    \
+        for (int kb0 = lane / FDY_W0_DOTF_PARTS; kb0 < nblk; kb0 += FDY_GD_U * bps) {        \
+            float v[FDY_GD_U][R];                                                            \
+            FDY_UNROLL(FDY_GD_U)                                                             \
+            for (int u = 0; u < FDY_GD_U; u++) {                                             \
+                const int kb = kb0 + u * bps < nblk ? kb0 + u * bps : kb0;                   \
+                FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS;          \
+                FDY_UNROLL(R)                                                                \
+                for (int r = 0; r < (R); r++) {                                              \
+                    v[u][r] = FDY_W0_DOTF(rowp[r] + (int64_t)kb * FDY_W0_BLOCK_BYTES, part, xb); \
+                }                                                                            \
+            }                                                                                \
+            FDY_UNROLL(FDY_GD_U)                                                             \
+            for (int u = 0; u < FDY_GD_U; u++) {                                             \
+                const bool ok = kb0 + u * bps < nblk;                                        \
+                FDY_UNROLL(R)                                                                \
+                for (int r = 0; r < (R); r++) {                                              \
+                    acc[r] += ok ? v[u][r] : 0.0f;                                           \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        FDY_UNROLL(R)                                                                        \
+        for (int r = 0; r < (R); r++) {                                                      \
+            const float t = fdy_simd_sum(acc[r]);                                            \
+            if (lane == 0 && r < nr) {                                                       \
+                fdy_store_out(out, (int64_t)m * N + n0 + r, t, bias, n0 + r, flags, act);    \
+            }                                                                                \
+        }                                                                                    \
+    }
+FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf1, 1)
+FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf2, 2)
+FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf4, 4)
+#endif
 #else
 FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
                     FDY_BUFFER(FDY_GLOBAL const float *x, 1),

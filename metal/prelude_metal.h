@@ -59,6 +59,15 @@ FDY_FN float fdy_bf16_to_float(uint16_t h) {
     return as_type<float>((uint32_t)h << 16);
 }
 
+/* fused multiply-add (one rounding) on every target */
+FDY_FN float fdy_fma(float a, float b, float c) {
+    return fma(a, b, c);
+}
+
+/* the float value of a small unsigned integer code u (u < 2^23) minus `off`, exact: builds
+ * 2^23 + u from the bits and subtracts 2^23 + off (a float add, no int -> float convert) */
+#define fdy_code_f(u, off) (fdy_as_float(0x4B000000u | (uint32_t)(u)) - (8388608.0f + (float)(off)))
+
 /* ---- SIMD-group collectives: every lane gets the result ---- */
 FDY_FN float fdy_simd_sum(float v) {
     return simd_sum(v);

@@ -31,6 +31,23 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* GEMV dot hook: 4 parts per block, part p = the codes in qs[4p .. 4p+3], i.e. elements
+ * 4p .. 4p+3 (low nibbles) and 16 + 4p .. 16 + 4p+3 (high nibbles); 16-bit loads (blocks are
+ * 2-byte aligned); d * sum (q - 8) x */
+#define FDY_Q4_0_DOTF_PARTS 4
+FDY_FN float fdy_dotf_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
+    const uint32_t v = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);
+    FDY_GLOBAL const float *xl = x + 4 * part;
+    FDY_GLOBAL const float *xh = x + 16 + 4 * part;
+    float s = 0.0f;
+    for (int i = 0; i < 4; i++) {
+        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 8), xl[i], s);
+        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 8), xh[i], s);
+    }
+    return fdy_half_to_float(h[0]) * s;
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

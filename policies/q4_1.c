@@ -37,6 +37,23 @@ FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* GEMV dot hook: 4 parts per block, part p = qs[4p .. 4p+3] (elements 4p.. low nibbles,
+ * 16 + 4p.. high nibbles); 32-bit loads (blocks are 4-byte aligned); d sum q x + m sum x */
+#define FDY_Q4_1_DOTF_PARTS 4
+FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    FDY_GLOBAL const fdy_block_q4_1 *b = (FDY_GLOBAL const fdy_block_q4_1 *)blk;
+    const uint32_t v = ((FDY_GLOBAL const uint32_t *)(blk + 4))[part];
+    FDY_GLOBAL const float *xl = x + 4 * part;
+    FDY_GLOBAL const float *xh = x + 16 + 4 * part;
+    float s = 0.0f, sx = 0.0f;
+    for (int i = 0; i < 4; i++) {
+        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), xl[i], s);
+        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), xh[i], s);
+        sx += xl[i] + xh[i];
+    }
+    return fdy_fma(fdy_half_to_float(b->d), s, fdy_half_to_float(b->m) * sx);
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

@@ -52,6 +52,35 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* GEMV dot hook: 16 parts per block, part p = qs[32c + 8j .. +7] for c = p / 4, j = p % 4:
+ * elements 64c + 8j.. (low nibbles, group 2c) and 64c + 32 + 8j.. (high nibbles, group
+ * 2c + 1); 32-bit loads (blocks are 4-byte aligned) */
+#define FDY_Q4_K_DOTF_PARTS 16
+FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    FDY_GLOBAL const fdy_block_q4_k *b = (FDY_GLOBAL const fdy_block_q4_k *)blk;
+    const int c = part >> 2, j = part & 3;
+    FDY_GLOBAL const uint32_t *q = (FDY_GLOBAL const uint32_t *)(b->qs + 32 * c + 8 * j);
+    FDY_GLOBAL const float *xl = x + 64 * c + 8 * j;
+    FDY_GLOBAL const float *xh = xl + 32;
+    float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
+    for (int w = 0; w < 2; w++) {
+        const uint32_t v = q[w];
+        for (int i = 0; i < 4; i++) {
+            const float a = xl[4 * w + i], e = xh[4 * w + i];
+            sl = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), a, sl);
+            sh = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), e, sh);
+            xsl += a;
+            xsh += e;
+        }
+    }
+    const float d = fdy_half_to_float(b->d), dmin = fdy_half_to_float(b->dmin);
+    const float dl = d * (float)fdy_q4_k_sc(b->scales, 2 * c);
+    const float ml = dmin * (float)fdy_q4_k_m(b->scales, 2 * c);
+    const float dh = d * (float)fdy_q4_k_sc(b->scales, 2 * c + 1);
+    const float mh = dmin * (float)fdy_q4_k_m(b->scales, 2 * c + 1);
+    return (dl * sl - ml * xsl) + (dh * sh - mh * xsh);
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

@@ -42,6 +42,39 @@ FDY_FN void fdy_decode_q6_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* GEMV dot hook: 16 parts per block, part p = half h = p / 8, columns l = 4j .. 4j+3 for
+ * j = p % 8: the 16 elements 128h + 32k + l (k = 0..3) built from ql[64h + l] (k = 0 low,
+ * k = 2 high nibble), ql[64h + 32 + l] (k = 1, 3) and qh[32h + l] bits 2k..2k+1; sub-block
+ * 8h + 2k + (j >= 4); 16-bit loads (blocks are 2-byte aligned) */
+#define FDY_Q6_K_DOTF_PARTS 16
+FDY_FN uint32_t fdy_q6_k_u32(FDY_GLOBAL const uint8_t *p) {
+    FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)p;
+    return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+
+FDY_FN float fdy_dotf_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    FDY_GLOBAL const fdy_block_q6_k *b = (FDY_GLOBAL const fdy_block_q6_k *)blk;
+    const int h = part >> 3, j = part & 7;
+    const uint32_t qa = fdy_q6_k_u32(b->ql + 64 * h + 4 * j);
+    const uint32_t qb = fdy_q6_k_u32(b->ql + 64 * h + 32 + 4 * j);
+    const uint32_t qh = fdy_q6_k_u32(b->qh + 32 * h + 4 * j);
+    FDY_GLOBAL const float *xp = x + 128 * h + 4 * j;
+    const int s0 = 8 * h + (j >> 2);
+    float tot = 0.0f;
+    for (int k = 0; k < 4; k++) {
+        const uint32_t lo = (k & 1) ? qb : qa;
+        const int sh = 4 * (k >> 1);
+        float s = 0.0f;
+        for (int i = 0; i < 4; i++) {
+            const uint32_t code = ((lo >> (8 * i + sh)) & 0xFu) |
+                                  (((qh >> (8 * i + 2 * k)) & 3u) << 4);
+            s = fdy_fma(fdy_code_f(code, 32), xp[32 * k + i], s);
+        }
+        tot = fdy_fma((float)b->scales[s0 + 2 * k], s, tot);
+    }
+    return fdy_half_to_float(b->d) * tot;
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

@@ -28,6 +28,23 @@ FDY_FN void fdy_decode_q8_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* GEMV dot hook: 4 parts per block, part p = qs[8p .. 8p+7] (16-bit loads: blocks are 2-byte
+ * aligned); a signed code c becomes the float (c ^ 0x80) - 128 = c without an int convert */
+#define FDY_Q8_0_DOTF_PARTS 4
+FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
+    FDY_GLOBAL const float *xp = x + 8 * part;
+    float s = 0.0f;
+    for (int w = 0; w < 2; w++) {
+        const uint32_t v = (uint32_t)h[1 + 4 * part + 2 * w] |
+                           ((uint32_t)h[2 + 4 * part + 2 * w] << 16);
+        for (int i = 0; i < 4; i++) {
+            s = fdy_fma(fdy_code_f(((v >> (8 * i)) & 0xFFu) ^ 0x80u, 128), xp[4 * w + i], s);
+        }
+    }
+    return fdy_half_to_float(h[0]) * s;
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

@@ -44,6 +44,36 @@ GEMM_TM, GEMM_TN = 32, 64
 NAN_BITS = 0x7FC00000
 
 
+GEMV_DOTF_WARPS = 4                     # CUDA fdy_gemv_dotf<R>: 4 warps x R rows per block
+
+
+def has_dotf(policy) -> bool:
+    """Whether the policy's device code has a GEMV dot hook (FDY_<NAME>_DOTF_PARTS)."""
+    name = _policy(policy).name
+    v = _dotf_cache.get(name)
+    if v is None:
+        v = f"#define FDY_{name.upper()}_DOTF_PARTS" in compose("matmul", [name], "cuda")
+        _dotf_cache[name] = v
+    return v
+
+
+_dotf_cache: Dict[str, bool] = {}
+
+
+def launch_gemv(mod, policy, N: int, M: int, common: list, flags: int) -> None:
+    """One GEMV launch (M rows of x, one grid row each): the policy's dot-hook kernel when it
+    has one and no norm is fused, else the staged generic fdy_gemv.  common[7] is set here."""
+    if not (flags & 4) and has_dotf(policy):
+        r = 4 if N >= 4 * 4096 else (2 if N >= 2 * 4096 else 1)
+        common[7] = I(flags)
+        mod.launch(f"fdy_gemv_dotf{r}", (_cdiv(N, GEMV_DOTF_WARPS * r), M),
+                   32 * GEMV_DOTF_WARPS, common)
+        return
+    gx, rbits = gemv_geometry(N)
+    common[7] = I(flags | rbits)
+    mod.launch("fdy_gemv", (gx, M), GEMV_THREADS, common)
+
+
 def templates() -> List[str]:
     """Names of the kernel templates in metal/."""
     return list(_core.gpu_templates())
@@ -240,9 +270,7 @@ class CudaOps:
         mod = module("matmul", [p])
         common = [P(wd), P(xd), P(bd), P(od), P(nwd), I(N), I(K), I(flags), I(act), F(eps)]
         if M == 1:
-            gx, rbits = gemv_geometry(N)
-            common[7] = I(flags | rbits)
-            mod.launch("fdy_gemv", (gx, M), GEMV_THREADS, common)
+            launch_gemv(mod, p, N, M, common, flags)
         else:
             mod.launch("fdy_gemm", (_cdiv(N, GEMM_TN), _cdiv(M, GEMM_TM)), 256,
                        common + [I(M)])

@@ -182,9 +182,7 @@ class CudaCore:
                           I(ins["act"]), F(0.0)]
                 mod = self._mod("matmul", int(ins["weight"]))
                 if rows == 1:
-                    gx, rbits = _gpu.gemv_geometry(N)
-                    common[7] = I(flags | rbits)
-                    mod.launch("fdy_gemv", (gx, 1), _gpu.GEMV_THREADS, common)
+                    _gpu.launch_gemv(mod, int(t), N, 1, common, flags)
                 else:
                     mod.launch("fdy_gemm", (_cdiv(N, _gpu.GEMM_TN), _cdiv(rows, _gpu.GEMM_TM)),
                                256, common + [I(rows)])

@@ -10,6 +10,7 @@ import shutil
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
 import pyfoundry as pf
@@ -117,3 +118,43 @@ def test_cuda_unavailable_is_clean():
             pf.compile("rmsnorm", backend="cuda")(
                 __import__("numpy").ones((1, 8), "float32"),
                 __import__("numpy").ones(8, "float32"))
+
+
+# ---- the policies' GEMV dot hooks, run on the host ----------------------------------------
+
+CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+DOTF_POLICIES = [p.name for p in ALL_POLICIES
+                 if f"FDY_{p.name.upper()}_DOTF_PARTS" in
+                 (ROOT / "policies" / f"{p.name}.c").read_text()]
+
+
+def test_dotf_hooks_exist_for_the_gemv_benchmark_formats():
+    assert {"q4_0", "q4_1", "q8_0", "q4_k", "q6_k"} <= set(DOTF_POLICIES)
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+@pytest.mark.parametrize("p", DOTF_POLICIES)
+def test_dotf_hook_matches_the_dequantized_dot(p, tmp_path):
+    """fdy_dotf_<p> (the device text, compiled for the host) summed over a block's parts equals
+    the float64 dot of NumPy-side dequantized weights with x, block by block."""
+    exe = tmp_path / "dotf"
+    r = subprocess.run([CC, "-std=c11", "-O1", "-Wall", "-Werror", "-Wno-unused-function",
+                        f"-DPNAME={p}", f"-DPUPPER={p.upper()}",
+                        f"-I{ROOT / 'policies'}", f"-I{ROOT / 'metal'}",
+                        str(ROOT / "tests" / "c" / "dotf_check.c"), "-o", str(exe), "-lm"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    pol = pf.policy(p)
+    rng = np.random.default_rng(7)
+    nb = 300
+    t = pf.testing.random_blocks(pol, 1, nb * pol.block_elems, rng)
+    raw = np.ascontiguousarray(t.raw).reshape(-1)
+    x = rng.standard_normal(nb * pol.block_elems).astype(np.float32)
+    stdin = np.int32(nb).tobytes() + raw.tobytes() + x.tobytes()
+    out = subprocess.run([str(exe)], input=stdin, capture_output=True, check=True).stdout
+    got = np.array(out.split(), dtype=np.float64)
+    w = pol.dequantize(raw.reshape(nb, pol.block_bytes), (nb, pol.block_elems)).astype(np.float64)
+    want = (w * x.reshape(nb, -1).astype(np.float64)).sum(axis=1)
+    scale = np.abs(w * x.reshape(nb, -1)).sum(axis=1) + 1e-30
+    assert got.shape == want.shape
+    assert np.all(np.abs(got - want) <= 1e-6 * scale), np.max(np.abs(got - want) / scale)

@@ -18,6 +18,7 @@ float __shfl_sync(unsigned int mask, float v, int lane, int width);
 float __uint_as_float(unsigned int);
 unsigned int __float_as_uint(float);
 float fmaxf(float, float);
+float fmaf(float, float, float);
 float exp(float);
 float sqrt(float);
 float fabs(float);

@@ -34,6 +34,7 @@ float sqrt(float);
 float fabs(float);
 float fmin(float, float);
 float fmax(float, float);
+float fma(float, float, float);
 float tanh(float);
 float pow(float, float);
 float cos(float);

@@ -153,6 +153,18 @@ fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *c
         sb_printf(&b, "#define FDY_W%d_BLOCK_ELEMS %d\n", i, (int)p->block_elems);
         sb_printf(&b, "#define FDY_W%d_BLOCK_BYTES %d\n", i, (int)p->block_bytes);
         sb_printf(&b, "#define FDY_W%d_SUB_ELEMS %d\n", i, (int)p->sub_elems);
+        {   /* the policy's optional GEMV dot hook (FDY_<NAME>_DOTF_PARTS, fdy_dotf_<name>) */
+            char up[64];
+            size_t k = 0;
+            for (; p->name[k] && k + 1 < sizeof up; k++) {
+                up[k] = (char)(p->name[k] >= 'a' && p->name[k] <= 'z' ? p->name[k] - 32
+                                                                      : p->name[k]);
+            }
+            up[k] = 0;
+            sb_printf(&b, "#ifdef FDY_%s_DOTF_PARTS\n#define FDY_W%d_DOTF_PARTS FDY_%s_DOTF_PARTS\n"
+                          "#define FDY_W%d_DOTF fdy_dotf_%s\n#endif\n",
+                      up, i, up, i, p->name);
+        }
         sb_printf(&b, "#define FDY_W_DECODE FDY_W%d_DECODE\n", i);
         sb_printf(&b, "#define FDY_W_BLOCK_ELEMS FDY_W%d_BLOCK_ELEMS\n", i);
         sb_printf(&b, "#define FDY_W_BLOCK_BYTES FDY_W%d_BLOCK_BYTES\n", i);
