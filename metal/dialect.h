@@ -86,4 +86,14 @@ FDY_FN float fdy_fma(float a, float b, float c) {
  * 2^23 + u from the bits and subtracts 2^23 + off (a float add, no int -> float convert) */
 #define fdy_code_f(u, off) (fdy_as_float(0x4B000000u | (uint32_t)(u)) - (8388608.0f + (float)(off)))
 
+/* four consecutive floats (p 16-byte aligned): one wide load on the GPU targets */
+typedef struct fdy_float4 {
+    float v[4];
+} fdy_float4;
+FDY_FN fdy_float4 fdy_load4(FDY_GLOBAL const float *p) {
+    fdy_float4 r;
+    memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+
 #endif /* FDY_DIALECT */

@@ -169,7 +169,9 @@ FDY_UNROLL(8)
  * unconditional (indices clamped, results masked) so that the FDY_GD_U x R loads of a step
  * are all in flight together.  grid (ceil(N / (FDY_GD_WARPS * R)), M). */
 #define FDY_GD_WARPS 4
-#define FDY_GD_U 4
+#ifndef FDY_GD_U
+#define FDY_GD_U 4 /* blocks per lane per step (benchmarks/bench_gpu.py --sweep) */
+#endif
 #define FDY_GEMV_DOTF_KERNEL(NAME, R)                                                         \
     FDY_KERNEL NAME(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),                              \
                     FDY_BUFFER(FDY_GLOBAL const float *x, 1),                                \

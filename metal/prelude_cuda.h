@@ -90,6 +90,16 @@ FDY_FN float fdy_fma(float a, float b, float c) {
  * 2^23 + u from the bits and subtracts 2^23 + off (a float add, no int -> float convert) */
 #define fdy_code_f(u, off) (fdy_as_float(0x4B000000u | (uint32_t)(u)) - (8388608.0f + (float)(off)))
 
+/* four consecutive floats (p 16-byte aligned): one 16-byte load */
+struct fdy_float4 {
+    float v[4];
+};
+FDY_FN fdy_float4 fdy_load4(FDY_GLOBAL const float *p) {
+    const float4 t = *(const float4 *)p;
+    fdy_float4 r = {{t.x, t.y, t.z, t.w}};
+    return r;
+}
+
 /* ---- SIMD-group (warp) collectives: every lane gets the result ---- */
 FDY_FN float fdy_simd_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) {

@@ -38,12 +38,11 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 FDY_FN float fdy_dotf_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
     const uint32_t v = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);
-    FDY_GLOBAL const float *xl = x + 4 * part;
-    FDY_GLOBAL const float *xh = x + 16 + 4 * part;
+    const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
     float s = 0.0f;
     for (int i = 0; i < 4; i++) {
-        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 8), xl[i], s);
-        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 8), xh[i], s);
+        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 8), xl.v[i], s);
+        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 8), xh.v[i], s);
     }
     return fdy_half_to_float(h[0]) * s;
 }

@@ -43,13 +43,12 @@ FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
     FDY_GLOBAL const fdy_block_q4_1 *b = (FDY_GLOBAL const fdy_block_q4_1 *)blk;
     const uint32_t v = ((FDY_GLOBAL const uint32_t *)(blk + 4))[part];
-    FDY_GLOBAL const float *xl = x + 4 * part;
-    FDY_GLOBAL const float *xh = x + 16 + 4 * part;
+    const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
     float s = 0.0f, sx = 0.0f;
     for (int i = 0; i < 4; i++) {
-        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), xl[i], s);
-        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), xh[i], s);
-        sx += xl[i] + xh[i];
+        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), xl.v[i], s);
+        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), xh.v[i], s);
+        sx += xl.v[i] + xh.v[i];
     }
     return fdy_fma(fdy_half_to_float(b->d), s, fdy_half_to_float(b->m) * sx);
 }

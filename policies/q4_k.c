@@ -61,12 +61,12 @@ FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     const int c = part >> 2, j = part & 3;
     FDY_GLOBAL const uint32_t *q = (FDY_GLOBAL const uint32_t *)(b->qs + 32 * c + 8 * j);
     FDY_GLOBAL const float *xl = x + 64 * c + 8 * j;
-    FDY_GLOBAL const float *xh = xl + 32;
     float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
     for (int w = 0; w < 2; w++) {
         const uint32_t v = q[w];
+        const fdy_float4 al = fdy_load4(xl + 4 * w), ah = fdy_load4(xl + 32 + 4 * w);
         for (int i = 0; i < 4; i++) {
-            const float a = xl[4 * w + i], e = xh[4 * w + i];
+            const float a = al.v[i], e = ah.v[i];
             sl = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), a, sl);
             sh = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), e, sh);
             xsl += a;

@@ -64,11 +64,12 @@ FDY_FN float fdy_dotf_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     for (int k = 0; k < 4; k++) {
         const uint32_t lo = (k & 1) ? qb : qa;
         const int sh = 4 * (k >> 1);
+        const fdy_float4 xv = fdy_load4(xp + 32 * k);
         float s = 0.0f;
         for (int i = 0; i < 4; i++) {
             const uint32_t code = ((lo >> (8 * i + sh)) & 0xFu) |
                                   (((qh >> (8 * i + 2 * k)) & 3u) << 4);
-            s = fdy_fma(fdy_code_f(code, 32), xp[32 * k + i], s);
+            s = fdy_fma(fdy_code_f(code, 32), xv.v[i], s);
         }
         tot = fdy_fma((float)b->scales[s0 + 2 * k], s, tot);
     }

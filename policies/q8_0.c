@@ -33,13 +33,13 @@ FDY_FN void fdy_decode_q8_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #define FDY_Q8_0_DOTF_PARTS 4
 FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
-    FDY_GLOBAL const float *xp = x + 8 * part;
     float s = 0.0f;
     for (int w = 0; w < 2; w++) {
         const uint32_t v = (uint32_t)h[1 + 4 * part + 2 * w] |
                            ((uint32_t)h[2 + 4 * part + 2 * w] << 16);
+        const fdy_float4 xv = fdy_load4(x + 8 * part + 4 * w);
         for (int i = 0; i < 4; i++) {
-            s = fdy_fma(fdy_code_f(((v >> (8 * i)) & 0xFFu) ^ 0x80u, 128), xp[4 * w + i], s);
+            s = fdy_fma(fdy_code_f(((v >> (8 * i)) & 0xFFu) ^ 0x80u, 128), xv.v[i], s);
         }
     }
     return fdy_half_to_float(h[0]) * s;

@@ -8,6 +8,9 @@
 #define __shared__
 #define __forceinline__ inline
 
+struct float4 {
+    float x, y, z, w;
+};
 struct uint3 {
     unsigned int x, y, z;
 };

@@ -13,6 +13,9 @@
 
 typedef unsigned int uint;
 typedef unsigned short ushort;
+struct float4 {
+    float x, y, z, w;
+};
 struct uint3 {
     uint x, y, z;
 };
