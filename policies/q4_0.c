@@ -39,10 +39,11 @@ FDY_FN float fdy_dotf_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
     const uint32_t v = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);
     const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
+    const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
     float s = 0.0f;
     for (int i = 0; i < 4; i++) {
-        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 8), xl.v[i], s);
-        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 8), xh.v[i], s);
+        s = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 8), xl.v[i], s);
+        s = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 8), xh.v[i], s);
     }
     return fdy_half_to_float(h[0]) * s;
 }

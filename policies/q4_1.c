@@ -44,10 +44,11 @@ FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     FDY_GLOBAL const fdy_block_q4_1 *b = (FDY_GLOBAL const fdy_block_q4_1 *)blk;
     const uint32_t v = ((FDY_GLOBAL const uint32_t *)(blk + 4))[part];
     const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
+    const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
     float s = 0.0f, sx = 0.0f;
     for (int i = 0; i < 4; i++) {
-        s = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), xl.v[i], s);
-        s = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), xh.v[i], s);
+        s = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 0), xl.v[i], s);
+        s = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 0), xh.v[i], s);
         sx += xl.v[i] + xh.v[i];
     }
     return fdy_fma(fdy_half_to_float(b->d), s, fdy_half_to_float(b->m) * sx);

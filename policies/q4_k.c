@@ -63,12 +63,12 @@ FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     FDY_GLOBAL const float *xl = x + 64 * c + 8 * j;
     float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
     for (int w = 0; w < 2; w++) {
-        const uint32_t v = q[w];
+        const uint32_t lo = q[w] & 0x0F0F0F0Fu, hi = (q[w] >> 4) & 0x0F0F0F0Fu;
         const fdy_float4 al = fdy_load4(xl + 4 * w), ah = fdy_load4(xl + 32 + 4 * w);
         for (int i = 0; i < 4; i++) {
             const float a = al.v[i], e = ah.v[i];
-            sl = fdy_fma(fdy_code_f((v >> (8 * i)) & 0xFu, 0), a, sl);
-            sh = fdy_fma(fdy_code_f((v >> (8 * i + 4)) & 0xFu, 0), e, sh);
+            sl = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 0), a, sl);
+            sh = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 0), e, sh);
             xsl += a;
             xsh += e;
         }
