@@ -258,6 +258,7 @@ class Module:
     def __init__(self, source: str, backend=None):
         self.source = source
         self.be = _be(backend)
+        self.be.init()
         self._mod, self.key = self.be.module(source)
 
     def launch(self, name: str, grid, block: int, args) -> None:
