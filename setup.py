@@ -1,6 +1,8 @@
 """Build script: compiles the C core (foundry_c/, policies/) and the bindings (pyfoundry/_ext/)
 into the extension pyfoundry._core.  No flag ties the binary to the build machine's CPU: SIMD
-code paths carry per-function target attributes and are chosen at run time."""
+code paths carry per-function target attributes and are chosen at run time.  On macOS the
+Metal host (foundry_c/src/gpu/metal.m, Objective-C with ARC) is added and linked with the
+Metal and Foundation frameworks; elsewhere it is left out."""
 import glob
 import hashlib
 import os
@@ -10,6 +12,9 @@ import sys
 
 import numpy
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DARWIN = sys.platform == "darwin"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,6 +28,8 @@ def sources():
     out = []
     for p in pats:
         out += sorted(os.path.relpath(f, HERE) for f in glob.glob(os.path.join(HERE, p)))
+    if DARWIN:
+        out.append("foundry_c/src/gpu/metal.m")
     return out
 
 
@@ -48,7 +55,26 @@ core = Extension(
     define_macros=[("_GNU_SOURCE", "1"), ("FDY_BUILD_ID", '"%s"' % build_id(SOURCES))],
     extra_compile_args=["-std=c11", "-O3", "-ffp-contract=off", "-fno-strict-aliasing",
                         "-Wno-unused-function", "-Wno-unused-parameter"],
-    extra_link_args=["-lm", "-lpthread", "-ldl"],
+    extra_link_args=["-lm", "-lpthread", "-ldl"] +
+                    (["-framework", "Metal", "-framework", "Foundation"] if DARWIN else []),
 )
 
-setup(ext_modules=[core])
+
+class BuildExt(build_ext):
+    """Objective-C sources (.m) get -fobjc-arc and the compiler's default language standard
+    instead of -std=c11; C sources are compiled as before."""
+
+    def build_extensions(self):
+        compile_one = self.compiler._compile
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            if src.endswith(".m"):
+                extra_postargs = [a for a in extra_postargs if not a.startswith("-std=")]
+                extra_postargs = extra_postargs + ["-fobjc-arc"]
+            compile_one(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        self.compiler._compile = _compile
+        super().build_extensions()
+
+
+setup(ext_modules=[core], cmdclass={"build_ext": BuildExt})

@@ -21,7 +21,7 @@ from .steps import Step, compile
 from .model import Model, Plan, Trace, load_spec
 from .sampler import Sampler
 from . import reference, drift, steps, testing, gpu
-from .gpu import cuda_available
+from .gpu import cuda_available, metal_available
 
 __version__ = _core.version
 
@@ -66,4 +66,5 @@ __all__ = ["FoundryError", "GGUFError", "ShapeError", "FoundryMemoryError", "Fou
            "Tokenizer", "TokenStream",
            "infer_type", "cpu_features", "set_cpu_features", "set_num_threads",
            "get_num_threads", "Step", "compile", "Model", "Plan", "Trace", "load_spec", "Sampler",
-           "reference", "drift", "steps", "testing", "gpu", "cuda_available", "__version__"]
+           "reference", "drift", "steps", "testing", "gpu", "cuda_available", "metal_available",
+           "__version__"]

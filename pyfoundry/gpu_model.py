@@ -1,9 +1,11 @@
-"""The model executor on CUDA: runs a :class:`pyfoundry.model.Plan` with the weights uploaded
-once, the activation buffers and the KV cache resident on the device, and only the tokens and
-positions going up and the logits (and requested captures) coming back.
+"""The model executor on a GPU (CUDA, or Metal on macOS): runs a :class:`pyfoundry.model.Plan`
+with the weights uploaded once, the activation buffers and the KV cache resident on the
+device, and only the tokens and positions going up and the logits (and requested captures)
+coming back.
 
-:class:`CudaCore` has the interface of ``_core.Model`` (``forward``, ``truncate``, ``n_past``,
-``kv_bytes``), so :class:`pyfoundry.Model` uses it unchanged with ``backend="cuda"``.
+:class:`GpuCore` has the interface of ``_core.Model`` (``forward``, ``truncate``, ``n_past``,
+``kv_bytes``), so :class:`pyfoundry.Model` uses it unchanged with ``backend="cuda"`` or
+``"metal"``; every device call goes through the :class:`pyfoundry.gpu.Backend` object.
 
 Per instruction (rows = M, or 1 for a "tail" instruction when only the last logits are asked):
 EMBED -> fdy_embedding, RMSNORM -> fdy_rmsnorm, MATMUL -> fdy_gemv (rows == 1) or fdy_gemm,
@@ -14,6 +16,8 @@ nothing in a step depends on a host value that changes from token to token (posi
 token ids live in device buffers), so a decode step (M = 1, no captures) is captured once as
 a CUDA graph and replayed: one upload of (token, position), one graph launch, one download.
 The graph is dropped when a buffer is reallocated (a larger batch, a longer KV cache).
+Metal has no graphs here: every step's dispatches are encoded into one command buffer that is
+committed when the logits are read.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 
 from . import gpu as _gpu
 from ._errors import FoundryNotImplementedError, ShapeError
-from .gpu import DeviceBuffer, F, I, P, _cdiv, module
+from .gpu import DeviceBuffer, F, I, P, _cdiv, get_backend, module
 from .gguf import Tensor
 from .policy import policy as _policy
 
@@ -38,9 +42,10 @@ class _Ptr:
         self.ptr = ptr
 
 
-class CudaCore:
-    def __init__(self, plan, max_ctx: int):
-        _gpu.cuda_init()
+class GpuCore:
+    def __init__(self, plan, max_ctx: int, backend="cuda"):
+        self.be = get_backend(backend)
+        self.be.init()
         self.plan = plan
         self.prog = plan.program()
         self.widths = [w for _, w in sorted(plan.buffers.values())]
@@ -49,26 +54,27 @@ class CudaCore:
         self.max_ctx = int(max_ctx)
         self.logits_buf = plan.buffers[plan.logits_buffer][0]
         # weights: matrices as their blocks (type, device, rows, cols), vectors as float32
-        self.w = getattr(plan, "_cuda_weights", None)
-        if self.w is None:               # shared by the executors of one plan
-            self.w = plan._cuda_weights = self._upload(plan)
+        shared = plan.__dict__.setdefault("_gpu_weights", {})   # by the executors of one plan
+        self.w = shared.get(self.be.name)
+        if self.w is None:
+            self.w = shared[self.be.name] = self._upload(plan, self.be)
         for ins in self.prog:
             if ins["op"] == OP_ATTN and ins["head_dim"] > 256:
                 raise FoundryNotImplementedError(
-                    f"attention on cuda: head size {int(ins['head_dim'])} > 256")
+                    f"attention on {self.be.name}: head size {int(ins['head_dim'])} > 256")
         self._init_rest()
 
     @staticmethod
-    def _upload(plan):
+    def _upload(plan, be):
         ws = []
         for _, w in plan.weights:
             if isinstance(w, Tensor):
                 raw = w.raw.reshape(-1)
-                ws.append((w.policy.gguf_type, DeviceBuffer.from_array(raw),
+                ws.append((w.policy.gguf_type, DeviceBuffer.from_array(raw, be),
                            int(w.shape[0]), int(w.shape[1])))
             else:
                 a = np.ascontiguousarray(w, np.float32)
-                ws.append((0, DeviceBuffer.from_array(a), 1, int(a.shape[0])))
+                ws.append((0, DeviceBuffer.from_array(a, be), 1, int(a.shape[0])))
         return ws
 
     def _init_rest(self):
@@ -78,9 +84,9 @@ class CudaCore:
             op = int(ins["op"])
             if op in (OP_EMBED, OP_MATMUL):
                 self._mod("embedding" if op == OP_EMBED else "matmul", int(ins["weight"]))
-        self.m_elem = module("elementwise")
-        self.m_rope = module("rope")
-        self.m_att = module("attention")
+        self.m_elem = module("elementwise", (), self.be)
+        self.m_rope = module("rope", (), self.be)
+        self.m_att = module("attention", (), self.be)
         self.cap_rows = 0
         self.bufs: List[DeviceBuffer] = []
         self.ids = self.pos = None
@@ -89,13 +95,13 @@ class CudaCore:
         self.vc: List[DeviceBuffer] = []
         self.n_past = 0
         self._graph = 0
-        self.use_graph = True
+        self.use_graph = self.be.graphs
 
     def _mod(self, template, widx):
         key = (template, self.w[widx][0])
         m = self._mods.get(key)
         if m is None:
-            m = module(template, [_policy(self.w[widx][0])])
+            m = module(template, [_policy(self.w[widx][0])], self.be)
             self._mods[key] = m
         return m
 
@@ -103,7 +109,7 @@ class CudaCore:
     def _drop_graph(self):
         if self._graph:
             g, self._graph = self._graph, 0
-            _gpu._core.cuda_graph_free(g)
+            self.be.graph_free(g)
 
     def _grow_rows(self, M):
         if M <= self.cap_rows:
@@ -112,9 +118,9 @@ class CudaCore:
         while cap < M:
             cap *= 2
         self._drop_graph()
-        self.bufs = [DeviceBuffer(cap * w * 4) for w in self.widths]
-        self.ids = DeviceBuffer(cap * 4)
-        self.pos = DeviceBuffer(cap * 4)
+        self.bufs = [DeviceBuffer(cap * w * 4, self.be) for w in self.widths]
+        self.ids = DeviceBuffer(cap * 4, self.be)
+        self.pos = DeviceBuffer(cap * 4, self.be)
         self.cap_rows = cap
 
     def _grow_kv(self, need):
@@ -129,10 +135,10 @@ class CudaCore:
         old = self.kv_cap * self.kv_width * 4
         kc, vc = [], []
         for l in range(self.n_layers):
-            k, v = DeviceBuffer(nb), DeviceBuffer(nb)
+            k, v = DeviceBuffer(nb, self.be), DeviceBuffer(nb, self.be)
             if old:
-                _gpu._core.cuda_copy(k.ptr, self.kc[l].ptr, old)
-                _gpu._core.cuda_copy(v.ptr, self.vc[l].ptr, old)
+                self.be.copy(k.ptr, self.kc[l].ptr, old)
+                self.be.copy(v.ptr, self.vc[l].ptr, old)
             kc.append(k)
             vc.append(v)
         self.kc, self.vc = kc, vc
@@ -182,7 +188,7 @@ class CudaCore:
                           I(ins["act"]), F(0.0)]
                 mod = self._mod("matmul", int(ins["weight"]))
                 if rows == 1:
-                    _gpu.launch_gemv(mod, int(t), N, 1, common, flags)
+                    _gpu.launch_gemv(mod, int(t), N, 1, common, flags, self.be)
                 else:
                     mod.launch("fdy_gemm", (_cdiv(N, _gpu.GEMM_TN), _cdiv(rows, _gpu.GEMM_TM)),
                                256, common + [I(rows)])
@@ -220,13 +226,13 @@ class CudaCore:
                 b = int(ins["in0"]) if op == OP_ROPE else int(ins["out"])
                 w = self.widths[b]
                 tmp = np.empty((rows, w), np.float32)
-                _gpu._core.cuda_download(self.bufs[b].ptr + r0 * w * 4, tmp)
+                self.be.download(self.bufs[b].ptr + r0 * w * 4, tmp)
                 caps[c][...] = tmp.reshape(caps[c].shape)
 
     def forward(self, tokens, start_pos, variant, caps, widths, last_only, out):
         if variant != 0:
             raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
-                                             "on cuda")
+                                             f"on {self.be.name}")
         M = int(tokens.size)
         start_pos = int(start_pos)
         if start_pos < 0 or start_pos > self.n_past:
@@ -240,29 +246,36 @@ class CudaCore:
         self._grow_kv(start_pos + M)
         self.ids_host = np.ascontiguousarray(tokens, np.int32)
         self.pos_host = np.arange(start_pos, start_pos + M, dtype=np.int32)
-        _gpu._core.cuda_upload(self.ids.ptr, self.ids_host)
-        _gpu._core.cuda_upload(self.pos.ptr, self.pos_host)
+        self.be.upload(self.ids.ptr, self.ids_host)
+        self.be.upload(self.pos.ptr, self.pos_host)
         self.n_past = start_pos
         want = any(c is not None for c in caps)
         if M == 1 and not want and self.use_graph:
             if not self._graph:
-                _gpu._core.cuda_capture_begin()
+                self.be.capture_begin()
                 try:
                     self._run(1, True)
                 finally:
-                    g = _gpu._core.cuda_capture_end()
+                    g = self.be.capture_end()
                 self._graph = g
-            _gpu._core.cuda_graph_launch(self._graph)
+            self.be.graph_launch(self._graph)
         else:
             self._run(M, bool(last_only), caps if want else None)
         self.n_past = start_pos + M
         lb = self.bufs[self.logits_buf]
         r = 1 if last_only else M
         off = (M - 1) * vocab * 4 if last_only else 0
-        _gpu._core.cuda_download(lb.ptr + off, out.reshape(r, vocab))
+        self.be.download(lb.ptr + off, out.reshape(r, vocab))
 
     def __del__(self):
         try:
             self._drop_graph()
         except Exception:               # noqa: BLE001 - interpreter shutdown
             pass
+
+
+class CudaCore(GpuCore):
+    """:class:`GpuCore` on the CUDA backend."""
+
+    def __init__(self, plan, max_ctx: int):
+        super().__init__(plan, max_ctx, "cuda")

@@ -317,9 +317,9 @@ def _tokens(tokens) -> np.ndarray:
 
 
 class Model:
-    """A model compiled for the CPU (or, ``backend="cuda"``, the GPU through
+    """A model compiled for the CPU (or, ``backend="cuda"`` / ``"metal"``, the GPU through
     :mod:`pyfoundry.gpu_model`: weights uploaded once, activations and KV cache on the device,
-    the decode step replayed as a CUDA graph; variant "f32" only): ``forward`` runs tokens
+    on CUDA the decode step replayed as a graph; variant "f32" only): ``forward`` runs tokens
     through the executor.
 
     ``source``: a path or an opened :class:`GGUFFile`.  ``variant``: "f32" (exact path) or
@@ -330,17 +330,18 @@ class Model:
 
     def __init__(self, source: Union[str, os.PathLike, GGUFFile], backend: str = "cpu",
                  variant: str = "f32", spec=None, context_length: Optional[int] = None):
-        if backend not in ("cpu", "cuda"):
+        if backend not in ("cpu", "cuda", "metal"):
             raise FoundryNotImplementedError(f"backend {backend!r} is not available in this "
-                                             f"build; use 'cpu' or 'cuda'")
+                                             f"build; use 'cpu', 'cuda' or 'metal'")
         if variant not in ("f32", "q8"):
             raise ShapeError(f"unknown variant {variant!r}; use 'f32' or 'q8'")
-        if backend == "cuda":
-            from .gpu import cuda_init
-            cuda_init()                 # raises FoundryNotImplementedError without a device
+        if backend != "cpu":
+            from .gpu import get_backend
+            # raises FoundryNotImplementedError without a device (or, for metal, off macOS)
+            get_backend(backend).init()
             if variant != "f32":
                 raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant="
-                                                 "'f32' with backend='cuda'")
+                                                 f"'f32' with backend={backend!r}")
         self.file = source if isinstance(source, GGUFFile) else _open(source)
         if isinstance(spec, (str, os.PathLike)):
             spec = load_spec(spec)
@@ -358,9 +359,9 @@ class Model:
         self._core = self._new_core()
 
     def _new_core(self):
-        if self.backend == "cuda":
-            from .gpu_model import CudaCore
-            return CudaCore(self.plan, self._ctx)
+        if self.backend != "cpu":
+            from .gpu_model import GpuCore
+            return GpuCore(self.plan, self._ctx, self.backend)
         widths = [w for _, w in sorted(self.plan.buffers.values())]
         return _core.Model(self.plan.program().tobytes(), self.plan.core_weights(), widths,
                            self.n_layers, self.plan.kv_width, self._ctx,

@@ -58,7 +58,7 @@ from .gguf import Tensor
 from .policy import Policy, policy as _policy
 
 VARIANTS = ("f32", "q8")
-BACKENDS = ("cpu", "cuda")
+BACKENDS = ("cpu", "cuda", "metal")
 ACTIVATIONS = {None: 0, "none": 0, "silu": 1, "gelu": 2, "relu": 3}
 
 # op -> (number of weight policies (0: none, -1: 2 or 3), default static parameters)
@@ -180,9 +180,9 @@ class Step:
         self.key = key
         self._variant = VARIANTS.index(variant)
         self._impl = _core
-        if backend == "cuda":
+        if backend in ("cuda", "metal"):
             from . import gpu
-            self._impl = gpu.CudaOps()
+            self._impl = gpu.GpuOps(backend)
 
     @property
     def policy(self) -> Optional[Policy]:
@@ -192,9 +192,9 @@ class Step:
     def source(self) -> Optional[str]:
         """The composed kernel source on GPU backends; None on the CPU, whose kernels are
         the compiled core (their identity is part of the key)."""
-        if self.backend == "cuda":
+        if self.backend in ("cuda", "metal"):
             from . import gpu
-            return gpu.step_source(self.op, self.policies)
+            return gpu.step_source(self.op, self.policies, self.backend)
         return None
 
     def __repr__(self) -> str:
@@ -380,18 +380,16 @@ def compile(op: str, policy=None, *, variant: str = "f32", backend: str = "cpu",
     if variant not in VARIANTS:
         raise ShapeError(f"unknown variant {variant!r}; use one of {VARIANTS}")
     if backend not in BACKENDS:
-        if backend == "metal":
-            raise FoundryNotImplementedError("backend 'metal' needs macOS (the Metal host is "
-                                             "not in this build); use 'cpu' or 'cuda'")
         raise ShapeError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    if backend == "cuda":
+    if backend in ("cuda", "metal"):
         from . import gpu
-        if not gpu.cuda_available():
-            raise FoundryNotImplementedError(f"backend 'cuda' is not available here: "
-                                             f"{gpu.cuda_error()}")
+        why = gpu.get_backend(backend).error()
+        if why is not None:
+            raise FoundryNotImplementedError(f"backend {backend!r} is not available here: "
+                                             f"{why}")
         if variant != "f32":
             raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
-                                             "on cuda")
+                                             f"on {backend}")
     n_pol, defaults = OPS[op]
     unknown = set(params) - set(defaults)
     if unknown:

@@ -37,5 +37,6 @@ int fdy_init_model_bindings(PyObject *module);
 int fdy_init_sampler_bindings(PyObject *module);
 int fdy_init_tokenizer_bindings(PyObject *module);
 int fdy_init_gpu_bindings(PyObject *module);
+int fdy_init_metal_bindings(PyObject *module); /* macOS only (metal_bind.c) */
 
 #endif

@@ -106,6 +106,11 @@ static int module_exec(PyObject *module) {
         fdy_init_gpu_bindings(module) < 0) {
         return -1;
     }
+#ifdef __APPLE__
+    if (fdy_init_metal_bindings(module) < 0) { /* the Metal host is built only on macOS */
+        return -1;
+    }
+#endif
 #ifndef FDY_BUILD_ID
 #define FDY_BUILD_ID "unknown"
 #endif
