@@ -73,7 +73,8 @@ static void int8_quantize(const float *src, void *dst, int64_t n) {
 /* ---- to_i8 (prefill GEMM): q = code - 128, scale = (hi - lo) / 255, min = lo + 128 * scale;
  * equal to decode's lo + code * scale up to float rounding (not bit-exact: the code shift moves
  * 128 * scale from the product into the min) */
-static void int8_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void int8_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_int8 *b = (const fdy_block_int8 *)src;
     for (int64_t i = 0; i < n / 128; i++) {
         const float lo = fdy_half_to_float(b[i].lo);

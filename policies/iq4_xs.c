@@ -267,7 +267,8 @@ FDY_KQ_DISPATCH(iq4_xs_vec_dot)
 /* roundtrip: measured relative L2 error 0.0768 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM): q = the grid value, scale = d * sc per group of 32 (both
  * 16-halves), min = 0; bit-exact */
-static void iq4_xs_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void iq4_xs_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_iq4_xs *b = (const fdy_block_iq4_xs *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);

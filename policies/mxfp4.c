@@ -161,7 +161,8 @@ FDY_LEG_KERNELS(mxfp4, fdy_block_mxfp4, fdy_leg_q8_0, 0, MXFP4_D1, mxfp4_d8, mxf
 
 /* ---- to_i8 (prefill GEMM): q = the E2M1 value doubled (an integer in [-12, 12]), scale = the
  * halved E8M0 scale, min = 0; bit-exact (decode's d * kvalue, kvalue = (float)q) */
-static void mxfp4_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void mxfp4_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_mxfp4 *b = (const fdy_block_mxfp4 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         for (int j = 0; j < 16; j++) {

@@ -294,7 +294,8 @@ FDY_KQ_DISPATCH(q2_k_vec_dot)
 /* roundtrip: measured relative L2 error 0.297 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM): q = 2-bit code, scale = d * (sc & 15), min = -(dmin * (sc >> 4))
  * per 16; bit-exact (decode's dl * q - ml) */
-static void q2_k_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q2_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q2_k *b = (const fdy_block_q2_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);

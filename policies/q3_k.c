@@ -306,7 +306,8 @@ FDY_KQ_DISPATCH(q3_k_vec_dot)
 /* roundtrip: measured relative L2 error 0.150 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM): q = 3-bit signed code (-4 .. 3), scale = d * sc per 16, min = 0;
  * bit-exact */
-static void q3_k_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q3_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);

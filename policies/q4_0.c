@@ -106,10 +106,13 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q4_0_ops512(const fdy_block_q4_0 *x,
 FDY_LEG_KERNELS(q4_0, fdy_block_q4_0, fdy_leg_q8_0, 8, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
 /* ---- to_i8 (prefill GEMM): q = nibble - 8, scale = d, min = 0; bit-exact (decode's d * q) */
-static void q4_0_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q4_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q4_0 *b = (const fdy_block_q4_0 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
-        fdy_leg_nibbles(b[i].qs, 8, q + 32 * i);
+        int8_t t[32];
+        fdy_leg_nibbles(b[i].qs, 8, t);
+        memcpy(q + 32 * i, t, 32);
         scale[2 * i] = scale[2 * i + 1] = fdy_half_to_float(b[i].d);
         min[2 * i] = min[2 * i + 1] = 0.0f;
     }

@@ -117,10 +117,13 @@ FDY_LEG_KERNELS_MIN(q4_1, fdy_block_q4_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, 
                     FDY_LEG_M1, FDY_LEG_M8, FDY_LEG_M8X)
 
 /* ---- to_i8 (prefill GEMM): q = nibble, scale = d, min = m; bit-exact (decode's d * q + m) */
-static void q4_1_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q4_1_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q4_1 *b = (const fdy_block_q4_1 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
-        fdy_leg_nibbles(b[i].qs, 0, q + 32 * i);
+        int8_t t[32];
+        fdy_leg_nibbles(b[i].qs, 0, t);
+        memcpy(q + 32 * i, t, 32);
         scale[2 * i] = scale[2 * i + 1] = fdy_half_to_float(b[i].d);
         min[2 * i] = min[2 * i + 1] = fdy_half_to_float(b[i].m);
     }

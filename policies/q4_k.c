@@ -286,7 +286,8 @@ FDY_KQ_DISPATCH(q4_k_vec_dot)
 /* roundtrip: measured relative L2 error 0.0715 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM): q = nibble, scale = d * sc, min = -(dmin * m) per group of 32
  * (written to both of its 16-halves); bit-exact (decode's dl * q - ml) */
-static void q4_k_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q4_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);

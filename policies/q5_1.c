@@ -143,10 +143,13 @@ FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, 
                     FDY_LEG_M1, FDY_LEG_M8, FDY_LEG_M8X)
 
 /* ---- to_i8 (prefill GEMM): q = 5-bit code, scale = d, min = m; bit-exact */
-static void q5_1_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q5_1_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q5_1 *b = (const fdy_block_q5_1 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
-        fdy_leg_nibbles5(b[i].qs, b[i].qh, 0, q + 32 * i);
+        int8_t t[32];
+        fdy_leg_nibbles5(b[i].qs, b[i].qh, 0, t);
+        memcpy(q + 32 * i, t, 32);
         scale[2 * i] = scale[2 * i + 1] = fdy_half_to_float(b[i].d);
         min[2 * i] = min[2 * i + 1] = fdy_half_to_float(b[i].m);
     }

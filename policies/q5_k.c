@@ -314,7 +314,8 @@ FDY_KQ_DISPATCH(q5_k_vec_dot)
 /* roundtrip: measured relative L2 error 0.0363 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM): q = 5-bit code, scale = d * sc, min = -(dmin * m) per group of
  * 32 (written to both of its 16-halves); bit-exact (decode's dl * q - ml) */
-static void q5_k_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q5_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q5_k *b = (const fdy_block_q5_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);

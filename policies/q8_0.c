@@ -124,7 +124,8 @@ FDY_LEG_KERNELS(q8_0, fdy_block_q8_0, fdy_block_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8,
 
 /* ---- to_i8 (prefill GEMM; weights and activations): the codes, scale = d, min = 0;
  * bit-exact */
-static void q8_0_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q8_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         memcpy(q + 32 * i, b[i].qs, 32);

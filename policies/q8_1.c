@@ -100,7 +100,8 @@ static void q8_1_quantize_act(const float *src, void *dst, int64_t n) {
 /* roundtrip: measured relative L2 error 0.00527 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM activations): the codes, scale = d, min = 0 (the `s` field is not
  * used: the GEMM sums the codes exactly, as the vec_dot kernels do); bit-exact */
-static void q8_1_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q8_1_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q8_1 *b = (const fdy_block_q8_1 *)src;
     for (int64_t i = 0; i < n / 32; i++) {
         memcpy(q + 32 * i, b[i].qs, 32);

@@ -255,7 +255,8 @@ static void q8_k_quantize_act(const float *src, void *dst, int64_t n) {
 /* roundtrip: measured relative L2 error 0.00690 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM activations): the codes, scale = d for all 16 groups, min = 0;
  * bit-exact */
-static void q8_k_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void q8_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_q8_k *b = (const fdy_block_q8_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         memcpy(q + 256 * i, b[i].qs, 256);

@@ -186,7 +186,8 @@ FDY_KQ_DISPATCH(tq2_0_vec_dot)
 /* roundtrip bound: 1.3x the measured 0.798 would pass an all-zero decoder (1.0), so the
  * bound is 0.9 instead; ternary codes with d = max|x| send most Gaussian weights to 0 */
 /* ---- to_i8 (prefill GEMM): q = trit - 1, scale = d, min = 0; bit-exact */
-static void tq2_0_to_i8(const void *src, int8_t *q, float *scale, float *min, int64_t n) {
+static void tq2_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
     const fdy_block_tq2_0 *b = (const fdy_block_tq2_0 *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);

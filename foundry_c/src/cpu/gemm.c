@@ -130,9 +130,9 @@ static void prep_task(void *vctx, int64_t m, int thread) {
 
 /* the per-thread scratch of a tile task */
 typedef struct tile_buf {
-    int8_t *q;        /* one row's codes (K) */
-    float *sc, *mn1;  /* one row's scales and mins (G) */
-    void *w;          /* the tile's codes in the tier's layout */
+    int8_t *q;        /* (GR, K) codes, row-major (the portable kernel's layout) */
+    float *sc, *mn1;  /* (GR, G) scales and mins, row-major */
+    void *w;          /* the codes in the SIMD tier's layout */
     float *ws, *mn;   /* (G, GR) scales and mins */
     int32_t *corr;    /* (G, GR) VNNI offset corrections */
     float *res;       /* (GT, GR) micro-kernel results */
@@ -148,9 +148,9 @@ static size_t tile_bytes(int64_t K, int64_t G, tile_buf *b, void *base) {
         }                                                     \
         off += al64((size_t)(n) * sizeof(type));              \
     } while (0)
-    TAKE(q, int8_t, K);
-    TAKE(sc, float, G);
-    TAKE(mn1, float, G);
+    TAKE(q, int8_t, K * GR + 64); /* + 64: the AVX2 gathers read 2 bytes past the last row */
+    TAKE(sc, float, G * GR);
+    TAKE(mn1, float, G * GR);
     TAKE(w, int16_t, K * GR); /* the widest layout (AVX2: int16) */
     TAKE(ws, float, G * GR);
     TAKE(mn, float, G * GR);
@@ -160,49 +160,46 @@ static size_t tile_bytes(int64_t K, int64_t G, tile_buf *b, void *base) {
     return off;
 }
 
-/* unpack weight rows n0 .. n0 + GR - 1 (rows past N as zeros); returns whether any min is
- * nonzero */
-static int unpack_tile(const gemm_ctx *c, int64_t n0, const tile_buf *b) {
-    const int64_t K = c->K, G = c->G;
+/* the portable layout: scales and mins transposed to (G, GR); the codes stay row-major */
+static int pack_portable(int64_t G, const tile_buf *b) {
     int has_min = 0;
     for (int r = 0; r < GR; r++) {
-        if (n0 + r < c->N) {
-            c->wp->to_i8(c->wd + (n0 + r) * c->w_row, b->q, b->sc, b->mn1, K);
-        } else {
-            memset(b->q, 0, (size_t)K);
-            memset(b->sc, 0, (size_t)G * sizeof(float));
-            memset(b->mn1, 0, (size_t)G * sizeof(float));
-        }
         for (int64_t g = 0; g < G; g++) {
-            b->ws[g * GR + r] = b->sc[g];
-            b->mn[g * GR + r] = b->mn1[g];
-            has_min |= b->mn1[g] != 0.0f;
-        }
-        if (c->tier == TIER_VNNI) {
-            /* 4 codes of row r at byte (k / 4) * 64 + 4 r */
-            uint8_t *w = (uint8_t *)b->w;
-            for (int64_t j = 0; j < K / 4; j++) {
-                memcpy(w + j * 4 * GR + 4 * r, b->q + 4 * j, 4);
-            }
-            for (int64_t g = 0; g < G; g++) {
-                int s = 0;
-                for (int k = 0; k < 16; k++) {
-                    s += b->q[16 * g + k];
-                }
-                b->corr[g * GR + r] = -128 * s;
-            }
-        } else if (c->tier == TIER_AVX2) {
-            /* 2 codes of row r, as int16, at element (k / 2) * 32 + 2 r */
-            int16_t *w = (int16_t *)b->w;
-            for (int64_t j = 0; j < K / 2; j++) {
-                w[j * 2 * GR + 2 * r] = b->q[2 * j];
-                w[j * 2 * GR + 2 * r + 1] = b->q[2 * j + 1];
-            }
-        } else {
-            memcpy((int8_t *)b->w + r * K, b->q, (size_t)K);
+            b->ws[g * GR + r] = b->sc[r * G + g];
+            b->mn[g * GR + r] = b->mn1[r * G + g];
+            has_min |= b->mn1[r * G + g] != 0.0f;
         }
     }
     return has_min;
+}
+
+#if defined(__x86_64__)
+static int pack_vnni(int64_t K, int64_t G, const tile_buf *b);
+static int pack_avx2(int64_t K, int64_t G, const tile_buf *b);
+#endif
+
+/* unpack weight rows n0 .. n0 + GR - 1 (rows past N as zeros) into the tier's layout; returns
+ * whether any min is nonzero */
+static int unpack_tile(const gemm_ctx *c, int64_t n0, const tile_buf *b) {
+    const int64_t K = c->K, G = c->G;
+    for (int r = 0; r < GR; r++) {
+        int8_t *q = b->q + r * K;
+        float *sc = b->sc + r * G, *mn = b->mn1 + r * G;
+        if (n0 + r < c->N) {
+            c->wp->to_i8(c->wd + (n0 + r) * c->w_row, q, sc, mn, K);
+        } else {
+            memset(q, 0, (size_t)K);
+            memset(sc, 0, (size_t)G * sizeof(float));
+            memset(mn, 0, (size_t)G * sizeof(float));
+        }
+    }
+    switch (c->tier) {
+#if defined(__x86_64__)
+    case TIER_VNNI: return pack_vnni(K, G, b);
+    case TIER_AVX2: return pack_avx2(K, G, b);
+#endif
+    default: return pack_portable(G, b);
+    }
 }
 
 /* micro-kernels: res[t * GR + r] = sum over groups g of
@@ -212,7 +209,7 @@ static int unpack_tile(const gemm_ctx *c, int64_t n0, const tile_buf *b) {
 static void kern_portable(const gemm_ctx *c, const tile_buf *b, int64_t t0, int T,
                           int has_min) {
     const int64_t K = c->K, G = c->G;
-    const int8_t *W = (const int8_t *)b->w;
+    const int8_t *W = b->q;
     for (int t = 0; t < T; t++) {
         const int8_t *xa = (const int8_t *)c->xa + (t0 + t) * K;
         const float *xs = c->xs + (t0 + t) * G, *xms = c->xms + (t0 + t) * G;
@@ -246,6 +243,102 @@ static inline int32_t ld32(const void *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return v;
+}
+
+/* transpose of a 16 x n block of 32-bit words (n <= 16): row r of src at src + r * sstride
+ * bytes; column c of the block (16 words, one per row) stored at dst + c * 64 (unpacks and
+ * lane shuffles: the gathers are slow on some processors) */
+GEMM_VNNI static void tr16(const uint8_t *src, int64_t sstride, int n, uint8_t *dst) {
+    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+    __m512i r[16], t[16], u[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = _mm512_maskz_loadu_epi32(m, (const void *)(src + i * sstride));
+    }
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    /* u[4 q + k], 128-bit lane L: column 4 L + k of rows 4 q .. 4 q + 3 */
+    for (int k = 0; k < 4; k++) {
+        const __m512i a = _mm512_shuffle_i32x4(u[k], u[4 + k], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i b = _mm512_shuffle_i32x4(u[k], u[4 + k], _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512i c = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i d = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512i o[4] = {_mm512_shuffle_i32x4(a, c, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(b, d, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(a, c, _MM_SHUFFLE(3, 1, 3, 1)),
+                              _mm512_shuffle_i32x4(b, d, _MM_SHUFFLE(3, 1, 3, 1))};
+        for (int L = 0; L < 4; L++) {
+            if (4 * L + k < n) {
+                _mm512_store_si512((void *)(dst + (4 * L + k) * 64), o[L]);
+            }
+        }
+    }
+}
+
+/* (G, GR) scales and mins from the row-major (GR, G) ones; whether a min is nonzero */
+GEMM_VNNI static int pack_scales512(int64_t G, const tile_buf *b) {
+    for (int64_t g = 0; g < G; g += 16) {
+        const int n = (int)(G - g < 16 ? G - g : 16);
+        tr16((const uint8_t *)(b->sc + g), G * 4, n, (uint8_t *)(b->ws + g * GR));
+        tr16((const uint8_t *)(b->mn1 + g), G * 4, n, (uint8_t *)(b->mn + g * GR));
+    }
+    __mmask16 nz = 0;
+    for (int64_t g = 0; g < G; g++) {
+        nz |= _mm512_cmp_ps_mask(_mm512_load_ps(b->mn + g * GR), _mm512_setzero_ps(),
+                                 _CMP_NEQ_UQ);
+    }
+    return nz != 0;
+}
+
+/* VNNI layout: byte 64 j + 4 r .. + 3 = codes 4 j .. 4 j + 3 of row r; corrections -128 *
+ * (sum of each row's 16 codes of a group) by vpdpbusd with 128 */
+GEMM_VNNI static int pack_vnni(int64_t K, int64_t G, const tile_buf *b) {
+    uint8_t *W = (uint8_t *)b->w;
+    for (int64_t j = 0; j < K / 4; j += 16) {
+        const int n = (int)(K / 4 - j < 16 ? K / 4 - j : 16);
+        tr16((const uint8_t *)(b->q + 4 * j), K, n, W + 64 * j);
+    }
+    const __m512i c128 = _mm512_set1_epi8((char)0x80), z = _mm512_setzero_si512();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *wg = W + 256 * g;
+        __m512i s = _mm512_dpbusd_epi32(z, c128, _mm512_load_si512((const void *)wg));
+        s = _mm512_dpbusd_epi32(s, c128, _mm512_load_si512((const void *)(wg + 64)));
+        s = _mm512_dpbusd_epi32(s, c128, _mm512_load_si512((const void *)(wg + 128)));
+        s = _mm512_dpbusd_epi32(s, c128, _mm512_load_si512((const void *)(wg + 192)));
+        _mm512_store_si512((void *)(b->corr + g * GR), _mm512_sub_epi32(z, s));
+    }
+    return pack_scales512(G, b);
+}
+
+/* AVX2 layout: int16 element 32 j + 2 r + e = code 2 j + e of row r (gathers of 4 bytes, the
+ * low two sign-extended to int16) */
+GEMM_AVX2 static int pack_avx2(int64_t K, int64_t G, const tile_buf *b) {
+    const __m256i i0 = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_epi32((int)K));
+    const __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32((int)(8 * K)));
+    const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
+    int16_t *W = (int16_t *)b->w;
+    for (int64_t j = 0; j < K / 2; j++) {
+        const int *base = (const int *)(const void *)(b->q + 2 * j);
+        const __m256i v0 = _mm256_i32gather_epi32(base, i0, 1);
+        const __m256i v1 = _mm256_i32gather_epi32(base, i1, 1);
+        const __m256i p0 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v0, 24), 24), lo16),
+            _mm256_slli_epi32(_mm256_srai_epi32(_mm256_slli_epi32(v0, 16), 24), 16));
+        const __m256i p1 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v1, 24), 24), lo16),
+            _mm256_slli_epi32(_mm256_srai_epi32(_mm256_slli_epi32(v1, 16), 24), 16));
+        _mm256_store_si256((__m256i *)(void *)(W + 32 * j), p0);
+        _mm256_store_si256((__m256i *)(void *)(W + 32 * j + 16), p1);
+    }
+    return pack_portable(G, b);
 }
 
 GEMM_VNNI GEMM_INLINE void vnni_body(const gemm_ctx *c, const tile_buf *b, int64_t t0,
