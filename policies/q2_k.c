@@ -295,19 +295,24 @@ FDY_KQ_DISPATCH(q2_k_vec_dot)
 /* ---- to_i8 (prefill GEMM): q = 2-bit code, scale = d * (sc & 15), min = -(dmin * (sc >> 4))
  * per 16; bit-exact (decode's dl * q - ml) */
 static void q2_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
-                        float *restrict min, int64_t n) {
+                       float *restrict min, int64_t n) {
+    /* element 128 h + 32 j + l = (qs[32 h + l] >> 2 j) & 3 (decode's indexing) */
     const fdy_block_q2_k *b = (const fdy_block_q2_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
         const float dmin = fdy_half_to_float(b[i].dmin);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *qs = b[i].qs + 32 * h;
+            int8_t *y = q + 256 * i + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                y[l] = (int8_t)(qs[l] & 3);
+                y[l + 32] = (int8_t)((qs[l] >> 2) & 3);
+                y[l + 64] = (int8_t)((qs[l] >> 4) & 3);
+                y[l + 96] = (int8_t)(qs[l] >> 6);
+            }
+        }
         for (int sub = 0; sub < 16; sub++) {
             const int sc = b[i].scales[sub];
-            const uint8_t *qs = b[i].qs + 32 * (sub >> 3) + 16 * (sub & 1);
-            const int shift = 2 * ((sub & 7) >> 1);
-            int8_t *y = q + 256 * i + 16 * sub;
-            for (int l = 0; l < 16; l++) {
-                y[l] = (int8_t)((qs[l] >> shift) & 3);
-            }
             scale[16 * i + sub] = d * (float)(sc & 0xF);
             min[16 * i + sub] = -(dmin * (float)(sc >> 4));
         }

@@ -307,19 +307,23 @@ FDY_KQ_DISPATCH(q3_k_vec_dot)
 /* ---- to_i8 (prefill GEMM): q = 3-bit signed code (-4 .. 3), scale = d * sc per 16, min = 0;
  * bit-exact */
 static void q3_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
-                        float *restrict min, int64_t n) {
+                       float *restrict min, int64_t n) {
+    /* element 128 h + 32 k + l = ((qs[32 h + l] >> 2 k) & 3) - 4 unless bit 4 h + k of
+     * hmask[l] (decode's indexing) */
     const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
     for (int64_t i = 0; i < n / 256; i++) {
         const float d = fdy_half_to_float(b[i].d);
-        for (int sub = 0; sub < 16; sub++) {
-            const int h = sub >> 3, k = (sub & 7) >> 1, l0 = 16 * (sub & 1);
-            const uint8_t *qs = b[i].qs + 32 * h + l0;
-            const uint8_t *hm = b[i].hmask + l0;
-            const int hbit = 4 * h + k;
-            int8_t *y = q + 256 * i + 16 * sub;
-            for (int l = 0; l < 16; l++) {
-                y[l] = (int8_t)(((qs[l] >> (2 * k)) & 3) - (((hm[l] >> hbit) & 1) ? 0 : 4));
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *qs = b[i].qs + 32 * h, *hm = b[i].hmask;
+            int8_t *y = q + 256 * i + 128 * h;
+            for (int k = 0; k < 4; k++) {
+                const int hb = 4 * h + k;
+                for (int l = 0; l < 32; l++) {
+                    y[32 * k + l] = (int8_t)(((qs[l] >> (2 * k)) & 3) - 4 + 4 * ((hm[l] >> hb) & 1));
+                }
             }
+        }
+        for (int sub = 0; sub < 16; sub++) {
             scale[16 * i + sub] = d * (float)fdy_q3_k_scale(b[i].scales, sub);
             min[16 * i + sub] = 0.0f;
         }

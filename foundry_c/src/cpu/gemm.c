@@ -488,6 +488,27 @@ static void kern_avx2(const gemm_ctx *c, const tile_buf *b, int64_t t0, int T, i
 }
 #endif
 
+/* o[0 .. nr) (=, or += with accumulate) act(v + bias[n0 ..]), v = the kernel's results: the
+ * arithmetic of mm_store in ops.c, in loops without a per-element switch */
+static void store_row(const gemm_ctx *c, const float *res, float *o, int64_t n0, int nr) {
+    float v[GR];
+    for (int r = 0; r < nr; r++) {
+        v[r] = c->bias ? res[r] + c->bias[n0 + r] : res[r];
+    }
+    if (c->act != FDY_ACT_NONE) {
+        for (int r = 0; r < nr; r++) {
+            v[r] = gemm_act(v[r], c->act);
+        }
+    }
+    if (c->accumulate) {
+        for (int r = 0; r < nr; r++) {
+            o[r] += v[r];
+        }
+    } else {
+        memcpy(o, v, (size_t)nr * sizeof(float));
+    }
+}
+
 static void tile_task(void *vctx, int64_t task, int thread) {
     const gemm_ctx *c = (const gemm_ctx *)vctx;
     tile_buf b;
@@ -511,19 +532,7 @@ static void tile_task(void *vctx, int64_t task, int thread) {
         default: kern_portable(c, &b, t0, T, has_min); break;
         }
         for (int t = 0; t < T; t++) {
-            float *o = c->out + (t0 + t) * c->N + n0;
-            for (int r = 0; r < nr; r++) {
-                float v = b.res[t * GR + r];
-                if (c->bias) {
-                    v += c->bias[n0 + r];
-                }
-                v = gemm_act(v, c->act);
-                if (c->accumulate) {
-                    o[r] += v;
-                } else {
-                    o[r] = v;
-                }
-            }
+            store_row(c, b.res + t * GR, c->out + (t0 + t) * c->N + n0, n0, nr);
         }
     }
 }

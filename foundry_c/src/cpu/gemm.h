@@ -8,7 +8,7 @@
 
 /* fewest tokens for which fdy_matmul's q8 variant takes fdy_gemm_q8 (measured: see
  * docs/CPU_NOTES.md, "Prefill GEMM") */
-#define FDY_GEMM_MIN_M 2
+#define FDY_GEMM_MIN_M 4
 
 /* out (M, N) = act(x (M, K) . w^T + bias) (+= with accumulate), the q8 variant: the activation
  * rows are quantized by the dot_type's quantizer to the bytes the vec_dot path uses, weights and
