@@ -70,10 +70,30 @@ static void int8_quantize(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ---- to_i8 (prefill GEMM): q = code - 128, scale = (hi - lo) / 255, min = lo + 128 * scale;
+ * equal to decode's lo + code * scale up to float rounding (not bit-exact: the code shift moves
+ * 128 * scale from the product into the min) */
+static void int8_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_int8 *b = (const fdy_block_int8 *)src;
+    for (int64_t i = 0; i < n / 128; i++) {
+        const float lo = fdy_half_to_float(b[i].lo);
+        const float d = (fdy_half_to_float(b[i].hi) - lo) / 255.0f;
+        for (int j = 0; j < 128; j++) {
+            q[128 * i + j] = (int8_t)((int)b[i].q[j] - 128);
+        }
+        for (int g = 0; g < 8; g++) {
+            scale[8 * i + g] = d;
+            min[8 * i + g] = lo + 128.0f * d;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(int8, .block_elems = FDY_INT8_BLOCK_ELEMS,
                   .block_bytes = FDY_INT8_BLOCK_BYTES, .sub_elems = FDY_INT8_SUB_ELEMS,
                   .flags = 0, .dot_type = "q8_0",
                   .tol_roundtrip = 7.6e-3f /* measured 5.86e-3 */, .tol_f32 = 1e-5f,
                   .tol_q8 = 1e-2f, .decode = fdy_decode_int8,
-                  .dequantize_fast = int8_dequantize, .quantize = int8_quantize);
+                  .dequantize_fast = int8_dequantize, .quantize = int8_quantize,
+                  .to_i8 = int8_to_i8);
 #endif

@@ -159,10 +159,26 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 mxfp4_ops512(const fdy_block_mxfp4 *
 
 FDY_LEG_KERNELS(mxfp4, fdy_block_mxfp4, fdy_leg_q8_0, 0, MXFP4_D1, mxfp4_d8, mxfp4_d8)
 
+/* ---- to_i8 (prefill GEMM): q = the E2M1 value doubled (an integer in [-12, 12]), scale = the
+ * halved E8M0 scale, min = 0; bit-exact (decode's d * kvalue, kvalue = (float)q) */
+static void mxfp4_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_mxfp4 *b = (const fdy_block_mxfp4 *)src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        for (int j = 0; j < 16; j++) {
+            q[32 * i + j] = (int8_t)fdy_kvalues_mxfp4[b[i].qs[j] & 0xF];
+            q[32 * i + j + 16] = (int8_t)fdy_kvalues_mxfp4[b[i].qs[j] >> 4];
+        }
+        scale[2 * i] = scale[2 * i + 1] = fdy_e8m0_to_float_half(b[i].e);
+        min[2 * i] = min[2 * i + 1] = 0.0f;
+    }
+}
+
 FDY_POLICY_DEFINE(mxfp4, .block_elems = FDY_MXFP4_BLOCK_ELEMS,
                   .block_bytes = FDY_MXFP4_BLOCK_BYTES, .sub_elems = FDY_MXFP4_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.15f /* measured 0.1155 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_mxfp4, .dequantize_fast = mxfp4_dequantize,
-                  .quantize = mxfp4_quantize, .vec_dot = mxfp4_vec_dot);
+                  .quantize = mxfp4_quantize, .vec_dot = mxfp4_vec_dot,
+                  .to_i8 = mxfp4_to_i8);
 #endif

@@ -292,10 +292,38 @@ FDY_KQ_AVX512_ENTRIES(q2_k_vec_dot)
 FDY_KQ_DISPATCH(q2_k_vec_dot)
 
 /* roundtrip: measured relative L2 error 0.297 on N(0, 1) rows (random_rows seed 6) */
+/* ---- to_i8 (prefill GEMM): q = 2-bit code, scale = d * (sc & 15), min = -(dmin * (sc >> 4))
+ * per 16; bit-exact (decode's dl * q - ml) */
+static void q2_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                       float *restrict min, int64_t n) {
+    /* element 128 h + 32 j + l = (qs[32 h + l] >> 2 j) & 3 (decode's indexing) */
+    const fdy_block_q2_k *b = (const fdy_block_q2_k *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        const float dmin = fdy_half_to_float(b[i].dmin);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *qs = b[i].qs + 32 * h;
+            int8_t *y = q + 256 * i + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                y[l] = (int8_t)(qs[l] & 3);
+                y[l + 32] = (int8_t)((qs[l] >> 2) & 3);
+                y[l + 64] = (int8_t)((qs[l] >> 4) & 3);
+                y[l + 96] = (int8_t)(qs[l] >> 6);
+            }
+        }
+        for (int sub = 0; sub < 16; sub++) {
+            const int sc = b[i].scales[sub];
+            scale[16 * i + sub] = d * (float)(sc & 0xF);
+            min[16 * i + sub] = -(dmin * (float)(sc >> 4));
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(q2_k, .block_elems = FDY_Q2_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q2_K_BLOCK_BYTES, .sub_elems = FDY_Q2_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.39f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q2_k,
                   .dequantize_fast = q2_k_dequantize, .quantize = q2_k_quantize,
-                  .vec_dot = q2_k_vec_dot);
+                  .vec_dot = q2_k_vec_dot,
+                  .to_i8 = q2_k_to_i8);
 #endif

@@ -304,10 +304,37 @@ FDY_KQ_AVX512_ENTRIES(q3_k_vec_dot)
 FDY_KQ_DISPATCH(q3_k_vec_dot)
 
 /* roundtrip: measured relative L2 error 0.150 on N(0, 1) rows (random_rows seed 6) */
+/* ---- to_i8 (prefill GEMM): q = 3-bit signed code (-4 .. 3), scale = d * sc per 16, min = 0;
+ * bit-exact */
+static void q3_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                       float *restrict min, int64_t n) {
+    /* element 128 h + 32 k + l = ((qs[32 h + l] >> 2 k) & 3) - 4 unless bit 4 h + k of
+     * hmask[l] (decode's indexing) */
+    const fdy_block_q3_k *b = (const fdy_block_q3_k *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *qs = b[i].qs + 32 * h, *hm = b[i].hmask;
+            int8_t *y = q + 256 * i + 128 * h;
+            for (int k = 0; k < 4; k++) {
+                const int hb = 4 * h + k;
+                for (int l = 0; l < 32; l++) {
+                    y[32 * k + l] = (int8_t)(((qs[l] >> (2 * k)) & 3) - 4 + 4 * ((hm[l] >> hb) & 1));
+                }
+            }
+        }
+        for (int sub = 0; sub < 16; sub++) {
+            scale[16 * i + sub] = d * (float)fdy_q3_k_scale(b[i].scales, sub);
+            min[16 * i + sub] = 0.0f;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(q3_k, .block_elems = FDY_Q3_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q3_K_BLOCK_BYTES, .sub_elems = FDY_Q3_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.2f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q3_k,
                   .dequantize_fast = q3_k_dequantize, .quantize = q3_k_quantize,
-                  .vec_dot = q3_k_vec_dot);
+                  .vec_dot = q3_k_vec_dot,
+                  .to_i8 = q3_k_to_i8);
 #endif

@@ -313,10 +313,34 @@ FDY_KQ_AVX512_ENTRIES(q4_k_vec_dot)
 FDY_KQ_DISPATCH(q4_k_vec_dot)
 
 /* roundtrip: measured relative L2 error 0.0715 on N(0, 1) rows (random_rows seed 6) */
+/* ---- to_i8 (prefill GEMM): q = nibble, scale = d * sc, min = -(dmin * m) per group of 32
+ * (written to both of its 16-halves); bit-exact (decode's dl * q - ml) */
+static void q4_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_q4_k *b = (const fdy_block_q4_k *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        const float dmin = fdy_half_to_float(b[i].dmin);
+        int8_t *y = q + 256 * i;
+        for (int g = 0; g < 8; g++) {
+            const float dl = d * (float)fdy_q4_k_sc(b[i].scales, g);
+            const float ml = dmin * (float)fdy_q4_k_m(b[i].scales, g);
+            const uint8_t *qs = b[i].qs + 32 * (g >> 1);
+            const int shift = 4 * (g & 1);
+            for (int l = 0; l < 32; l++) {
+                y[32 * g + l] = (int8_t)((qs[l] >> shift) & 0xF);
+            }
+            scale[16 * i + 2 * g] = scale[16 * i + 2 * g + 1] = dl;
+            min[16 * i + 2 * g] = min[16 * i + 2 * g + 1] = -ml;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(q4_k, .block_elems = FDY_Q4_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_K_BLOCK_BYTES, .sub_elems = FDY_Q4_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.095f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q4_k,
                   .dequantize_fast = q4_k_dequantize, .quantize = q4_k_quantize,
-                  .vec_dot = q4_k_vec_dot);
+                  .vec_dot = q4_k_vec_dot,
+                  .to_i8 = q4_k_to_i8);
 #endif

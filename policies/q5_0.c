@@ -131,10 +131,24 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_0_ops512(const fdy_block_q5_0 *x,
 
 FDY_LEG_KERNELS(q5_0, fdy_block_q5_0, fdy_leg_q8_0, 16, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
+/* ---- to_i8 (prefill GEMM): q = 5-bit code - 16, scale = d, min = 0; bit-exact */
+static void q5_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_q5_0 *b = (const fdy_block_q5_0 *)src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        int8_t t[32];
+        fdy_leg_nibbles5(b[i].qs, b[i].qh, 16, t);
+        memcpy(q + 32 * i, t, 32);
+        scale[2 * i] = scale[2 * i + 1] = fdy_half_to_float(b[i].d);
+        min[2 * i] = min[2 * i + 1] = 0.0f;
+    }
+}
+
 FDY_POLICY_DEFINE(q5_0, .block_elems = FDY_Q5_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_0_BLOCK_BYTES, .sub_elems = FDY_Q5_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.056f /* measured 0.0429 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_0, .dequantize_fast = q5_0_dequantize,
-                  .quantize = q5_0_quantize, .vec_dot = q5_0_vec_dot);
+                  .quantize = q5_0_quantize, .vec_dot = q5_0_vec_dot,
+                  .to_i8 = q5_0_to_i8);
 #endif

@@ -142,10 +142,24 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_1_ops512(const fdy_block_q5_1 *x,
 FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X,
                     FDY_LEG_M1, FDY_LEG_M8, FDY_LEG_M8X)
 
+/* ---- to_i8 (prefill GEMM): q = 5-bit code, scale = d, min = m; bit-exact */
+static void q5_1_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_q5_1 *b = (const fdy_block_q5_1 *)src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        int8_t t[32];
+        fdy_leg_nibbles5(b[i].qs, b[i].qh, 0, t);
+        memcpy(q + 32 * i, t, 32);
+        scale[2 * i] = scale[2 * i + 1] = fdy_half_to_float(b[i].d);
+        min[2 * i] = min[2 * i + 1] = fdy_half_to_float(b[i].m);
+    }
+}
+
 FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_1_BLOCK_BYTES, .sub_elems = FDY_Q5_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
                   .tol_roundtrip = 0.05f /* measured 0.0375 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_1, .dequantize_fast = q5_1_dequantize,
-                  .quantize = q5_1_quantize, .vec_dot = q5_1_vec_dot);
+                  .quantize = q5_1_quantize, .vec_dot = q5_1_vec_dot,
+                  .to_i8 = q5_1_to_i8);
 #endif

@@ -312,10 +312,34 @@ FDY_KQ_AVX512_ENTRIES(q5_k_vec_dot)
 FDY_KQ_DISPATCH(q5_k_vec_dot)
 
 /* roundtrip: measured relative L2 error 0.0363 on N(0, 1) rows (random_rows seed 6) */
+/* ---- to_i8 (prefill GEMM): q = 5-bit code, scale = d * sc, min = -(dmin * m) per group of
+ * 32 (written to both of its 16-halves); bit-exact (decode's dl * q - ml) */
+static void q5_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_q5_k *b = (const fdy_block_q5_k *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        const float dmin = fdy_half_to_float(b[i].dmin);
+        int8_t *y = q + 256 * i;
+        for (int g = 0; g < 8; g++) {
+            const float dl = d * (float)fdy_q5_k_sc(b[i].scales, g);
+            const float ml = dmin * (float)fdy_q5_k_m(b[i].scales, g);
+            const uint8_t *qs = b[i].qs + 32 * (g >> 1);
+            const int shift = 4 * (g & 1);
+            for (int l = 0; l < 32; l++) {
+                y[32 * g + l] = (int8_t)(((qs[l] >> shift) & 0xF) | (((b[i].qh[l] >> g) & 1) << 4));
+            }
+            scale[16 * i + 2 * g] = scale[16 * i + 2 * g + 1] = dl;
+            min[16 * i + 2 * g] = min[16 * i + 2 * g + 1] = -ml;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(q5_k, .block_elems = FDY_Q5_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_K_BLOCK_BYTES, .sub_elems = FDY_Q5_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.047f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q5_k,
                   .dequantize_fast = q5_k_dequantize, .quantize = q5_k_quantize,
-                  .vec_dot = q5_k_vec_dot);
+                  .vec_dot = q5_k_vec_dot,
+                  .to_i8 = q5_k_to_i8);
 #endif

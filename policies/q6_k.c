@@ -339,10 +339,37 @@ FDY_KQ_AVX512_ENTRIES(q6_k_vec_dot)
 FDY_KQ_DISPATCH(q6_k_vec_dot)
 
 /* roundtrip: measured relative L2 error 0.0178 on N(0, 1) rows (random_rows seed 6) */
+/* ---- to_i8 (prefill GEMM): q = 6-bit code - 32, scale = d * sc per 16, min = 0; bit-exact */
+static void q6_k_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                       float *restrict min, int64_t n) {
+    /* element 128 h + 32 k + l: low 4 bits from ql[64 h + 32 (k & 1) + l] >> 4 (k >> 1), high
+     * 2 bits from qh[32 h + l] >> 2 k (decode's indexing; constant shifts so the loop
+     * vectorizes) */
+    const fdy_block_q6_k *b = (const fdy_block_q6_k *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = b[i].ql + 64 * h, *qh = b[i].qh + 32 * h;
+            int8_t *y = q + 256 * i + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                y[l] = (int8_t)(((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32);
+                y[l + 32] = (int8_t)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                y[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                y[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+        }
+        for (int sub = 0; sub < 16; sub++) {
+            scale[16 * i + sub] = d * (float)b[i].scales[sub];
+            min[16 * i + sub] = 0.0f;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(q6_k, .block_elems = FDY_Q6_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q6_K_BLOCK_BYTES, .sub_elems = FDY_Q6_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.023f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q6_k,
                   .dequantize_fast = q6_k_dequantize, .quantize = q6_k_quantize,
-                  .vec_dot = q6_k_vec_dot);
+                  .vec_dot = q6_k_vec_dot,
+                  .to_i8 = q6_k_to_i8);
 #endif

@@ -139,10 +139,23 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q8_0_ops512(const fdy_block_q8_0 *x,
 
 FDY_LEG_KERNELS(q8_0, fdy_block_q8_0, fdy_block_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
+/* ---- to_i8 (prefill GEMM; weights and activations): the codes, scale = d, min = 0;
+ * bit-exact */
+static void q8_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        memcpy(q + 32 * i, b[i].qs, 32);
+        scale[2 * i] = scale[2 * i + 1] = fdy_half_to_float(b[i].d);
+        min[2 * i] = min[2 * i + 1] = 0.0f;
+    }
+}
+
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.01f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q8_0,
                   .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
-                  .vec_dot = q8_0_vec_dot, .quantize_act = q8_0_quantize_act);
+                  .vec_dot = q8_0_vec_dot, .quantize_act = q8_0_quantize_act,
+                  .to_i8 = q8_0_to_i8);
 #endif

@@ -317,11 +317,32 @@ FDY_KQ_DISPATCH(tq1_0_vec_dot)
 
 /* roundtrip bound: 1.3x the measured 0.798 would pass an all-zero decoder (1.0), so the
  * bound is 0.9 instead; ternary codes with d = max|x| send most Gaussian weights to 0 */
+/* ---- to_i8 (prefill GEMM): q = trit - 1, scale = d, min = 0; bit-exact */
+static void tq1_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_tq1_0 *b = (const fdy_block_tq1_0 *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        for (int sub = 0; sub < 16; sub++) {
+            int8_t *y = q + 256 * i + 16 * sub;
+            for (int l = 0; l < 16; l++) {
+                const uint8_t byte = sub < 10 ? b[i].qs[16 * (sub & 1) + l]
+                                   : sub < 15 ? b[i].qs[32 + l] : b[i].qh[l & 3];
+                const int pos = sub < 10 ? sub >> 1 : sub < 15 ? sub - 10 : l >> 2;
+                y[l] = (int8_t)(fdy_trit_tq1_0(byte, pos) - 1);
+            }
+            scale[16 * i + sub] = d;
+            min[16 * i + sub] = 0.0f;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(tq1_0, .block_elems = FDY_TQ1_0_BLOCK_ELEMS,
                   .block_bytes = FDY_TQ1_0_BLOCK_BYTES, .sub_elems = FDY_TQ1_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k",
                   .tol_roundtrip = 0.9f /* measured 0.798 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_tq1_0, .dequantize_fast = tq1_0_dequantize,
                   .quantize = tq1_0_quantize,
-                  .vec_dot = tq1_0_vec_dot);
+                  .vec_dot = tq1_0_vec_dot,
+                  .to_i8 = tq1_0_to_i8);
 #endif

@@ -185,11 +185,32 @@ FDY_KQ_DISPATCH(tq2_0_vec_dot)
 
 /* roundtrip bound: 1.3x the measured 0.798 would pass an all-zero decoder (1.0), so the
  * bound is 0.9 instead; ternary codes with d = max|x| send most Gaussian weights to 0 */
+/* ---- to_i8 (prefill GEMM): q = trit - 1, scale = d, min = 0; bit-exact */
+static void tq2_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
+                        float *restrict min, int64_t n) {
+    const fdy_block_tq2_0 *b = (const fdy_block_tq2_0 *)src;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float d = fdy_half_to_float(b[i].d);
+        for (int sub = 0; sub < 8; sub++) {
+            const uint8_t *qs = b[i].qs + 32 * (sub >> 2);
+            const int shift = 2 * (sub & 3);
+            for (int l = 0; l < 32; l++) {
+                q[256 * i + 32 * sub + l] = (int8_t)((int)((qs[l] >> shift) & 3) - 1);
+            }
+        }
+        for (int g = 0; g < 16; g++) {
+            scale[16 * i + g] = d;
+            min[16 * i + g] = 0.0f;
+        }
+    }
+}
+
 FDY_POLICY_DEFINE(tq2_0, .block_elems = FDY_TQ2_0_BLOCK_ELEMS,
                   .block_bytes = FDY_TQ2_0_BLOCK_BYTES, .sub_elems = FDY_TQ2_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k",
                   .tol_roundtrip = 0.9f /* measured 0.798 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_tq2_0, .dequantize_fast = tq2_0_dequantize,
                   .quantize = tq2_0_quantize,
-                  .vec_dot = tq2_0_vec_dot);
+                  .vec_dot = tq2_0_vec_dot,
+                  .to_i8 = tq2_0_to_i8);
 #endif

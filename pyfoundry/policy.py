@@ -31,12 +31,14 @@ class Policy:
     is_gguf : bool             True when GGUF files can carry it
     is_activation : bool       an activation format of the q8 variant (Q8_1, Q8_K)
     dot_type : str | None      activation format of the ``q8`` compute variant
+    has_to_i8 : bool           rows unpack exactly to int8 codes + per-16 scale and min (the
+                               prefill GEMM of the ``q8`` variant uses it)
     tolerances : dict          test tolerances (relative L2): roundtrip, f32, q8
     """
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
                  "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
-                 "tolerances")
+                 "has_to_i8", "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -49,6 +51,7 @@ class Policy:
         self.is_gguf = info["is_gguf"]
         self.is_activation = info["is_activation"]
         self.dot_type = info["dot_type"]
+        self.has_to_i8 = info["has_to_i8"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
                            "q8": info["tol_q8"]}
 

@@ -164,3 +164,19 @@ uint16_t fdy_float_to_bf16(float f) {
     x += 0x7fffu + ((x >> 16) & 1u);
     return (uint16_t)(x >> 16);
 }
+
+int fdy_policy_has_to_i8(const fdy_policy *p) {
+    return p->to_i8 != NULL;
+}
+
+fdy_status fdy_policy_to_i8(const fdy_policy *p, const void *src, int8_t *q, float *scale,
+                            float *min, int64_t n) {
+    if (!p->to_i8) {
+        return fdy_fail(FDY_ERR_UNSUPPORTED, "%s has no int8 unpacking (to_i8)", p->name);
+    }
+    if (fdy_policy_row_bytes(p, n) < 0) {
+        return FDY_ERR_INVALID;
+    }
+    p->to_i8(src, q, scale, min, n);
+    return FDY_OK;
+}

@@ -35,6 +35,12 @@ typedef void (*fdy_quant_fn)(const float *src, void *dst, int64_t n);
 /* dot product of one weight row (n weights in this format) with one activation row of n
  * values quantized in the policy's dot_type (the q8 variant's integer kernels) */
 typedef float (*fdy_vec_dot_fn)(const void *w, const void *a, int64_t n);
+/* one row of n elements (a multiple of block_elems) as int8 codes q[n] with a float scale and
+ * a float min per 16 elements (scale[n / 16], min[n / 16]): element i is
+ * scale[i / 16] * q[i] + min[i / 16].  Each policy states whether that is bit-exact against
+ * its decode (the same float operations) or equal up to float rounding.  The prefill GEMM
+ * (cpu/gemm.c) unpacks weights and activations with it; activation formats write min = 0. */
+typedef void (*fdy_to_i8_fn)(const void *src, int8_t *q, float *scale, float *min, int64_t n);
 
 struct fdy_policy {
     const char *name;        /* lower case, as users type it: "q4_k" */
@@ -57,6 +63,7 @@ struct fdy_policy {
     fdy_vec_dot_fn vec_dot;      /* optional q8-variant kernel: weight row x dot_type row */
     fdy_quant_fn quantize_act;   /* optional fast activation quantizer (this is a dot_type);
                                     must give the bytes of `quantize` */
+    fdy_to_i8_fn to_i8;          /* optional: rows as int8 codes + per-16 scale and min */
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \
@@ -67,6 +74,11 @@ struct fdy_policy {
 #define FDY_POLICY(name, id) extern const struct fdy_policy fdy_policy_##name;
 #include "policies.def"
 #undef FDY_POLICY
+
+/* the policy's to_i8 hook (FDY_ERR_UNSUPPORTED when it has none) */
+int fdy_policy_has_to_i8(const fdy_policy *p);
+fdy_status fdy_policy_to_i8(const fdy_policy *p, const void *src, int8_t *q, float *scale,
+                            float *min, int64_t n);
 
 /* ---- helpers for host-side quantizers (reference rounding of llama.cpp and gguf-py) ---- */
 #ifdef FDY_HOST

@@ -7,6 +7,9 @@
 #define NO_IMPORT_ARRAY
 #include <numpy/arrayobject.h>
 
+#include "dialect.h"
+#include "policy.h"
+
 static const fdy_policy *policy_arg(fdy_module_state *st, PyObject *arg) {
     long t = PyLong_AsLong(arg);
     if (t == -1 && PyErr_Occurred()) {
@@ -29,7 +32,7 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
         const fdy_policy *p = fdy_policy_at(i);
         const char *dot = fdy_policy_dot_type(p);
         PyObject *d = Py_BuildValue(
-            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d}", "name", fdy_policy_name(p),
+            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O}", "name", fdy_policy_name(p),
             "type", (int)fdy_policy_type(p), "block_elems", (long long)fdy_policy_block_elems(p),
             "block_bytes", (long long)fdy_policy_block_bytes(p), "sub_elems",
             (long long)fdy_policy_sub_elems(p), "bits_per_weight", fdy_policy_bits_per_weight(p),
@@ -37,7 +40,8 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
             fdy_policy_is_gguf(p) ? Py_True : Py_False, "is_activation",
             fdy_policy_is_activation(p) ? Py_True : Py_False, "dot_type", dot, "tol_roundtrip",
             fdy_policy_tolerance(p, "roundtrip"), "tol_f32", fdy_policy_tolerance(p, "f32"),
-            "tol_q8", fdy_policy_tolerance(p, "q8"));
+            "tol_q8", fdy_policy_tolerance(p, "q8"), "has_to_i8",
+            fdy_policy_has_to_i8(p) ? Py_True : Py_False);
         if (!d) {
             Py_DECREF(list);
             return NULL;
@@ -142,12 +146,68 @@ fail:
     return NULL;
 }
 
+/* to_i8(type_id, raw, n) -> (int8 codes [n], float32 scale [n/16], float32 min [n/16]): the
+ * policy's to_i8 hook (the prefill GEMM's unpacking), for tests */
+static PyObject *to_i8(PyObject *module, PyObject *args) {
+    fdy_module_state *st = fdy_state_from_module(module);
+    PyObject *type_obj, *raw_obj;
+    long long n;
+    Py_buffer view = {0};
+    PyObject *q = NULL, *sc = NULL, *mn = NULL;
+    if (!PyArg_ParseTuple(args, "OOL:to_i8", &type_obj, &raw_obj, &n)) {
+        return NULL;
+    }
+    const fdy_policy *p = policy_arg(st, type_obj);
+    if (!p) {
+        return NULL;
+    }
+    int64_t need = fdy_policy_row_bytes(p, n);
+    if (need < 0) {
+        return fdy_raise(st, FDY_ERR_INVALID);
+    }
+    if (PyObject_GetBuffer(raw_obj, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    if (view.len != need) {
+        PyErr_Format(st->ShapeError, "to_i8(%s): raw data has %zd bytes, %lld elements need %lld",
+                     fdy_policy_name(p), view.len, n, (long long)need);
+        goto fail;
+    }
+    npy_intp dq[1] = {(npy_intp)n}, ds[1] = {(npy_intp)(n / 16)};
+    q = PyArray_SimpleNew(1, dq, NPY_INT8);
+    sc = PyArray_SimpleNew(1, ds, NPY_FLOAT32);
+    mn = PyArray_SimpleNew(1, ds, NPY_FLOAT32);
+    if (!q || !sc || !mn) {
+        goto fail;
+    }
+    fdy_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = fdy_policy_to_i8(p, view.buf, (int8_t *)PyArray_DATA((PyArrayObject *)q),
+                         (float *)PyArray_DATA((PyArrayObject *)sc),
+                         (float *)PyArray_DATA((PyArrayObject *)mn), n);
+    Py_END_ALLOW_THREADS
+    if (s) {
+        fdy_raise(st, s);
+        goto fail;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NNN)", q, sc, mn);
+fail:
+    Py_XDECREF(q);
+    Py_XDECREF(sc);
+    Py_XDECREF(mn);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef policy_methods[] = {
     {"policy_info", policy_info, METH_NOARGS, "policy_info() -> list of descriptor dicts"},
     {"dequantize", dequantize, METH_VARARGS,
      "dequantize(type_id, raw, n) -> float32 array of n elements"},
     {"quantize", quantize, METH_VARARGS,
      "quantize(type_id, float32 array) -> uint8 array of blocks"},
+    {"to_i8", to_i8, METH_VARARGS,
+     "to_i8(type_id, raw, n) -> (int8 codes, float32 scale per 16, float32 min per 16)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,6 +16,7 @@
 #include "internal.h"
 #include "policy.h"
 #include "threadpool.h"
+#include "cpu/gemm.h"
 #include "cpu/simd.h"
 
 /* ---- argument checks ------------------------------------------------------------------- */
@@ -163,6 +164,13 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
         dot = fdy_policy_by_name(w->policy->dot_type);
         if (!dot || !dot->quantize || c.K % dot->block_elems != 0) {
             dot = NULL; /* rows that the activation format cannot tile: exact f32 path */
+        }
+    }
+    if (dot && M >= FDY_GEMM_MIN_M) { /* prefill: cpu/gemm.c when the policies can unpack */
+        int handled = 0;
+        s = fdy_gemm_q8(w, x, M, bias, out, accumulate, activation, &handled);
+        if (s || handled) {
+            return s;
         }
     }
     if (dot && w->policy->vec_dot) {
