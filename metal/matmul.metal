@@ -166,8 +166,9 @@ FDY_UNROLL(8)
  * block, R rows per warp; lane l takes part l % PARTS of blocks l / PARTS + i * 32 / PARTS,
  * reading the weights with word loads straight from device memory (no staging, no barrier,
  * no shared memory) and x through the L1 cache.  Every load of an unrolled step is
- * unconditional (indices clamped, results masked) so that the FDY_GD_U x R loads of a step
- * are all in flight together.  grid (ceil(N / (FDY_GD_WARPS * R)), M). */
+ * unconditional (indices clamped, results masked), and a step first loads the raw words of
+ * its FDY_GD_U x R block parts (FDY_W0_DOTF_LOAD) and only then computes (FDY_W0_DOTF_CALC),
+ * so all those loads are in flight together.  grid (ceil(N / (FDY_GD_WARPS * R)), M). */
 #define FDY_GD_WARPS 4
 #ifndef FDY_GD_U
 #define FDY_GD_U 4 /* blocks per lane per step (benchmarks/bench_gpu.py --sweep) */
@@ -198,22 +199,24 @@ FDY_UNROLL(8)
             acc[r] = 0.0f;                                                                   \
         }                                                                                    \
         for (int kb0 = lane / FDY_W0_DOTF_PARTS; kb0 < nblk; kb0 += FDY_GD_U * bps) {        \
-            float v[FDY_GD_U][R];                                                            \
+            uint32_t raw[FDY_GD_U][R][FDY_W0_DOTF_WORDS];                                    \
             FDY_UNROLL(FDY_GD_U)                                                             \
             for (int u = 0; u < FDY_GD_U; u++) {                                             \
                 const int kb = kb0 + u * bps < nblk ? kb0 + u * bps : kb0;                   \
-                FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS;          \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
-                    v[u][r] = FDY_W0_DOTF(rowp[r] + (int64_t)kb * FDY_W0_BLOCK_BYTES, part, xb); \
+                    FDY_W0_DOTF_LOAD(rowp[r] + (int64_t)kb * FDY_W0_BLOCK_BYTES, part, raw[u][r]); \
                 }                                                                            \
             }                                                                                \
             FDY_UNROLL(FDY_GD_U)                                                             \
             for (int u = 0; u < FDY_GD_U; u++) {                                             \
                 const bool ok = kb0 + u * bps < nblk;                                        \
+                const int kb = ok ? kb0 + u * bps : kb0;                                     \
+                FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS;          \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
-                    acc[r] += ok ? v[u][r] : 0.0f;                                           \
+                    const float v = FDY_W0_DOTF_CALC(raw[u][r], part, xb);                   \
+                    acc[r] += ok ? v : 0.0f;                                                 \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \

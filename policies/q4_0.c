@@ -31,21 +31,34 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook: 4 parts per block, part p = the codes in qs[4p .. 4p+3], i.e. elements
- * 4p .. 4p+3 (low nibbles) and 16 + 4p .. 16 + 4p+3 (high nibbles); 16-bit loads (blocks are
- * 2-byte aligned); d * sum (q - 8) x */
+/* GEMV dot hook, in two steps so a kernel can issue every load of a step before any
+ * arithmetic: 4 parts per block, part p = the codes in qs[4p .. 4p+3], i.e. elements
+ * 4p .. 4p+3 (low nibbles) and 16 + 4p .. 16 + 4p+3 (high nibbles).  load: 16-bit loads
+ * (blocks are 2-byte aligned) into r[0] = codes, r[1] = d; calc: d * sum (q - 8) x */
 #define FDY_Q4_0_DOTF_PARTS 4
-FDY_FN float fdy_dotf_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+#define FDY_Q4_0_DOTF_WORDS 2
+FDY_FN void fdy_dotf_load_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
-    const uint32_t v = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);
+    r[0] = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);
+    r[1] = h[0];
+}
+
+FDY_FN float fdy_dotf_calc_q4_0(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
     const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
-    const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
+    const uint32_t lo = r[0] & 0x0F0F0F0Fu, hi = (r[0] >> 4) & 0x0F0F0F0Fu;
     float s = 0.0f;
     for (int i = 0; i < 4; i++) {
         s = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 8), xl.v[i], s);
         s = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 8), xh.v[i], s);
     }
-    return fdy_half_to_float(h[0]) * s;
+    return fdy_half_to_float((uint16_t)r[1]) * s;
+}
+
+/* the whole hook in one call (host checks) */
+FDY_FN float fdy_dotf_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    uint32_t r[FDY_Q4_0_DOTF_WORDS];
+    fdy_dotf_load_q4_0(blk, part, r);
+    return fdy_dotf_calc_q4_0(r, part, x);
 }
 
 #ifdef FDY_HOST

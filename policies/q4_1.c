@@ -37,21 +37,35 @@ FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook: 4 parts per block, part p = qs[4p .. 4p+3] (elements 4p.. low nibbles,
- * 16 + 4p.. high nibbles); 32-bit loads (blocks are 4-byte aligned); d sum q x + m sum x */
+/* GEMV dot hook (load, then calc): 4 parts per block, part p = qs[4p .. 4p+3] (elements
+ * 4p.. low nibbles, 16 + 4p.. high nibbles); 32-bit loads (blocks are 4-byte aligned):
+ * r[0] = codes, r[1] = d | m << 16; calc: d sum q x + m sum x */
 #define FDY_Q4_1_DOTF_PARTS 4
-FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
-    FDY_GLOBAL const fdy_block_q4_1 *b = (FDY_GLOBAL const fdy_block_q4_1 *)blk;
-    const uint32_t v = ((FDY_GLOBAL const uint32_t *)(blk + 4))[part];
+#define FDY_Q4_1_DOTF_WORDS 2
+FDY_FN void fdy_dotf_load_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
+    FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk;
+    r[0] = w[1 + part];
+    r[1] = w[0];
+}
+
+FDY_FN float fdy_dotf_calc_q4_1(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
     const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
-    const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
+    const uint32_t lo = r[0] & 0x0F0F0F0Fu, hi = (r[0] >> 4) & 0x0F0F0F0Fu;
     float s = 0.0f, sx = 0.0f;
     for (int i = 0; i < 4; i++) {
         s = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 0), xl.v[i], s);
         s = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 0), xh.v[i], s);
         sx += xl.v[i] + xh.v[i];
     }
-    return fdy_fma(fdy_half_to_float(b->d), s, fdy_half_to_float(b->m) * sx);
+    return fdy_fma(fdy_half_to_float((uint16_t)(r[1] & 0xFFFFu)), s,
+                   fdy_half_to_float((uint16_t)(r[1] >> 16)) * sx);
+}
+
+/* the whole hook in one call (host checks) */
+FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    uint32_t r[FDY_Q4_1_DOTF_WORDS];
+    fdy_dotf_load_q4_1(blk, part, r);
+    return fdy_dotf_calc_q4_1(r, part, x);
 }
 
 #ifdef FDY_HOST

@@ -52,18 +52,33 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook: 16 parts per block, part p = qs[32c + 8j .. +7] for c = p / 4, j = p % 4:
- * elements 64c + 8j.. (low nibbles, group 2c) and 64c + 32 + 8j.. (high nibbles, group
- * 2c + 1); 32-bit loads (blocks are 4-byte aligned) */
+/* GEMV dot hook (load, then calc): 16 parts per block, part p = qs[32c + 8j .. +7] for
+ * c = p / 4, j = p % 4: elements 64c + 8j.. (low nibbles, group 2c) and 64c + 32 + 8j.. (high
+ * nibbles, group 2c + 1).  32-bit loads (blocks are 4-byte aligned): r[0..1] codes,
+ * r[2] = d | dmin << 16, r[3..5] the 12 scale bytes */
 #define FDY_Q4_K_DOTF_PARTS 16
-FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
-    FDY_GLOBAL const fdy_block_q4_k *b = (FDY_GLOBAL const fdy_block_q4_k *)blk;
+#define FDY_Q4_K_DOTF_WORDS 6
+FDY_FN void fdy_dotf_load_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
+    FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk;
     const int c = part >> 2, j = part & 3;
-    FDY_GLOBAL const uint32_t *q = (FDY_GLOBAL const uint32_t *)(b->qs + 32 * c + 8 * j);
+    r[0] = w[4 + 8 * c + 2 * j];
+    r[1] = w[5 + 8 * c + 2 * j];
+    r[2] = w[0];
+    r[3] = w[1];
+    r[4] = w[2];
+    r[5] = w[3];
+}
+
+FDY_FN int fdy_q4_k_scbyte(FDY_THREAD const uint32_t *r, int i) {
+    return (int)((r[3 + (i >> 2)] >> (8 * (i & 3))) & 0xFFu);
+}
+
+FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
+    const int c = part >> 2, j = part & 3;
     FDY_GLOBAL const float *xl = x + 64 * c + 8 * j;
     float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
     for (int w = 0; w < 2; w++) {
-        const uint32_t lo = q[w] & 0x0F0F0F0Fu, hi = (q[w] >> 4) & 0x0F0F0F0Fu;
+        const uint32_t lo = r[w] & 0x0F0F0F0Fu, hi = (r[w] >> 4) & 0x0F0F0F0Fu;
         const fdy_float4 al = fdy_load4(xl + 4 * w), ah = fdy_load4(xl + 32 + 4 * w);
         for (int i = 0; i < 4; i++) {
             const float a = al.v[i], e = ah.v[i];
@@ -73,12 +88,30 @@ FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
             xsh += e;
         }
     }
-    const float d = fdy_half_to_float(b->d), dmin = fdy_half_to_float(b->dmin);
-    const float dl = d * (float)fdy_q4_k_sc(b->scales, 2 * c);
-    const float ml = dmin * (float)fdy_q4_k_m(b->scales, 2 * c);
-    const float dh = d * (float)fdy_q4_k_sc(b->scales, 2 * c + 1);
-    const float mh = dmin * (float)fdy_q4_k_m(b->scales, 2 * c + 1);
+    /* the 6-bit scale and min of groups 2c and 2c + 1 (see fdy_q4_k_sc / fdy_q4_k_m) */
+    int sc[2], mn[2];
+    for (int t = 0; t < 2; t++) {
+        const int g = 2 * c + t;
+        if (g < 4) {
+            sc[t] = fdy_q4_k_scbyte(r, g) & 63;
+            mn[t] = fdy_q4_k_scbyte(r, g + 4) & 63;
+        } else {
+            sc[t] = (fdy_q4_k_scbyte(r, g + 4) & 0xF) | ((fdy_q4_k_scbyte(r, g - 4) >> 6) << 4);
+            mn[t] = (fdy_q4_k_scbyte(r, g + 4) >> 4) | ((fdy_q4_k_scbyte(r, g) >> 6) << 4);
+        }
+    }
+    const float d = fdy_half_to_float((uint16_t)(r[2] & 0xFFFFu));
+    const float dmin = fdy_half_to_float((uint16_t)(r[2] >> 16));
+    const float dl = d * (float)sc[0], ml = dmin * (float)mn[0];
+    const float dh = d * (float)sc[1], mh = dmin * (float)mn[1];
     return (dl * sl - ml * xsl) + (dh * sh - mh * xsh);
+}
+
+/* the whole hook in one call (host checks) */
+FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    uint32_t r[FDY_Q4_K_DOTF_WORDS];
+    fdy_dotf_load_q4_k(blk, part, r);
+    return fdy_dotf_calc_q4_k(r, part, x);
 }
 
 #ifdef FDY_HOST

@@ -42,38 +42,56 @@ FDY_FN void fdy_decode_q6_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook: 16 parts per block, part p = half h = p / 8, columns l = 4j .. 4j+3 for
- * j = p % 8: the 16 elements 128h + 32k + l (k = 0..3) built from ql[64h + l] (k = 0 low,
- * k = 2 high nibble), ql[64h + 32 + l] (k = 1, 3) and qh[32h + l] bits 2k..2k+1; sub-block
- * 8h + 2k + (j >= 4); 16-bit loads (blocks are 2-byte aligned) */
+/* GEMV dot hook (load, then calc): 16 parts per block, part p = half h = p / 8, columns
+ * l = 4j .. 4j+3 for j = p % 8: the 16 elements 128h + 32k + l (k = 0..3) built from
+ * ql[64h + l] (k = 0 low, k = 2 high nibble), ql[64h + 32 + l] (k = 1, 3) and qh[32h + l]
+ * bits 2k..2k+1; sub-block 8h + 2k + (j >= 4).  16-bit loads (blocks are 2-byte aligned):
+ * r[0..2] codes, r[3..4] scales[8h .. 8h+7], r[5] d */
 #define FDY_Q6_K_DOTF_PARTS 16
+#define FDY_Q6_K_DOTF_WORDS 6
 FDY_FN uint32_t fdy_q6_k_u32(FDY_GLOBAL const uint8_t *p) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)p;
     return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
 }
 
-FDY_FN float fdy_dotf_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+FDY_FN void fdy_dotf_load_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     FDY_GLOBAL const fdy_block_q6_k *b = (FDY_GLOBAL const fdy_block_q6_k *)blk;
     const int h = part >> 3, j = part & 7;
-    const uint32_t qa = fdy_q6_k_u32(b->ql + 64 * h + 4 * j);
-    const uint32_t qb = fdy_q6_k_u32(b->ql + 64 * h + 32 + 4 * j);
-    const uint32_t qh = fdy_q6_k_u32(b->qh + 32 * h + 4 * j);
+    r[0] = fdy_q6_k_u32(b->ql + 64 * h + 4 * j);
+    r[1] = fdy_q6_k_u32(b->ql + 64 * h + 32 + 4 * j);
+    r[2] = fdy_q6_k_u32(b->qh + 32 * h + 4 * j);
+    r[3] = fdy_q6_k_u32((FDY_GLOBAL const uint8_t *)b->scales + 8 * h);
+    r[4] = fdy_q6_k_u32((FDY_GLOBAL const uint8_t *)b->scales + 8 * h + 4);
+    r[5] = b->d;
+}
+
+FDY_FN float fdy_dotf_calc_q6_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
+    const int h = part >> 3, j = part & 7;
     FDY_GLOBAL const float *xp = x + 128 * h + 4 * j;
-    const int s0 = 8 * h + (j >> 2);
     float tot = 0.0f;
     for (int k = 0; k < 4; k++) {
-        const uint32_t lo = (k & 1) ? qb : qa;
+        const uint32_t lo = (k & 1) ? r[1] : r[0];
         const int sh = 4 * (k >> 1);
         const fdy_float4 xv = fdy_load4(xp + 32 * k);
         float s = 0.0f;
         for (int i = 0; i < 4; i++) {
             const uint32_t code = ((lo >> (8 * i + sh)) & 0xFu) |
-                                  (((qh >> (8 * i + 2 * k)) & 3u) << 4);
+                                  (((r[2] >> (8 * i + 2 * k)) & 3u) << 4);
             s = fdy_fma(fdy_code_f(code, 32), xv.v[i], s);
         }
-        tot = fdy_fma((float)b->scales[s0 + 2 * k], s, tot);
+        /* scale byte (j >> 2) + 2k of r[3..4], a signed int8 */
+        const int si = (j >> 2) + 2 * k;
+        const int sc = (int)(int8_t)(uint8_t)((r[3 + (si >> 2)] >> (8 * (si & 3))) & 0xFFu);
+        tot = fdy_fma((float)sc, s, tot);
     }
-    return fdy_half_to_float(b->d) * tot;
+    return fdy_half_to_float((uint16_t)r[5]) * tot;
+}
+
+/* the whole hook in one call (host checks) */
+FDY_FN float fdy_dotf_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    uint32_t r[FDY_Q6_K_DOTF_WORDS];
+    fdy_dotf_load_q6_k(blk, part, r);
+    return fdy_dotf_calc_q6_k(r, part, x);
 }
 
 #ifdef FDY_HOST

@@ -28,21 +28,34 @@ FDY_FN void fdy_decode_q8_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook: 4 parts per block, part p = qs[8p .. 8p+7] (16-bit loads: blocks are 2-byte
- * aligned); a signed code c becomes the float (c ^ 0x80) - 128 = c without an int convert */
+/* GEMV dot hook (load, then calc): 4 parts per block, part p = qs[8p .. 8p+7] (16-bit loads:
+ * blocks are 2-byte aligned) into r[0..1], d in r[2]; a signed code c becomes the float
+ * (c ^ 0x80) - 128 = c without an int convert */
 #define FDY_Q8_0_DOTF_PARTS 4
-FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+#define FDY_Q8_0_DOTF_WORDS 3
+FDY_FN void fdy_dotf_load_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
+    r[0] = (uint32_t)h[1 + 4 * part] | ((uint32_t)h[2 + 4 * part] << 16);
+    r[1] = (uint32_t)h[3 + 4 * part] | ((uint32_t)h[4 + 4 * part] << 16);
+    r[2] = h[0];
+}
+
+FDY_FN float fdy_dotf_calc_q8_0(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
     float s = 0.0f;
     for (int w = 0; w < 2; w++) {
-        const uint32_t v = (uint32_t)h[1 + 4 * part + 2 * w] |
-                           ((uint32_t)h[2 + 4 * part + 2 * w] << 16);
         const fdy_float4 xv = fdy_load4(x + 8 * part + 4 * w);
         for (int i = 0; i < 4; i++) {
-            s = fdy_fma(fdy_code_f(((v >> (8 * i)) & 0xFFu) ^ 0x80u, 128), xv.v[i], s);
+            s = fdy_fma(fdy_code_f(((r[w] >> (8 * i)) & 0xFFu) ^ 0x80u, 128), xv.v[i], s);
         }
     }
-    return fdy_half_to_float(h[0]) * s;
+    return fdy_half_to_float((uint16_t)r[2]) * s;
+}
+
+/* the whole hook in one call (host checks) */
+FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL const float *x) {
+    uint32_t r[FDY_Q8_0_DOTF_WORDS];
+    fdy_dotf_load_q8_0(blk, part, r);
+    return fdy_dotf_calc_q8_0(r, part, x);
 }
 
 #ifdef FDY_HOST
