@@ -71,7 +71,7 @@ def gemv_sweep(fmt, N, K, copies):
             def launch():
                 w = ws[st["i"] % copies]
                 st["i"] += 1
-                mod.launch(f"fdy_gemv_dotf{r}", (-(-N // (gpu.GEMV_DOTF_WARPS * r)), 1),
+                mod.launch(f"fdy_gemv_dotf{r}", (-(-N // r), 1),
                            32 * gpu.GEMV_DOTF_WARPS,
                            [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N),
                             gpu.I(K), gpu.I(0), gpu.I(0), gpu.F(0.0)])

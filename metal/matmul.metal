@@ -161,14 +161,15 @@ FDY_UNROLL(8)
 }
 
 #ifdef FDY_W0_DOTF_PARTS
-/* fdy_gemv_dotf<R>: the GEMV through the policy's dot hook (FDY_W0_DOTF: the dot of one part
- * of a block with x), for policies that have one and no fused norm.  FDY_GD_WARPS warps per
- * block, R rows per warp; lane l takes part l % PARTS of blocks l / PARTS + i * 32 / PARTS,
+/* fdy_gemv_dotf<R>: the GEMV through the policy's dot hook (the dot of one part of a block
+ * with x), for policies that have one and no fused norm.  A block of FDY_GD_WARPS warps
+ * computes R rows, the warps splitting K (warp w takes blocks w * 32 / PARTS + ... and the
+ * partial sums meet in shared memory at the end); lane l takes part l % PARTS of its blocks,
  * reading the weights with word loads straight from device memory (no staging, no barrier,
  * no shared memory) and x through the L1 cache.  Every load of an unrolled step is
  * unconditional (indices clamped, results masked), and a step first loads the raw words of
  * its FDY_GD_U x R block parts (FDY_W0_DOTF_LOAD) and only then computes (FDY_W0_DOTF_CALC),
- * so all those loads are in flight together.  grid (ceil(N / (FDY_GD_WARPS * R)), M). */
+ * so all those loads are in flight together.  grid (ceil(N / R), M). */
 #define FDY_GD_WARPS 4
 #ifndef FDY_GD_U
 #define FDY_GD_U 4 /* blocks per lane per step (benchmarks/bench_gpu.py --sweep) */
@@ -181,8 +182,9 @@ FDY_UNROLL(8)
                     FDY_BUFFER(FDY_GLOBAL const float *norm_w, 4), FDY_SCALAR(int, N, 5),    \
                     FDY_SCALAR(int, K, 6), FDY_SCALAR(int, flags, 7), FDY_SCALAR(int, act, 8), \
                     FDY_SCALAR(float, eps, 9) FDY_KERNEL_INDICES) {                          \
-        const int m = FDY_GROUP_Y, lane = FDY_LANE;                                         \
-        const int n0 = (FDY_GROUP_X * FDY_GD_WARPS + FDY_SIMD_ID) * (R);                    \
+        FDY_SHARED float partial[FDY_GD_WARPS][R];                                           \
+        const int m = FDY_GROUP_Y, lane = FDY_LANE, warp = FDY_SIMD_ID;                      \
+        const int n0 = FDY_GROUP_X * (R);                                                    \
         if (n0 >= N) {                                                                       \
             return;                                                                          \
         }                                                                                    \
@@ -190,6 +192,7 @@ FDY_UNROLL(8)
         const int64_t rb = fdy_w_row_bytes_w0(K);                                            \
         const int nblk = K / FDY_W0_BLOCK_ELEMS;                                             \
         const int bps = 32 / FDY_W0_DOTF_PARTS, part = lane % FDY_W0_DOTF_PARTS;             \
+        const int wstride = FDY_GD_WARPS * bps; /* blocks the group covers per unrolled u */ \
         FDY_GLOBAL const float *xr = x + (int64_t)m * K;                                     \
         FDY_GLOBAL const uint8_t *rowp[R];                                                   \
         float acc[R];                                                                        \
@@ -198,11 +201,12 @@ FDY_UNROLL(8)
             rowp[r] = w + (int64_t)(n0 + (r < nr ? r : nr - 1)) * rb;                        \
             acc[r] = 0.0f;                                                                   \
         }                                                                                    \
-        for (int kb0 = lane / FDY_W0_DOTF_PARTS; kb0 < nblk; kb0 += FDY_GD_U * bps) {        \
+        for (int kb0 = warp * bps + lane / FDY_W0_DOTF_PARTS; kb0 < nblk;                    \
+             kb0 += FDY_GD_U * wstride) {                                                    \
             uint32_t raw[FDY_GD_U][R][FDY_W0_DOTF_WORDS];                                    \
             FDY_UNROLL(FDY_GD_U)                                                             \
             for (int u = 0; u < FDY_GD_U; u++) {                                             \
-                const int kb = kb0 + u * bps < nblk ? kb0 + u * bps : kb0;                   \
+                const int kb = kb0 + u * wstride < nblk ? kb0 + u * wstride : kb0;           \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
                     FDY_W0_DOTF_LOAD(rowp[r] + (int64_t)kb * FDY_W0_BLOCK_BYTES, part, raw[u][r]); \
@@ -210,8 +214,8 @@ FDY_UNROLL(8)
             }                                                                                \
             FDY_UNROLL(FDY_GD_U)                                                             \
             for (int u = 0; u < FDY_GD_U; u++) {                                             \
-                const bool ok = kb0 + u * bps < nblk;                                        \
-                const int kb = ok ? kb0 + u * bps : kb0;                                     \
+                const bool ok = kb0 + u * wstride < nblk;                                    \
+                const int kb = ok ? kb0 + u * wstride : kb0;                                 \
                 FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS;          \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
@@ -223,9 +227,17 @@ FDY_UNROLL(8)
         FDY_UNROLL(R)                                                                        \
         for (int r = 0; r < (R); r++) {                                                      \
             const float t = fdy_simd_sum(acc[r]);                                            \
-            if (lane == 0 && r < nr) {                                                       \
-                fdy_store_out(out, (int64_t)m * N + n0 + r, t, bias, n0 + r, flags, act);    \
+            if (lane == 0) {                                                                 \
+                partial[warp][r] = t;                                                        \
             }                                                                                \
+        }                                                                                    \
+        FDY_BARRIER();                                                                       \
+        if (warp == 0 && lane < nr) {                                                        \
+            float t = 0.0f;                                                                  \
+            for (int q = 0; q < FDY_GD_WARPS; q++) {                                         \
+                t += partial[q][lane];                                                       \
+            }                                                                                \
+            fdy_store_out(out, (int64_t)m * N + n0 + lane, t, bias, n0 + lane, flags, act);  \
         }                                                                                    \
     }
 FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf1, 1)

@@ -54,23 +54,20 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 
 /* GEMV dot hook (load, then calc): 16 parts per block, part p = qs[32c + 8j .. +7] for
  * c = p / 4, j = p % 4: elements 64c + 8j.. (low nibbles, group 2c) and 64c + 32 + 8j.. (high
- * nibbles, group 2c + 1).  32-bit loads (blocks are 4-byte aligned): r[0..1] codes,
- * r[2] = d | dmin << 16, r[3..5] the 12 scale bytes */
+ * nibbles, group 2c + 1).  load: r[0..1] the codes (32-bit loads: blocks are 4-byte aligned),
+ * r[2] = d | dmin << 16, r[3] = the 6-bit scale and min of both groups, a byte each */
 #define FDY_Q4_K_DOTF_PARTS 16
-#define FDY_Q4_K_DOTF_WORDS 6
+#define FDY_Q4_K_DOTF_WORDS 4
 FDY_FN void fdy_dotf_load_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
+    FDY_GLOBAL const fdy_block_q4_k *b = (FDY_GLOBAL const fdy_block_q4_k *)blk;
     FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk;
     const int c = part >> 2, j = part & 3;
     r[0] = w[4 + 8 * c + 2 * j];
     r[1] = w[5 + 8 * c + 2 * j];
     r[2] = w[0];
-    r[3] = w[1];
-    r[4] = w[2];
-    r[5] = w[3];
-}
-
-FDY_FN int fdy_q4_k_scbyte(FDY_THREAD const uint32_t *r, int i) {
-    return (int)((r[3 + (i >> 2)] >> (8 * (i & 3))) & 0xFFu);
+    r[3] = (uint32_t)fdy_q4_k_sc(b->scales, 2 * c) | ((uint32_t)fdy_q4_k_m(b->scales, 2 * c) << 8) |
+           ((uint32_t)fdy_q4_k_sc(b->scales, 2 * c + 1) << 16) |
+           ((uint32_t)fdy_q4_k_m(b->scales, 2 * c + 1) << 24);
 }
 
 FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
@@ -88,22 +85,10 @@ FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOB
             xsh += e;
         }
     }
-    /* the 6-bit scale and min of groups 2c and 2c + 1 (see fdy_q4_k_sc / fdy_q4_k_m) */
-    int sc[2], mn[2];
-    for (int t = 0; t < 2; t++) {
-        const int g = 2 * c + t;
-        if (g < 4) {
-            sc[t] = fdy_q4_k_scbyte(r, g) & 63;
-            mn[t] = fdy_q4_k_scbyte(r, g + 4) & 63;
-        } else {
-            sc[t] = (fdy_q4_k_scbyte(r, g + 4) & 0xF) | ((fdy_q4_k_scbyte(r, g - 4) >> 6) << 4);
-            mn[t] = (fdy_q4_k_scbyte(r, g + 4) >> 4) | ((fdy_q4_k_scbyte(r, g) >> 6) << 4);
-        }
-    }
     const float d = fdy_half_to_float((uint16_t)(r[2] & 0xFFFFu));
     const float dmin = fdy_half_to_float((uint16_t)(r[2] >> 16));
-    const float dl = d * (float)sc[0], ml = dmin * (float)mn[0];
-    const float dh = d * (float)sc[1], mh = dmin * (float)mn[1];
+    const float dl = d * (float)(r[3] & 0xFFu), ml = dmin * (float)((r[3] >> 8) & 0xFFu);
+    const float dh = d * (float)((r[3] >> 16) & 0xFFu), mh = dmin * (float)(r[3] >> 24);
     return (dl * sl - ml * xsl) + (dh * sh - mh * xsh);
 }
 

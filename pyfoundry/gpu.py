@@ -54,7 +54,7 @@ GEMM_TM, GEMM_TN = 32, 64
 NAN_BITS = 0x7FC00000
 
 
-GEMV_DOTF_WARPS = 4                     # CUDA fdy_gemv_dotf<R>: 4 warps x R rows per block
+GEMV_DOTF_WARPS = 4                     # CUDA fdy_gemv_dotf<R>: 4 warps (split K) x R rows
 
 
 def has_dotf(policy) -> bool:
@@ -80,10 +80,9 @@ def launch_gemv(mod, policy, N: int, M: int, common: list, flags: int, be=None) 
         mod.launch("fdy_gemv", (gx, M), threads, common)
         return
     if not (flags & 4) and has_dotf(policy):
-        r = 4 if N >= 4 * 4096 else (2 if N >= 2 * 4096 else 1)
+        r = 4 if N >= 4 * 4096 else (2 if N >= 4096 else 1)
         common[7] = I(flags)
-        mod.launch(f"fdy_gemv_dotf{r}", (_cdiv(N, GEMV_DOTF_WARPS * r), M),
-                   32 * GEMV_DOTF_WARPS, common)
+        mod.launch(f"fdy_gemv_dotf{r}", (_cdiv(N, r), M), 32 * GEMV_DOTF_WARPS, common)
         return
     gx, rbits = gemv_geometry(N)
     common[7] = I(flags | rbits)
