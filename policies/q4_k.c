@@ -59,25 +59,15 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #define FDY_Q4_K_DOTF_PARTS 16
 #define FDY_Q4_K_DOTF_WORDS 4
 FDY_FN void fdy_dotf_load_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
+    FDY_GLOBAL const fdy_block_q4_k *b = (FDY_GLOBAL const fdy_block_q4_k *)blk;
     FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk;
     const int c = part >> 2, j = part & 3;
     r[0] = w[4 + 8 * c + 2 * j];
     r[1] = w[5 + 8 * c + 2 * j];
     r[2] = w[0];
-    /* the 12 scale bytes with three 32-bit loads, unpacked as fdy_q4_k_sc / fdy_q4_k_m do */
-    const uint32_t s4[3] = {w[1], w[2], w[3]};
-    uint32_t packed = 0;
-    for (int t = 0; t < 2; t++) {
-        const int g = 2 * c + t;
-#define FDY_Q4K_SB(i) ((s4[(i) >> 2] >> (8 * ((i) & 3))) & 0xFFu)
-        const uint32_t sc = g < 4 ? (FDY_Q4K_SB(g) & 63u)
-                                  : ((FDY_Q4K_SB(g + 4) & 0xFu) | ((FDY_Q4K_SB(g - 4) >> 6) << 4));
-        const uint32_t mn = g < 4 ? (FDY_Q4K_SB(g + 4) & 63u)
-                                  : ((FDY_Q4K_SB(g + 4) >> 4) | ((FDY_Q4K_SB(g) >> 6) << 4));
-#undef FDY_Q4K_SB
-        packed |= (sc | (mn << 8)) << (16 * t);
-    }
-    r[3] = packed;
+    r[3] = (uint32_t)fdy_q4_k_sc(b->scales, 2 * c) | ((uint32_t)fdy_q4_k_m(b->scales, 2 * c) << 8) |
+           ((uint32_t)fdy_q4_k_sc(b->scales, 2 * c + 1) << 16) |
+           ((uint32_t)fdy_q4_k_m(b->scales, 2 * c + 1) << 24);
 }
 
 FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
