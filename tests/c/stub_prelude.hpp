@@ -13,6 +13,12 @@ float fdy_half_to_float(uint16_t h);
 float fdy_bf16_to_float(uint16_t h);
 float fdy_as_float(uint32_t bits);
 uint32_t fdy_float_bits(float f);
+float fdy_fma(float a, float b, float c);
+#define fdy_code_f(u, off) (fdy_as_float(0x4B000000u | (uint32_t)(u)) - (8388608.0f + (float)(off)))
+struct fdy_float4 {
+    float v[4];
+};
+fdy_float4 fdy_load4(FDY_GLOBAL const float *p);
 // the math functions every target has (Metal: metal_stdlib, CUDA: device math)
 float fabs(float);
 float fmin(float, float);
