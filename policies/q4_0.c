@@ -161,46 +161,7 @@ static float q4_0_dotf_portable(const void *w, const float *x, int64_t n) {
     return sum;
 }
 
-#if defined(__x86_64__)
-FDY_DF_TARGET_AVX2 static float q4_0_dotf_avx2(const void *w, const float *x, int64_t n) {
-    const fdy_block_q4_0 *b = (const fdy_block_q4_0 *)w;
-    const int64_t nb = n / 32;
-    const __m128i off = _mm_set1_epi8(8);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        __m128i lo, hi;
-        fdy_df_nibbles_128(b[i].qs, &lo, &hi);
-        const float *xb = x + 32 * i;
-        __m256 s = fdy_df_mul16_256(_mm_sub_epi8(lo, off), xb);
-        s = fdy_df_fma16_256(_mm_sub_epi8(hi, off), xb + 16, s);
-        if (i & 1) {
-            acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(fdy_df_half(b[i].d)), acc1);
-        } else {
-            acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(fdy_df_half(b[i].d)), acc0);
-        }
-    }
-    return fdy_df_hsum256(_mm256_add_ps(acc0, acc1));
-}
-
-FDY_DF_TARGET_AVX512 static float q4_0_dotf_avx512(const void *w, const float *x, int64_t n) {
-    const fdy_block_q4_0 *b = (const fdy_block_q4_0 *)w;
-    const int64_t nb = n / 32;
-    const __m512 tbl = fdy_df_ramp_512(8.0f);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        const __m512 s0 = fdy_df_nib32_512(b[i].qs, tbl, x + 32 * i);
-        const __m512 s1 = fdy_df_nib32_512(b[i + 1].qs, tbl, x + 32 * i + 32);
-        acc0 = _mm512_fmadd_ps(s0, _mm512_set1_ps(fdy_df_half(b[i].d)), acc0);
-        acc1 = _mm512_fmadd_ps(s1, _mm512_set1_ps(fdy_df_half(b[i + 1].d)), acc1);
-    }
-    if (i < nb) {
-        const __m512 s0 = fdy_df_nib32_512(b[i].qs, tbl, x + 32 * i);
-        acc0 = _mm512_fmadd_ps(s0, _mm512_set1_ps(fdy_df_half(b[i].d)), acc0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-#endif
+FDY_DF_NIB_KERNELS(q4_0, fdy_block_q4_0, 0, 0, NULL, 8, FDY_DF_NO_QH, FDY_DF_NO_M)
 FDY_DF_DISPATCH(q4_0)
 
 FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
