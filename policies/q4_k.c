@@ -370,6 +370,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q4_k_df_scales(const fdy_block_q4_k *b, fl
     _mm256_storeu_ps(dl, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
     _mm256_storeu_ps(dl + 8, _mm256_mul_ps(
                                  dm, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+    fdy_df_spill(dl);
 }
 
 FDY_DF_TARGET_AVX2 static float q4_k_dotf_avx2(const void *w, const float *x, int64_t n) {
@@ -395,6 +396,8 @@ FDY_DF_TARGET_AVX2 static float q4_k_dotf_avx2(const void *w, const float *x, in
     return fdy_df_hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
 }
 
+/* per group the 16 weight values dl * j - ml (one FMA) as a vpermps table: the weight vector
+ * of 16 codes is then one permute (the kernel was FMA-bound with a per-vector weight FMA) */
 FDY_DF_TARGET_AVX512 static float q4_k_dotf_avx512(const void *w, const float *x, int64_t n) {
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)w;
     const __m512 ramp = fdy_df_ramp_512(0.0f);
@@ -404,22 +407,20 @@ FDY_DF_TARGET_AVX512 static float q4_k_dotf_avx512(const void *w, const float *x
         q4_k_df_scales(b + i, dl);
         const float *xb = x + 256 * i;
         for (int c = 0; c < 4; c++) {
-            const __m512 d1 = _mm512_set1_ps(dl[2 * c]), m1 = _mm512_set1_ps(dl[8 + 2 * c]);
-            const __m512 d2 = _mm512_set1_ps(dl[2 * c + 1]);
-            const __m512 m2 = _mm512_set1_ps(dl[8 + 2 * c + 1]);
+            const __m512 t1 = _mm512_fmadd_ps(ramp, _mm512_set1_ps(dl[2 * c]),
+                                              _mm512_set1_ps(dl[8 + 2 * c]));
+            const __m512 t2 = _mm512_fmadd_ps(ramp, _mm512_set1_ps(dl[2 * c + 1]),
+                                              _mm512_set1_ps(dl[8 + 2 * c + 1]));
             const __m512i v0 = fdy_df_u8x16_512(b[i].qs + 32 * c);
             const __m512i v1 = fdy_df_u8x16_512(b[i].qs + 32 * c + 16);
-            const __m512 q0 = _mm512_permutexvar_ps(v0, ramp);
-            const __m512 q1 = _mm512_permutexvar_ps(v1, ramp);
-            const __m512 q2 = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), ramp);
-            const __m512 q3 = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), ramp);
-            acc0 = _mm512_fmadd_ps(_mm512_fmadd_ps(q0, d1, m1), _mm512_loadu_ps(xb + 64 * c), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_fmadd_ps(q1, d1, m1), _mm512_loadu_ps(xb + 64 * c + 16),
-                                   acc1);
-            acc2 = _mm512_fmadd_ps(_mm512_fmadd_ps(q2, d2, m2), _mm512_loadu_ps(xb + 64 * c + 32),
-                                   acc2);
-            acc3 = _mm512_fmadd_ps(_mm512_fmadd_ps(q3, d2, m2), _mm512_loadu_ps(xb + 64 * c + 48),
-                                   acc3);
+            const __m512 w0 = _mm512_permutexvar_ps(v0, t1);
+            const __m512 w1 = _mm512_permutexvar_ps(v1, t1);
+            const __m512 w2 = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t2);
+            const __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t2);
+            acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb + 64 * c), acc0);
+            acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 64 * c + 16), acc1);
+            acc2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xb + 64 * c + 32), acc2);
+            acc3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xb + 64 * c + 48), acc3);
         }
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));

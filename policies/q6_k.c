@@ -397,6 +397,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_scales(const fdy_block_q6_k *b, fl
     _mm256_storeu_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
     _mm256_storeu_ps(dl + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
                                                   _mm_srli_si128(sc, 8)))));
+    fdy_df_spill(dl);
 }
 
 /* the signed codes q - 32 of elements 128h + 32k + l0 + (0..15), k = 0..3, as bytes */

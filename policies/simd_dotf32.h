@@ -97,6 +97,14 @@ static inline float fdy_df_dot_f(const float *w, const float *x, int n) {
         }                                                                      \
     }
 
+/* the per-group scales of a super-block are stored to a small array and then broadcast into
+ * vectors; this compiler barrier keeps them in memory, so that each broadcast is one load
+ * (vbroadcastss zmm, m32) rather than a lane extract + broadcast from a register (two shuffle
+ * micro-ops each, which made the q4_k kernel shuffle-bound) */
+FDY_DF_INLINE void fdy_df_spill(float *p) {
+    __asm__ volatile("" : : "r"(p) : "memory");
+}
+
 /* an f16 as float (vcvtph2ps) */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE float fdy_df_half(uint16_t h) {
     return _cvtsh_ss(h);
