@@ -44,6 +44,7 @@ FDY_FN void fdy_decode_iq4_nl(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #include "policy.h"
 #include "simd_dequant.h"
 #include "simd_legacy.h"
+#include "simd_dotf32.h"
 #include "kquant_ref.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
@@ -137,11 +138,19 @@ static void iq4_nl_to_i8(const void *restrict src, int8_t *restrict q, float *re
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): sum over blocks of d * sum_j grid[q_j] x_j ---- */
+FDY_DF_PORTABLE_DECODE(iq4_nl, fdy_decode_iq4_nl, FDY_IQ4_NL_BLOCK_ELEMS, FDY_IQ4_NL_BLOCK_BYTES,
+                       FDY_IQ4_NL_SUB_ELEMS)
+#if defined(__x86_64__)
+#endif
+FDY_DF_NIB_KERNELS(iq4_nl, fdy_block_iq4_nl, 0, 0, fdy_iq4_nl_grid, 0, FDY_DF_NO_QH, FDY_DF_NO_M)
+FDY_DF_DISPATCH(iq4_nl)
+
 FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_NL_BLOCK_BYTES, .sub_elems = FDY_IQ4_NL_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_nl,
                   .dequantize_fast = iq4_nl_dequantize, .quantize = iq4_nl_quantize,
                   .vec_dot = iq4_nl_vec_dot,
-                  .to_i8 = iq4_nl_to_i8);
+                  .to_i8 = iq4_nl_to_i8, .vec_dot_f32 = iq4_nl_vec_dot_f32);
 #endif

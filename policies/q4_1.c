@@ -72,6 +72,7 @@ FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
 #include "policy.h"
 #include "simd_dequant.h"
 #include "simd_legacy.h"
+#include "simd_dotf32.h"
 
 FDY_DEQ_INLINE void q4_1_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_1 *b = (const fdy_block_q4_1 *)src;
@@ -160,11 +161,20 @@ static void q4_1_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): sum over blocks of sum_j (d * q_j + m) x_j ---- */
+FDY_DF_PORTABLE_DECODE(q4_1, fdy_decode_q4_1, FDY_Q4_1_BLOCK_ELEMS, FDY_Q4_1_BLOCK_BYTES,
+                       FDY_Q4_1_SUB_ELEMS)
+#if defined(__x86_64__)
+#define Q4_1_DF_M(b) fdy_df_half((b)->m)
+#endif
+FDY_DF_NIB_KERNELS(q4_1, fdy_block_q4_1, 0, 1, NULL, 0, FDY_DF_NO_QH, Q4_1_DF_M)
+FDY_DF_DISPATCH(q4_1)
+
 FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_1_BLOCK_BYTES, .sub_elems = FDY_Q4_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
                   .tol_roundtrip = 0.10f /* measured 0.0782 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q4_1, .dequantize_fast = q4_1_dequantize,
                   .quantize = q4_1_quantize, .vec_dot = q4_1_vec_dot,
-                  .to_i8 = q4_1_to_i8);
+                  .to_i8 = q4_1_to_i8, .vec_dot_f32 = q4_1_vec_dot_f32);
 #endif

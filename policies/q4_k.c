@@ -104,6 +104,7 @@ FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
 #include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
+#include "simd_dotf32.h"
 
 FDY_DEQ_INLINE void q4_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)src;
@@ -354,11 +355,84 @@ static void q4_k_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): per group g of 32, sum_l (dl_g * q_l - ml_g) x_l with
+ * dl_g = d * sc_g and ml_g = dmin * m_g as the decode forms them, the weight formed with one
+ * fused multiply-add ---- */
+FDY_DF_PORTABLE_DECODE(q4_k, fdy_decode_q4_k, FDY_Q4_K_BLOCK_ELEMS, FDY_Q4_K_BLOCK_BYTES,
+                       FDY_Q4_K_SUB_ELEMS)
+
+#if defined(__x86_64__)
+/* dl[g] for g < 8, then -ml[g] at dl[8 + g] */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q4_k_df_scales(const fdy_block_q4_k *b, float *dl) {
+    const __m128i sm = fdy_kq_scale_min_q4_k((const uint8_t *)b);
+    const __m256 dd = _mm256_set1_ps(fdy_df_half(b->d));
+    const __m256 dm = _mm256_set1_ps(-fdy_df_half(b->dmin));
+    _mm256_storeu_ps(dl, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
+    _mm256_storeu_ps(dl + 8, _mm256_mul_ps(
+                                 dm, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+    fdy_df_spill(dl);
+}
+
+FDY_DF_TARGET_AVX2 static float q4_k_dotf_avx2(const void *w, const float *x, int64_t n) {
+    const fdy_block_q4_k *b = (const fdy_block_q4_k *)w;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t i = 0; i < n / 256; i++) {
+        float dl[16];
+        q4_k_df_scales(b + i, dl);
+        const float *xb = x + 256 * i;
+        for (int c = 0; c < 4; c++) {
+            const __m256 d1 = _mm256_set1_ps(dl[2 * c]), m1 = _mm256_set1_ps(dl[8 + 2 * c]);
+            const __m256 d2 = _mm256_set1_ps(dl[2 * c + 1]);
+            const __m256 m2 = _mm256_set1_ps(dl[8 + 2 * c + 1]);
+            __m128i lo, hi;
+            fdy_df_nibbles_128(b[i].qs + 32 * c, &lo, &hi);
+            acc0 = fdy_df_fma16_dm_256(lo, d1, m1, xb + 64 * c, acc0);
+            acc1 = fdy_df_fma16_dm_256(hi, d2, m2, xb + 64 * c + 32, acc1);
+            fdy_df_nibbles_128(b[i].qs + 32 * c + 16, &lo, &hi);
+            acc2 = fdy_df_fma16_dm_256(lo, d1, m1, xb + 64 * c + 16, acc2);
+            acc3 = fdy_df_fma16_dm_256(hi, d2, m2, xb + 64 * c + 48, acc3);
+        }
+    }
+    return fdy_df_hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+}
+
+/* per group the 16 weight values dl * j - ml (one FMA) as a vpermps table: the weight vector
+ * of 16 codes is then one permute (the kernel was FMA-bound with a per-vector weight FMA) */
+FDY_DF_TARGET_AVX512 static float q4_k_dotf_avx512(const void *w, const float *x, int64_t n) {
+    const fdy_block_q4_k *b = (const fdy_block_q4_k *)w;
+    const __m512 ramp = fdy_df_ramp_512(0.0f);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t i = 0; i < n / 256; i++) {
+        float dl[16];
+        q4_k_df_scales(b + i, dl);
+        const float *xb = x + 256 * i;
+        for (int c = 0; c < 4; c++) {
+            const __m512 t1 = _mm512_fmadd_ps(ramp, _mm512_set1_ps(dl[2 * c]),
+                                              _mm512_set1_ps(dl[8 + 2 * c]));
+            const __m512 t2 = _mm512_fmadd_ps(ramp, _mm512_set1_ps(dl[2 * c + 1]),
+                                              _mm512_set1_ps(dl[8 + 2 * c + 1]));
+            const __m512i v0 = fdy_df_u8x16_512(b[i].qs + 32 * c);
+            const __m512i v1 = fdy_df_u8x16_512(b[i].qs + 32 * c + 16);
+            const __m512 w0 = _mm512_permutexvar_ps(v0, t1);
+            const __m512 w1 = _mm512_permutexvar_ps(v1, t1);
+            const __m512 w2 = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t2);
+            const __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t2);
+            acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb + 64 * c), acc0);
+            acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 64 * c + 16), acc1);
+            acc2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xb + 64 * c + 32), acc2);
+            acc3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xb + 64 * c + 48), acc3);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+}
+#endif
+FDY_DF_DISPATCH(q4_k)
+
 FDY_POLICY_DEFINE(q4_k, .block_elems = FDY_Q4_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_K_BLOCK_BYTES, .sub_elems = FDY_Q4_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.095f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q4_k,
                   .dequantize_fast = q4_k_dequantize, .quantize = q4_k_quantize,
                   .vec_dot = q4_k_vec_dot,
-                  .to_i8 = q4_k_to_i8);
+                  .to_i8 = q4_k_to_i8, .vec_dot_f32 = q4_k_vec_dot_f32);
 #endif

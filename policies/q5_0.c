@@ -41,6 +41,7 @@ FDY_FN void fdy_decode_q5_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "policy.h"
 #include "simd_dequant.h"
 #include "simd_legacy.h"
+#include "simd_dotf32.h"
 
 /* bit j of a u32, per lane */
 static const uint32_t q5_0_bit[32] = {
@@ -144,11 +145,20 @@ static void q5_0_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): sum over blocks of d * sum_j (q_j - 16) x_j ---- */
+FDY_DF_PORTABLE_DECODE(q5_0, fdy_decode_q5_0, FDY_Q5_0_BLOCK_ELEMS, FDY_Q5_0_BLOCK_BYTES,
+                       FDY_Q5_0_SUB_ELEMS)
+#if defined(__x86_64__)
+#define Q5_0_DF_QH(b) fdy_deq_le32((b)->qh)
+#endif
+FDY_DF_NIB_KERNELS(q5_0, fdy_block_q5_0, 1, 0, NULL, 16, Q5_0_DF_QH, FDY_DF_NO_M)
+FDY_DF_DISPATCH(q5_0)
+
 FDY_POLICY_DEFINE(q5_0, .block_elems = FDY_Q5_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_0_BLOCK_BYTES, .sub_elems = FDY_Q5_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.056f /* measured 0.0429 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_0, .dequantize_fast = q5_0_dequantize,
                   .quantize = q5_0_quantize, .vec_dot = q5_0_vec_dot,
-                  .to_i8 = q5_0_to_i8);
+                  .to_i8 = q5_0_to_i8, .vec_dot_f32 = q5_0_vec_dot_f32);
 #endif

@@ -47,6 +47,7 @@ FDY_FN void fdy_decode_q5_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "policy.h"
 #include "simd_dequant.h"
 #include "simd_legacy.h"
+#include "simd_dotf32.h"
 
 /* bit j of a u32, per lane */
 static const uint32_t q5_1_bit[32] = {
@@ -155,11 +156,21 @@ static void q5_1_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): sum over blocks of sum_j (d * q_j + m) x_j ---- */
+FDY_DF_PORTABLE_DECODE(q5_1, fdy_decode_q5_1, FDY_Q5_1_BLOCK_ELEMS, FDY_Q5_1_BLOCK_BYTES,
+                       FDY_Q5_1_SUB_ELEMS)
+#if defined(__x86_64__)
+#define Q5_1_DF_QH(b) fdy_deq_le32((b)->qh)
+#define Q5_1_DF_M(b) fdy_df_half((b)->m)
+#endif
+FDY_DF_NIB_KERNELS(q5_1, fdy_block_q5_1, 1, 1, NULL, 0, Q5_1_DF_QH, Q5_1_DF_M)
+FDY_DF_DISPATCH(q5_1)
+
 FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_1_BLOCK_BYTES, .sub_elems = FDY_Q5_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
                   .tol_roundtrip = 0.05f /* measured 0.0375 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_1, .dequantize_fast = q5_1_dequantize,
                   .quantize = q5_1_quantize, .vec_dot = q5_1_vec_dot,
-                  .to_i8 = q5_1_to_i8);
+                  .to_i8 = q5_1_to_i8, .vec_dot_f32 = q5_1_vec_dot_f32);
 #endif

@@ -99,6 +99,7 @@ FDY_FN float fdy_dotf_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
 #include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
+#include "simd_dotf32.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the signed 6-bit
  * codes in element order, then scale them group by group (same float expression as decode) */
@@ -383,11 +384,93 @@ static void q6_k_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): per group g of 16, dl_g * sum_l (q_l - 32) x_l with
+ * dl_g = d * sc_g as the decode forms it ---- */
+FDY_DF_PORTABLE_DECODE(q6_k, fdy_decode_q6_k, FDY_Q6_K_BLOCK_ELEMS, FDY_Q6_K_BLOCK_BYTES,
+                       FDY_Q6_K_SUB_ELEMS)
+
+#if defined(__x86_64__)
+/* dl[g] = d * scales[g] */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_scales(const fdy_block_q6_k *b, float *dl) {
+    const __m128i sc = _mm_loadu_si128((const __m128i *)b->scales);
+    const __m256 d = _mm256_set1_ps(fdy_df_half(b->d));
+    _mm256_storeu_ps(dl, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_storeu_ps(dl + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                  _mm_srli_si128(sc, 8)))));
+    fdy_df_spill(dl);
+}
+
+/* the signed codes q - 32 of elements 128h + 32k + l0 + (0..15), k = 0..3, as bytes */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_codes(const fdy_block_q6_k *b, int h, int l0,
+                                                    __m128i *c) {
+    const __m128i qa = _mm_loadu_si128((const __m128i *)(b->ql + 64 * h + l0));
+    const __m128i qb = _mm_loadu_si128((const __m128i *)(b->ql + 64 * h + 32 + l0));
+    const __m128i qh = _mm_loadu_si128((const __m128i *)(b->qh + 32 * h + l0));
+    const __m128i m4 = _mm_set1_epi8(0x0F), m30 = _mm_set1_epi8(0x30), o = _mm_set1_epi8(32);
+    c[0] = _mm_or_si128(_mm_and_si128(qa, m4), _mm_and_si128(_mm_slli_epi16(qh, 4), m30));
+    c[1] = _mm_or_si128(_mm_and_si128(qb, m4), _mm_and_si128(_mm_slli_epi16(qh, 2), m30));
+    c[2] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qa, 4), m4), _mm_and_si128(qh, m30));
+    c[3] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qb, 4), m4),
+                        _mm_and_si128(_mm_srli_epi16(qh, 2), m30));
+    for (int k = 0; k < 4; k++) {
+        c[k] = _mm_sub_epi8(c[k], o);
+    }
+}
+
+FDY_DF_TARGET_AVX2 static float q6_k_dotf_avx2(const void *w, const float *x, int64_t n) {
+    const fdy_block_q6_k *b = (const fdy_block_q6_k *)w;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t i = 0; i < n / 256; i++) {
+        float dl[16];
+        q6_k_df_scales(b + i, dl);
+        for (int h = 0; h < 2; h++) {
+            for (int l0 = 0; l0 < 32; l0 += 16) {
+                __m128i c[4];
+                q6_k_df_codes(b + i, h, l0, c);
+                for (int k = 0; k < 4; k++) {
+                    const float *xk = x + 256 * i + 128 * h + 32 * k + l0;
+                    acc[k] = _mm256_fmadd_ps(fdy_df_mul16_256(c[k], xk),
+                                             _mm256_set1_ps(dl[8 * h + 2 * k + l0 / 16]), acc[k]);
+                }
+            }
+        }
+    }
+    return fdy_df_hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]),
+                                        _mm256_add_ps(acc[2], acc[3])));
+}
+
+FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x, int64_t n) {
+    const fdy_block_q6_k *b = (const fdy_block_q6_k *)w;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    for (int64_t i = 0; i < n / 256; i++) {
+        float dl[16];
+        q6_k_df_scales(b + i, dl);
+        for (int h = 0; h < 2; h++) {
+            for (int l0 = 0; l0 < 32; l0 += 16) {
+                __m128i c[4];
+                q6_k_df_codes(b + i, h, l0, c);
+                for (int k = 0; k < 4; k++) {
+                    const float *xk = x + 256 * i + 128 * h + 32 * k + l0;
+                    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c[k]));
+                    acc[k] = _mm512_fmadd_ps(_mm512_mul_ps(q, _mm512_loadu_ps(xk)),
+                                             _mm512_set1_ps(dl[8 * h + 2 * k + l0 / 16]), acc[k]);
+                }
+            }
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]),
+                                              _mm512_add_ps(acc[2], acc[3])));
+}
+#endif
+FDY_DF_DISPATCH(q6_k)
+
 FDY_POLICY_DEFINE(q6_k, .block_elems = FDY_Q6_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q6_K_BLOCK_BYTES, .sub_elems = FDY_Q6_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.023f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q6_k,
                   .dequantize_fast = q6_k_dequantize, .quantize = q6_k_quantize,
                   .vec_dot = q6_k_vec_dot,
-                  .to_i8 = q6_k_to_i8);
+                  .to_i8 = q6_k_to_i8, .vec_dot_f32 = q6_k_vec_dot_f32);
 #endif

@@ -62,6 +62,7 @@ FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
 #include "policy.h"
 #include "simd_dequant.h"
 #include "simd_legacy.h"
+#include "simd_dotf32.h"
 
 FDY_DEQ_INLINE void q8_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)src;
@@ -164,11 +165,72 @@ static void q8_0_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): sum over blocks of d * sum_j q_j x_j ---- */
+static float q8_0_dotf_portable(const void *w, const float *x, int64_t n) {
+    const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)w;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n / 32; i++) {
+        sum += fdy_half_to_float(b[i].d) * fdy_df_dot32_i8(b[i].qs, x + 32 * i);
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+FDY_DF_TARGET_AVX2 static float q8_0_dotf_avx2(const void *w, const float *x, int64_t n) {
+    const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)w;
+    const int64_t nb = n / 32;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+#define Q8_0_DF_BLOCK256(acc, k)                                                             \
+    do {                                                                                     \
+        const float *xb = x + 32 * (i + (k));                                                \
+        __m256 s = fdy_df_mul16_256(_mm_loadu_si128((const __m128i *)b[i + (k)].qs), xb);    \
+        s = fdy_df_fma16_256(_mm_loadu_si128((const __m128i *)(b[i + (k)].qs + 16)), xb + 16, \
+                             s);                                                             \
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(fdy_df_half(b[i + (k)].d)), acc);            \
+    } while (0)
+    for (; i + 2 <= nb; i += 2) {
+        Q8_0_DF_BLOCK256(acc0, 0);
+        Q8_0_DF_BLOCK256(acc1, 1);
+    }
+    if (i < nb) {
+        Q8_0_DF_BLOCK256(acc0, 0);
+    }
+#undef Q8_0_DF_BLOCK256
+    return fdy_df_hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x, int64_t n) {
+    const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)w;
+    const int64_t nb = n / 32;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+#define Q8_0_DF_BLOCK512(acc, k)                                                          \
+    do {                                                                                  \
+        const float *xb = x + 32 * (i + (k));                                             \
+        const __m512 s = _mm512_fmadd_ps(                                                 \
+            fdy_df_s8x16_512(b[i + (k)].qs + 16), _mm512_loadu_ps(xb + 16),               \
+            _mm512_mul_ps(fdy_df_s8x16_512(b[i + (k)].qs), _mm512_loadu_ps(xb)));         \
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(fdy_df_half(b[i + (k)].d)), acc);         \
+    } while (0)
+    for (; i + 2 <= nb; i += 2) {
+        Q8_0_DF_BLOCK512(acc0, 0);
+        Q8_0_DF_BLOCK512(acc1, 1);
+    }
+    if (i < nb) {
+        Q8_0_DF_BLOCK512(acc0, 0);
+    }
+#undef Q8_0_DF_BLOCK512
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#endif
+FDY_DF_DISPATCH(q8_0)
+
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.01f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q8_0,
                   .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
                   .vec_dot = q8_0_vec_dot, .quantize_act = q8_0_quantize_act,
-                  .to_i8 = q8_0_to_i8);
+                  .to_i8 = q8_0_to_i8, .vec_dot_f32 = q8_0_vec_dot_f32);
 #endif

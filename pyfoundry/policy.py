@@ -33,12 +33,14 @@ class Policy:
     dot_type : str | None      activation format of the ``q8`` compute variant
     has_to_i8 : bool           rows unpack exactly to int8 codes + per-16 scale and min (the
                                prefill GEMM of the ``q8`` variant uses it)
+    has_vec_dot_f32 : bool     the ``f32`` variant's GEMV (M <= 4) runs a fused decode + dot
+                               kernel for this format (see :meth:`vec_dot_f32`)
     tolerances : dict          test tolerances (relative L2): roundtrip, f32, q8
     """
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
                  "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
-                 "has_to_i8", "tolerances")
+                 "has_to_i8", "has_vec_dot_f32", "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -52,6 +54,7 @@ class Policy:
         self.is_activation = info["is_activation"]
         self.dot_type = info["dot_type"]
         self.has_to_i8 = info["has_to_i8"]
+        self.has_vec_dot_f32 = info["has_vec_dot_f32"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
                            "q8": info["tol_q8"]}
 
@@ -92,6 +95,15 @@ class Policy:
         a = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
         bshape = self.byte_shape(a.shape)
         return _core.quantize(self.gguf_type, a).reshape(bshape)
+
+    def vec_dot_f32(self, raw, x) -> float:
+        """The fused f32-variant GEMV kernel on one weight row: ``raw`` holds the blocks of
+        ``len(x)`` weights, ``x`` is converted to float32.  Raises FoundryNotImplementedError
+        when the format has no such kernel (``has_vec_dot_f32``).  For tests and benchmarks."""
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1))
+        buf = np.ascontiguousarray(np.asarray(raw).view(np.uint8)).reshape(-1)
+        self.row_bytes(x.size)
+        return _core.vec_dot_f32(self.gguf_type, buf, x)
 
     def dequantize(self, raw, shape=None) -> np.ndarray:
         """Decode blocks to float32.

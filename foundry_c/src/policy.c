@@ -180,3 +180,19 @@ fdy_status fdy_policy_to_i8(const fdy_policy *p, const void *src, int8_t *q, flo
     p->to_i8(src, q, scale, min, n);
     return FDY_OK;
 }
+
+int fdy_policy_has_vec_dot_f32(const fdy_policy *p) {
+    return p->vec_dot_f32 != NULL;
+}
+
+fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
+                                  float *out) {
+    if (!p->vec_dot_f32) {
+        return fdy_fail(FDY_ERR_UNSUPPORTED, "%s has no fused f32 dot (vec_dot_f32)", p->name);
+    }
+    if (fdy_policy_row_bytes(p, n) < 0) {
+        return FDY_ERR_INVALID;
+    }
+    *out = p->vec_dot_f32(w, x, n);
+    return FDY_OK;
+}

@@ -41,6 +41,10 @@ typedef float (*fdy_vec_dot_fn)(const void *w, const void *a, int64_t n);
  * its decode (the same float operations) or equal up to float rounding.  The prefill GEMM
  * (cpu/gemm.c) unpacks weights and activations with it; activation formats write min = 0. */
 typedef void (*fdy_to_i8_fn)(const void *src, int8_t *q, float *scale, float *min, int64_t n);
+/* float dot product of one weight row (n weights in this format, n a multiple of block_elems)
+ * with n floats x: the f32 variant's fused decode + multiply-add GEMV kernel.  Equal to
+ * dequantize + float dot up to float rounding (within the float32 dot-product bound). */
+typedef float (*fdy_vec_dot_f32_fn)(const void *w, const float *x, int64_t n);
 
 struct fdy_policy {
     const char *name;        /* lower case, as users type it: "q4_k" */
@@ -64,6 +68,7 @@ struct fdy_policy {
     fdy_quant_fn quantize_act;   /* optional fast activation quantizer (this is a dot_type);
                                     must give the bytes of `quantize` */
     fdy_to_i8_fn to_i8;          /* optional: rows as int8 codes + per-16 scale and min */
+    fdy_vec_dot_f32_fn vec_dot_f32; /* optional f32-variant GEMV kernel: weight row x floats */
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \
@@ -79,6 +84,10 @@ struct fdy_policy {
 int fdy_policy_has_to_i8(const fdy_policy *p);
 fdy_status fdy_policy_to_i8(const fdy_policy *p, const void *src, int8_t *q, float *scale,
                             float *min, int64_t n);
+/* the policy's vec_dot_f32 hook (FDY_ERR_UNSUPPORTED when it has none) */
+int fdy_policy_has_vec_dot_f32(const fdy_policy *p);
+fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
+                                  float *out);
 
 /* ---- helpers for host-side quantizers (reference rounding of llama.cpp and gguf-py) ---- */
 #ifdef FDY_HOST

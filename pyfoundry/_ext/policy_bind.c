@@ -32,7 +32,7 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
         const fdy_policy *p = fdy_policy_at(i);
         const char *dot = fdy_policy_dot_type(p);
         PyObject *d = Py_BuildValue(
-            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O}", "name", fdy_policy_name(p),
+            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O,s:O}", "name", fdy_policy_name(p),
             "type", (int)fdy_policy_type(p), "block_elems", (long long)fdy_policy_block_elems(p),
             "block_bytes", (long long)fdy_policy_block_bytes(p), "sub_elems",
             (long long)fdy_policy_sub_elems(p), "bits_per_weight", fdy_policy_bits_per_weight(p),
@@ -41,7 +41,8 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
             fdy_policy_is_activation(p) ? Py_True : Py_False, "dot_type", dot, "tol_roundtrip",
             fdy_policy_tolerance(p, "roundtrip"), "tol_f32", fdy_policy_tolerance(p, "f32"),
             "tol_q8", fdy_policy_tolerance(p, "q8"), "has_to_i8",
-            fdy_policy_has_to_i8(p) ? Py_True : Py_False);
+            fdy_policy_has_to_i8(p) ? Py_True : Py_False, "has_vec_dot_f32",
+            fdy_policy_has_vec_dot_f32(p) ? Py_True : Py_False);
         if (!d) {
             Py_DECREF(list);
             return NULL;
@@ -200,6 +201,52 @@ fail:
     return NULL;
 }
 
+/* vec_dot_f32(type_id, raw, x) -> float: the policy's fused f32 GEMV kernel on one weight row
+ * (raw: the blocks of len(x) weights) and float32 x, for tests */
+static PyObject *vec_dot_f32(PyObject *module, PyObject *args) {
+    fdy_module_state *st = fdy_state_from_module(module);
+    PyObject *type_obj, *raw_obj, *x_obj;
+    Py_buffer view = {0};
+    PyArrayObject *x = NULL;
+    if (!PyArg_ParseTuple(args, "OOO:vec_dot_f32", &type_obj, &raw_obj, &x_obj)) {
+        return NULL;
+    }
+    const fdy_policy *p = policy_arg(st, type_obj);
+    if (!p) {
+        return NULL;
+    }
+    x = (PyArrayObject *)PyArray_FROMANY(x_obj, NPY_FLOAT32, 1, 1, NPY_ARRAY_IN_ARRAY);
+    if (!x) {
+        return NULL;
+    }
+    const int64_t n = (int64_t)PyArray_SIZE(x);
+    const int64_t need = fdy_policy_row_bytes(p, n);
+    if (need < 0) {
+        Py_DECREF(x);
+        return fdy_raise(st, FDY_ERR_INVALID);
+    }
+    if (PyObject_GetBuffer(raw_obj, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(x);
+        return NULL;
+    }
+    if (view.len != need) {
+        PyErr_Format(st->ShapeError,
+                     "vec_dot_f32(%s): raw data has %zd bytes, %lld elements need %lld",
+                     fdy_policy_name(p), view.len, (long long)n, (long long)need);
+        PyBuffer_Release(&view);
+        Py_DECREF(x);
+        return NULL;
+    }
+    float out = 0.0f;
+    fdy_status s = fdy_policy_vec_dot_f32(p, view.buf, (const float *)PyArray_DATA(x), n, &out);
+    PyBuffer_Release(&view);
+    Py_DECREF(x);
+    if (s) {
+        return fdy_raise(st, s);
+    }
+    return PyFloat_FromDouble((double)out);
+}
+
 static PyMethodDef policy_methods[] = {
     {"policy_info", policy_info, METH_NOARGS, "policy_info() -> list of descriptor dicts"},
     {"dequantize", dequantize, METH_VARARGS,
@@ -208,6 +255,8 @@ static PyMethodDef policy_methods[] = {
      "quantize(type_id, float32 array) -> uint8 array of blocks"},
     {"to_i8", to_i8, METH_VARARGS,
      "to_i8(type_id, raw, n) -> (int8 codes, float32 scale per 16, float32 min per 16)"},
+    {"vec_dot_f32", vec_dot_f32, METH_VARARGS,
+     "vec_dot_f32(type_id, raw, float32 x) -> float: the fused f32 GEMV kernel on one row"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -79,12 +79,25 @@ static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
     }
 }
 
+/* up to this many activation rows the f32 variant runs the policy's fused decode + dot kernel
+ * (vec_dot_f32) once per (row, token); above it one dequantized row serves every token */
+#define FDY_VEC_DOT_F32_MAX_M 4
+
 static void mm_task_f32(void *vctx, int64_t task, int thread) {
     const mm_ctx *c = (const mm_ctx *)vctx;
     float *row = (float *)fdy_scratch(thread);
     int64_t r0 = task * c->rows_per_task;
     int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
     const uint8_t *wd = (const uint8_t *)c->w->data;
+    const fdy_vec_dot_f32_fn vdf = c->w->policy->vec_dot_f32;
+    if (vdf && c->M <= FDY_VEC_DOT_F32_MAX_M) {
+        for (int64_t n = r0; n < r1; n++) {
+            for (int64_t m = 0; m < c->M; m++) {
+                mm_store(c, m, n, vdf(wd + n * c->w_row, c->x + m * c->K, c->K));
+            }
+        }
+        return;
+    }
     for (int64_t n = r0; n < r1; n++) {
         fdy_policy_dequantize(c->w->policy, wd + n * c->w_row, row, c->K);
         for (int64_t m = 0; m < c->M; m++) {

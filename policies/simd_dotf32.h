@@ -1,0 +1,318 @@
+/* simd_dotf32.h - host-only helpers of the f32 variant's fused GEMV kernels (vec_dot_f32):
+ * the float dot product of one encoded weight row of n elements with a float row x, decoding
+ * the weights in registers instead of writing them to a scratch row first.
+ *
+ * Tiers, chosen per call from fdy_cpu_features_enabled() (fdy_df_tier):
+ *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
+ *                    codes turn into floats with a 16-entry float table (vpermps)
+ *   FDY_DF_AVX2      AVX2 + FMA + F16C: codes built as bytes, widened 8 at a time
+ *   FDY_DF_PORTABLE  plain C (every other processor)
+ * No global -m flag: every SIMD function carries its own target attribute.
+ *
+ * Arithmetic: each weight is formed as the decode forms it, up to the order of rounding
+ * (one scale per block or group of 16 lanes applied after the code * x products, or the
+ * weight d * q + m formed with a fused multiply-add), and the products are summed in float
+ * with several vector accumulators.  The result differs from dequantize + float dot only by
+ * float rounding, within the float32 dot-product bound the tests hold the f32 variant to.
+ *
+ * A format file F instantiates F_dotf_portable, and on x86-64 F_dotf_avx2 and F_dotf_avx512
+ * (with the FDY_DF_TARGET_* attributes), then FDY_DF_DISPATCH(F) for F_vec_dot_f32.
+ */
+#ifndef FDY_SIMD_DOTF32_H
+#define FDY_SIMD_DOTF32_H
+#ifdef FDY_HOST
+
+#include <stdint.h>
+#include <string.h>
+
+#include "foundry.h"
+
+enum { FDY_DF_PORTABLE, FDY_DF_AVX2, FDY_DF_AVX512 };
+
+static inline int fdy_df_tier(void) {
+#if defined(__x86_64__)
+    const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
+    if ((f & base) != base) {
+        return FDY_DF_PORTABLE;
+    }
+    return (f & FDY_CPU_AVX512) ? FDY_DF_AVX512 : FDY_DF_AVX2;
+#else
+    return FDY_DF_PORTABLE;
+#endif
+}
+
+/* portable: sum_j q[j] * x[j] over 32 codes with 8 partial sums (vectorizable) */
+static inline float fdy_df_dot32_i8(const int8_t *q, const float *x) {
+    float acc[8] = {0};
+    for (int j = 0; j < 32; j += 8) {
+        for (int k = 0; k < 8; k++) {
+            acc[k] += (float)q[j + k] * x[j + k];
+        }
+    }
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* portable: sum_j w[j] * x[j] over n floats (n a multiple of 8) with 8 partial sums */
+static inline float fdy_df_dot_f(const float *w, const float *x, int n) {
+    float acc[8] = {0};
+    for (int j = 0; j < n; j += 8) {
+        for (int k = 0; k < 8; k++) {
+            acc[k] += w[j + k] * x[j + k];
+        }
+    }
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* a portable kernel from the format's decode function: each block decoded to floats (sub-block
+ * by sub-block), then a float dot with 8 partial sums */
+#define FDY_DF_PORTABLE_DECODE(F, DECODE, BLOCK_ELEMS, BLOCK_BYTES, SUB_ELEMS)        \
+    static float F##_dotf_portable(const void *w, const float *x, int64_t n) {        \
+        const uint8_t *b = (const uint8_t *)w;                                        \
+        float y[BLOCK_ELEMS];                                                         \
+        float sum = 0.0f;                                                             \
+        for (int64_t i = 0; i < n / (BLOCK_ELEMS); i++) {                             \
+            for (int s = 0; s < (BLOCK_ELEMS) / (SUB_ELEMS); s++) {                   \
+                DECODE(b + i * (BLOCK_BYTES), s, y + s * (SUB_ELEMS));                \
+            }                                                                         \
+            sum += fdy_df_dot_f(y, x + i * (BLOCK_ELEMS), BLOCK_ELEMS);               \
+        }                                                                             \
+        return sum;                                                                   \
+    }
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define FDY_DF_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define FDY_DF_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define FDY_DF_INLINE static inline __attribute__((always_inline))
+
+#define FDY_DF_DISPATCH(F)                                                     \
+    static float F##_vec_dot_f32(const void *w, const float *x, int64_t n) {   \
+        switch (fdy_df_tier()) {                                               \
+        case FDY_DF_AVX512: return F##_dotf_avx512(w, x, n);                   \
+        case FDY_DF_AVX2: return F##_dotf_avx2(w, x, n);                       \
+        default: return F##_dotf_portable(w, x, n);                            \
+        }                                                                      \
+    }
+
+/* the per-group scales of a super-block are stored to a small array and then broadcast into
+ * vectors; this compiler barrier keeps them in memory, so that each broadcast is one load
+ * (vbroadcastss zmm, m32) rather than a lane extract + broadcast from a register (two shuffle
+ * micro-ops each, which made the q4_k kernel shuffle-bound) */
+FDY_DF_INLINE void fdy_df_spill(float *p) {
+    __asm__ volatile("" : : "r"(p) : "memory");
+}
+
+/* an f16 as float (vcvtph2ps) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE float fdy_df_half(uint16_t h) {
+    return _cvtsh_ss(h);
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE float fdy_df_hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- AVX2: 16 codes as signed bytes q (lanes 0..15) against x[0..15] ---- */
+
+/* the 8 floats of signed bytes 0..7 of q */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_s8lo_256(__m128i q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+}
+
+/* acc + q[0..15] * x[0..15] (two multiply-adds) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_fma16_256(__m128i q, const float *x, __m256 acc) {
+    acc = _mm256_fmadd_ps(fdy_df_s8lo_256(q), _mm256_loadu_ps(x), acc);
+    return _mm256_fmadd_ps(fdy_df_s8lo_256(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x + 8), acc);
+}
+
+/* q[0..15] * x[0..15] as 8 partial sums */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_mul16_256(__m128i q, const float *x) {
+    const __m256 p = _mm256_mul_ps(fdy_df_s8lo_256(q), _mm256_loadu_ps(x));
+    return _mm256_fmadd_ps(fdy_df_s8lo_256(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x + 8), p);
+}
+
+/* acc + (d * q[j] + m) * x[j] for j < 16: the weights formed with a fused multiply-add */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_fma16_dm_256(__m128i q, __m256 d, __m256 m,
+                                                           const float *x, __m256 acc) {
+    const __m256 w0 = _mm256_fmadd_ps(fdy_df_s8lo_256(q), d, m);
+    const __m256 w1 = _mm256_fmadd_ps(fdy_df_s8lo_256(_mm_srli_si128(q, 8)), d, m);
+    acc = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc);
+    return _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc);
+}
+
+/* the low and high nibbles of 16 bytes as bytes */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nibbles_128(const uint8_t *qs, __m128i *lo,
+                                                         __m128i *hi) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    *lo = _mm_and_si128(v, m4);
+    *hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+}
+
+/* ---- AVX-512 ---- */
+
+/* the 16 bytes at p zero-extended to int32 lanes (the table index of vpermps: its low 4 bits) */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE __m512i fdy_df_u8x16_512(const uint8_t *p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* the floats of the 16 signed bytes at p */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE __m512 fdy_df_s8x16_512(const void *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* 32 nibble codes of 16 bytes (low nibbles: elements 0..15, high: 16..31) mapped through the
+ * float table tbl, against x[0..31]: the 16 partial sums */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE __m512 fdy_df_nib32_512(const uint8_t *qs, __m512 tbl,
+                                                          const float *x) {
+    const __m512i v = fdy_df_u8x16_512(qs);
+    const __m512 lo = _mm512_permutexvar_ps(v, tbl);
+    const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tbl);
+    return _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(x)));
+}
+
+/* the float table 0, 1, ..., 15 shifted by -off */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE __m512 fdy_df_ramp_512(float off) {
+    return _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_ps(off));
+}
+
+/* ---- the 32-element nibble formats (q4_0, q4_1, q5_0, q5_1, iq4_nl): 16 bytes qs, code j
+ * the low nibble of qs[j] (j < 16) or the high nibble of qs[j - 16]; with hbit, 16 added where
+ * bit j of qh is set; the value of a code: tbl[code] (an int8 table of 16, when not NULL) or
+ * code - off; weight d * value, plus m when hasm.  One block: acc0 (and acc1 with hasm) += ---- */
+
+/* byte j: 16 where bit j of h (16 bits) is set, else 0 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m128i fdy_df_bits16_128(uint32_t h) {
+    const __m128i bits = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)(h & 0xFFFFu)),
+                                          _mm_set_epi64x(0x0101010101010101LL, 0));
+    const __m128i sel = _mm_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(bits, sel), sel), _mm_set1_epi8(16));
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nibblk_256(const uint8_t *qs, uint32_t qh, float d,
+                                                        float m, int hbit, int hasm,
+                                                        const int8_t *tbl, int off,
+                                                        const float *x, __m256 *acc0,
+                                                        __m256 *acc1) {
+    __m128i lo, hi;
+    fdy_df_nibbles_128(qs, &lo, &hi);
+    if (hbit) {
+        lo = _mm_or_si128(lo, fdy_df_bits16_128(qh));
+        hi = _mm_or_si128(hi, fdy_df_bits16_128(qh >> 16));
+    }
+    if (tbl) {
+        const __m128i t = _mm_loadu_si128((const __m128i *)tbl);
+        lo = _mm_shuffle_epi8(t, lo);
+        hi = _mm_shuffle_epi8(t, hi);
+    } else if (off) {
+        lo = _mm_sub_epi8(lo, _mm_set1_epi8((char)off));
+        hi = _mm_sub_epi8(hi, _mm_set1_epi8((char)off));
+    }
+    const __m256 vd = _mm256_set1_ps(d);
+    if (hasm) {
+        const __m256 vm = _mm256_set1_ps(m);
+        *acc0 = fdy_df_fma16_dm_256(lo, vd, vm, x, *acc0);
+        *acc1 = fdy_df_fma16_dm_256(hi, vd, vm, x + 16, *acc1);
+    } else {
+        const __m256 s = fdy_df_fma16_256(hi, x + 16, fdy_df_mul16_256(lo, x));
+        *acc0 = _mm256_fmadd_ps(s, vd, *acc0);
+    }
+}
+
+/* the value tables of codes 0..15 (tlo) and 16..31 (thi) */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibtables_512(const int8_t *tbl, int off,
+                                                             __m512 *tlo, __m512 *thi) {
+    if (tbl) {
+        *tlo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)tbl)));
+    } else {
+        *tlo = fdy_df_ramp_512((float)off);
+    }
+    *thi = fdy_df_ramp_512((float)(off - 16));
+}
+
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uint32_t qh,
+                                                          float d, float m, int hbit, int hasm,
+                                                          __m512 tlo, __m512 thi,
+                                                          const float *x, __m512 *acc0,
+                                                          __m512 *acc1) {
+    const __m512i v = fdy_df_u8x16_512(qs);
+    const __m512i vh = _mm512_srli_epi32(v, 4);
+    __m512 lo = _mm512_permutexvar_ps(v, tlo), hi = _mm512_permutexvar_ps(vh, tlo);
+    if (hbit) {
+        lo = _mm512_mask_permutexvar_ps(lo, (__mmask16)qh, v, thi);
+        hi = _mm512_mask_permutexvar_ps(hi, (__mmask16)(qh >> 16), vh, thi);
+    }
+    const __m512 vd = _mm512_set1_ps(d);
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    if (hasm) {
+        const __m512 vm = _mm512_set1_ps(m);
+        *acc0 = _mm512_fmadd_ps(_mm512_fmadd_ps(lo, vd, vm), x0, *acc0);
+        *acc1 = _mm512_fmadd_ps(_mm512_fmadd_ps(hi, vd, vm), x1, *acc1);
+    } else {
+        *acc0 = _mm512_fmadd_ps(_mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0)), vd, *acc0);
+    }
+}
+
+/* F_dotf_avx2 and F_dotf_avx512 of a nibble format with block type BT (fields qs, d) and the
+ * expressions QH(b) (the qh bits as a uint32, or 0) and M(b) (the float min, or 0.0f) of a
+ * block pointer b: two blocks per iteration into separate accumulators */
+#define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)                                 \
+    FDY_DF_TARGET_AVX2 static float F##_dotf_avx2(const void *w, const float *x, int64_t n) { \
+        const BT *b = (const BT *)w;                                                          \
+        const int64_t nb = n / 32;                                                            \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
+        int64_t i = 0;                                                                        \
+        for (; i + 2 <= nb; i += 2) {                                                         \
+            fdy_df_nibblk_256(b[i].qs, QH(b + i), fdy_df_half(b[i].d), M(b + i), HBIT, HASM,  \
+                              TBL, OFF, x + 32 * i, &a0, &a1);                                \
+            fdy_df_nibblk_256(b[i + 1].qs, QH(b + i + 1), fdy_df_half(b[i + 1].d),           \
+                              M(b + i + 1), HBIT, HASM, TBL, OFF, x + 32 * i + 32, &a2, &a3); \
+        }                                                                                     \
+        if (i < nb) {                                                                         \
+            fdy_df_nibblk_256(b[i].qs, QH(b + i), fdy_df_half(b[i].d), M(b + i), HBIT, HASM,  \
+                              TBL, OFF, x + 32 * i, &a0, &a1);                                \
+        }                                                                                     \
+        return fdy_df_hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));  \
+    }                                                                                         \
+    FDY_DF_TARGET_AVX512 static float F##_dotf_avx512(const void *w, const float *x,         \
+                                                      int64_t n) {                           \
+        const BT *b = (const BT *)w;                                                          \
+        const int64_t nb = n / 32;                                                            \
+        __m512 tlo, thi;                                                                      \
+        fdy_df_nibtables_512(TBL, OFF, &tlo, &thi);                                           \
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
+        int64_t i = 0;                                                                        \
+        for (; i + 2 <= nb; i += 2) {                                                         \
+            fdy_df_nibblk_512(b[i].qs, QH(b + i), fdy_df_half(b[i].d), M(b + i), HBIT, HASM,  \
+                              tlo, thi, x + 32 * i, &a0, &a1);                                \
+            fdy_df_nibblk_512(b[i + 1].qs, QH(b + i + 1), fdy_df_half(b[i + 1].d),           \
+                              M(b + i + 1), HBIT, HASM, tlo, thi, x + 32 * i + 32, &a2, &a3); \
+        }                                                                                     \
+        if (i < nb) {                                                                         \
+            fdy_df_nibblk_512(b[i].qs, QH(b + i), fdy_df_half(b[i].d), M(b + i), HBIT, HASM,  \
+                              tlo, thi, x + 32 * i, &a0, &a1);                                \
+        }                                                                                     \
+        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1),                      \
+                                                  _mm512_add_ps(a2, a3)));                    \
+    }
+
+#else
+#define FDY_DF_DISPATCH(F)                                                     \
+    static float F##_vec_dot_f32(const void *w, const float *x, int64_t n) {   \
+        return F##_dotf_portable(w, x, n);                                     \
+    }
+#define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)
+#endif /* __x86_64__ */
+
+/* QH / M arguments of FDY_DF_NIB_KERNELS */
+#define FDY_DF_NO_QH(b) 0u
+#define FDY_DF_NO_M(b) 0.0f
+
+#endif /* FDY_HOST */
+#endif /* FDY_SIMD_DOTF32_H */

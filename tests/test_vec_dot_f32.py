@@ -1,0 +1,115 @@
+"""The f32 variant's fused GEMV kernels (policy hook vec_dot_f32: decode + multiply-add of one
+weight row against float x), on every CPU path (portable, AVX2, all detected features).
+
+* Policy.vec_dot_f32 (a debug binding of the hook) against the float64 dot of the NumPy-side
+  dequantized weights: |y - ref| <= gamma(K + 2) * sum |w x| + 4u |ref| (the float32
+  dot-product bound, whatever the summation order; the kernels form each weight with at most
+  one extra rounding, covered by the +2), for quantized Gaussian rows and for random blocks
+  (any code pattern), with K not a multiple of 256 where the block allows; and the relative
+  L2 error over many rows within the policy's tolerances["f32"].
+* the f32-variant matmul stage for M <= 4 (the fused path) and M = 5 (dequantize + dot)
+  against the reference, as tests/test_stages.py.
+"""
+import numpy as np
+import pytest
+
+import pyfoundry as pf
+from pyfoundry.reference import stages as R
+
+U = 2.0 ** -24
+REQUIRED = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_k", "q6_k"}
+HOOKED = [p for p in pf.policies if p.has_vec_dot_f32]
+PATHS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
+
+
+def gamma(n):
+    return n * U / (1 - n * U)
+
+
+def ks(p):
+    be = p.block_elems
+    out = {be, 3 * be, 4096, 16 * be + be}
+    if be < 256:
+        out |= {288, 576}  # not multiples of 256
+    return sorted(k for k in out if k % be == 0)
+
+
+@pytest.fixture(params=list(PATHS), ids=list(PATHS))
+def path(request):
+    feats = PATHS[request.param]
+    if feats and not set(feats) <= set(pf.cpu_features()["detected"]):
+        pytest.skip(f"this CPU lacks {feats}")
+    pf.set_cpu_features(feats)
+    yield request.param
+    pf.set_cpu_features(None)
+
+
+def test_required_formats_have_the_hook():
+    assert REQUIRED <= {p.name for p in HOOKED}
+
+
+def rows_for(p, rows, K, rng, kind):
+    if kind == "quantized" and p.can_quantize:
+        raw = p.quantize(rng.standard_normal((rows, K)).astype(np.float32))
+    else:
+        raw = pf.testing.random_blocks(p, rows, K, rng, max_abs=1e3).raw
+    raw = np.asarray(raw).reshape(rows, -1)
+    return raw, p.dequantize(raw).astype(np.float64).reshape(rows, K)
+
+
+@pytest.mark.parametrize("kind", ["quantized", "random"])
+@pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
+def test_vec_dot_f32_matches_float64_dot(p, kind, path):
+    rng = np.random.default_rng(hash((p.name, kind)) % 2**32)
+    for K in ks(p):
+        rows = 8
+        raw, wd = rows_for(p, rows, K, rng, kind)
+        x = rng.standard_normal(K).astype(np.float32)
+        y = np.array([p.vec_dot_f32(raw[r], x) for r in range(rows)])
+        ref = wd @ x.astype(np.float64)
+        mag = np.abs(wd) @ np.abs(x.astype(np.float64))
+        bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
+        err = np.abs(y - ref)
+        assert (err <= bound).all(), f"{p.name} {kind} K={K} {path}: err/bound {np.max(err / bound):.3g}"
+        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert rel <= p.tolerances["f32"], f"{p.name} {kind} K={K} {path}: rel L2 {rel:.3g}"
+
+
+@pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
+def test_vec_dot_f32_rejects_bad_sizes(p):
+    x = np.zeros(p.block_elems + 1, np.float32)
+    with pytest.raises(pf.ShapeError):
+        p.vec_dot_f32(np.zeros(p.block_bytes, np.uint8), x)
+
+
+def test_vec_dot_f32_unsupported_format():
+    p = next((q for q in pf.policies if not q.has_vec_dot_f32 and q.block_elems == 32), None)
+    if p is None:
+        pytest.skip("every 32-element format has the hook")
+    with pytest.raises(pf.FoundryNotImplementedError):
+        p.vec_dot_f32(np.zeros(p.block_bytes, np.uint8), np.zeros(32, np.float32))
+
+
+@pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
+def test_f32_matmul_stage_fused_and_unfused(p, path):
+    rng = np.random.default_rng(7)
+    step = pf.compile("matmul", policy=p, variant="f32")
+    for M, N, K in [(1, 33, 4 * p.block_elems), (2, 9, 8 * p.block_elems), (4, 5, 256 * 3),
+                    (5, 7, 512)]:
+        if K % p.block_elems:
+            continue
+        if p.can_quantize:
+            w = pf.Tensor.from_numpy(rng.standard_normal((N, K)).astype(np.float32), p, "w")
+        else:
+            t = pf.testing.random_blocks(p, N, K, rng, max_abs=1e3)
+            w = pf.Tensor("w", (N, K), p, t.raw)
+        wd = w.dequantize().astype(np.float64)
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        y = np.asarray(step(x[0] if M == 1 else x, w), np.float64).reshape(M, N)
+        ref = R.matmul(x, wd).reshape(M, N)
+        mag = np.abs(x).astype(np.float64) @ np.abs(wd).T
+        bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
+        err = np.abs(y - ref)
+        assert (err <= bound).all(), f"{p.name} M={M} {path}: err/bound {np.max(err / bound):.3g}"
+        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert rel <= p.tolerances["f32"], f"{p.name} M={M} {path}: rel L2 {rel:.3g}"
