@@ -326,43 +326,142 @@ fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32
 
 /* ---- attention --------------------------------------------------------------------------- */
 
+/* One task is a group of g query heads of one token that share a kv head (GQA): the scores of
+ * all g heads are computed in one pass over the K rows and the weighted sums in one pass over
+ * the V rows.  Every head's arithmetic is the same whatever g is (scores: one dot of length D
+ * each; softmax in float; output accumulated over positions in order), so decode and prefill
+ * rows agree and the task split is free to follow the thread count. */
 typedef struct attn_ctx {
     const float *q, *k, *v;
     float *out;
     int64_t M, H, D, Hkv, start_pos;
+    int64_t g;            /* query heads per task; divides H / Hkv */
     float scale;
-    fdy_dot_f32_fn dot;
+    int simd;             /* AVX-512 kernels */
 } attn_ctx;
 
-static void attn_task(void *vctx, int64_t task, int thread) {
-    const attn_ctx *c = (const attn_ctx *)vctx;
-    const int64_t m = task / c->H, h = task % c->H;
-    const int64_t hk = h / (c->H / c->Hkv);
-    const int64_t n = c->start_pos + m + 1; /* causal: positions 0 .. start_pos + m */
-    const float *q = c->q + (m * c->H + h) * c->D;
-    float *s = (float *)fdy_scratch(thread);
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = c->dot(q, c->k + (j * c->Hkv + hk) * c->D, c->D) * c->scale;
-        mx = s[j] > mx ? s[j] : mx;
+/* scores -> probabilities in place, per head: s[i*n + j] for i < g, j < n */
+static void attn_softmax(float *s, int64_t g, int64_t n) {
+    for (int64_t i = 0; i < g; i++) {
+        float *si = s + i * n;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            mx = si[j] > mx ? si[j] : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            si[j] = expf(si[j] - mx);
+            sum += si[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < n; j++) {
+            si[j] *= inv;
+        }
     }
-    float sum = 0.0f;
+}
+
+static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, int64_t n,
+                                float *s, float *o) {
+    const int64_t D = c->D, g = c->g, ld = c->Hkv * D;
     for (int64_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
+        const float *kr = c->k + j * ld + hk * D;
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * D;
+            float acc[8] = {0};
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8) {
+                for (int e = 0; e < 8; e++) {
+                    acc[e] += qi[d + e] * kr[d + e];
+                }
+            }
+            float dot = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for (; d < D; d++) {
+                dot += qi[d] * kr[d];
+            }
+            s[i * n + j] = dot * c->scale;
+        }
     }
-    const float inv = 1.0f / sum;
-    float *o = c->out + (m * c->H + h) * c->D;
-    for (int64_t d = 0; d < c->D; d++) {
+    attn_softmax(s, g, n);
+    for (int64_t d = 0; d < g * D; d++) {
         o[d] = 0.0f;
     }
     for (int64_t j = 0; j < n; j++) {
-        const float p = s[j] * inv;
-        const float *vr = c->v + (j * c->Hkv + hk) * c->D;
-        for (int64_t d = 0; d < c->D; d++) {
-            o[d] += p * vr[d];
+        const float *vr = c->v + j * ld + hk * D;
+        for (int64_t i = 0; i < g; i++) {
+            const float p = s[i * n + j];
+            float *oi = o + i * D;
+            for (int64_t d = 0; d < D; d++) {
+                oi[d] += p * vr[d];
+            }
         }
     }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+__attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx *c,
+                                                                 const float *q, int64_t hk,
+                                                                 int64_t n, float *s, float *o) {
+    const int64_t D = c->D, g = c->g, ld = c->Hkv * D;
+    const int64_t full = D / 16;
+    const __mmask16 tm = (__mmask16)((1u << (D % 16)) - 1u);
+    for (int64_t j = 0; j < n; j++) {
+        const float *kr = c->k + j * ld + hk * D;
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * D;
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < full; b++) {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * b), _mm512_loadu_ps(kr + 16 * b),
+                                      acc);
+            }
+            if (tm) {
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, qi + 16 * full),
+                                      _mm512_maskz_loadu_ps(tm, kr + 16 * full), acc);
+            }
+            s[i * n + j] = _mm512_reduce_add_ps(acc) * c->scale;
+        }
+    }
+    attn_softmax(s, g, n);
+    for (int64_t d = 0; d < g * D; d++) {
+        o[d] = 0.0f;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const float *vr = c->v + j * ld + hk * D;
+        for (int64_t i = 0; i < g; i++) {
+            const __m512 p = _mm512_set1_ps(s[i * n + j]);
+            float *oi = o + i * D;
+            for (int64_t b = 0; b < full; b++) {
+                _mm512_storeu_ps(oi + 16 * b, _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * b),
+                                                              _mm512_loadu_ps(oi + 16 * b)));
+            }
+            if (tm) {
+                _mm512_mask_storeu_ps(
+                    oi + 16 * full, tm,
+                    _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tm, vr + 16 * full),
+                                    _mm512_maskz_loadu_ps(tm, oi + 16 * full)));
+            }
+        }
+    }
+}
+#endif
+
+static void attn_task(void *vctx, int64_t task, int thread) {
+    const attn_ctx *c = (const attn_ctx *)vctx;
+    const int64_t per_tok = c->H / c->g;
+    const int64_t m = task / per_tok, h0 = (task % per_tok) * c->g;
+    const int64_t hk = h0 / (c->H / c->Hkv);
+    const int64_t n = c->start_pos + m + 1; /* causal: positions 0 .. start_pos + m */
+    const float *q = c->q + (m * c->H + h0) * c->D;
+    float *o = c->out + (m * c->H + h0) * c->D;
+    float *s = (float *)fdy_scratch(thread);
+#if defined(__x86_64__)
+    if (c->simd) {
+        attn_group_avx512(c, q, hk, n, s, o);
+        return;
+    }
+#endif
+    attn_group_portable(c, q, hk, n, s, o);
 }
 
 fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
@@ -375,13 +474,19 @@ fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const 
     CHECK(start_pos >= 0, "attention: start_pos must be >= 0");
     CHECK(start_pos + M <= C, "attention: positions up to %lld do not fit a cache of %lld",
           (long long)(start_pos + M), (long long)C);
-    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, scale,
-                  fdy_select_dot_f32()};
-    fdy_status s = fdy_scratch_reserve((size_t)(start_pos + M) * sizeof(float));
+    const int64_t G = H / Hkv;
+    const int threads = fdy_get_num_threads();
+    /* whole GQA groups (K and V read once per group) unless that leaves threads idle */
+    const int64_t g = (threads == 1 || M * Hkv >= 2 * (int64_t)threads) ? G : 1;
+    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, g, scale, 0};
+#if defined(__x86_64__)
+    c.simd = (fdy_cpu_features_enabled() & FDY_CPU_AVX512) != 0;
+#endif
+    fdy_status s = fdy_scratch_reserve((size_t)(g * (start_pos + M)) * sizeof(float));
     if (s) {
         return s;
     }
-    fdy_parallel(attn_task, &c, M * H);
+    fdy_parallel(attn_task, &c, M * (H / g));
     return FDY_OK;
 }
 
