@@ -336,6 +336,8 @@ typedef struct attn_ctx {
     float *out;
     int64_t M, H, D, Hkv, start_pos;
     int64_t g;            /* query heads per task; divides H / Hkv */
+    int64_t n_split;      /* the output dims of a group split over this many tasks (each
+                             computes the group's scores, then its share of the sums) */
     float scale;
     int simd;             /* AVX-512 kernels */
 } attn_ctx;
@@ -361,7 +363,7 @@ static void attn_softmax(float *s, int64_t g, int64_t n) {
 }
 
 static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, int64_t n,
-                                float *s, float *o) {
+                                int64_t d0, int64_t d1, float *s, float *o) {
     const int64_t D = c->D, g = c->g, ld = c->Hkv * D;
     for (int64_t j = 0; j < n; j++) {
         const float *kr = c->k + j * ld + hk * D;
@@ -382,15 +384,17 @@ static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, i
         }
     }
     attn_softmax(s, g, n);
-    for (int64_t d = 0; d < g * D; d++) {
-        o[d] = 0.0f;
+    for (int64_t i = 0; i < g; i++) {
+        for (int64_t d = d0; d < d1; d++) {
+            o[i * D + d] = 0.0f;
+        }
     }
     for (int64_t j = 0; j < n; j++) {
         const float *vr = c->v + j * ld + hk * D;
         for (int64_t i = 0; i < g; i++) {
             const float p = s[i * n + j];
             float *oi = o + i * D;
-            for (int64_t d = 0; d < D; d++) {
+            for (int64_t d = d0; d < d1; d++) {
                 oi[d] += p * vr[d];
             }
         }
@@ -402,10 +406,14 @@ static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, i
 
 __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx *c,
                                                                  const float *q, int64_t hk,
-                                                                 int64_t n, float *s, float *o) {
+                                                                 int64_t n, int64_t d0, int64_t d1,
+                                                                 float *s, float *o) {
     const int64_t D = c->D, g = c->g, ld = c->Hkv * D;
     const int64_t full = D / 16;
     const __mmask16 tm = (__mmask16)((1u << (D % 16)) - 1u);
+    /* output dims [d0, d1): d0 is a multiple of 16, d1 one or D */
+    const int64_t b0 = d0 / 16, b1 = d1 / 16;
+    const __mmask16 tm1 = d1 == D ? tm : 0;
     for (int64_t j = 0; j < n; j++) {
         const float *kr = c->k + j * ld + hk * D;
         for (int64_t i = 0; i < g; i++) {
@@ -423,23 +431,25 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
         }
     }
     attn_softmax(s, g, n);
-    for (int64_t d = 0; d < g * D; d++) {
-        o[d] = 0.0f;
+    for (int64_t i = 0; i < g; i++) {
+        for (int64_t d = d0; d < d1; d++) {
+            o[i * D + d] = 0.0f;
+        }
     }
     for (int64_t j = 0; j < n; j++) {
         const float *vr = c->v + j * ld + hk * D;
         for (int64_t i = 0; i < g; i++) {
             const __m512 p = _mm512_set1_ps(s[i * n + j]);
             float *oi = o + i * D;
-            for (int64_t b = 0; b < full; b++) {
+            for (int64_t b = b0; b < b1; b++) {
                 _mm512_storeu_ps(oi + 16 * b, _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * b),
                                                               _mm512_loadu_ps(oi + 16 * b)));
             }
-            if (tm) {
+            if (tm1) {
                 _mm512_mask_storeu_ps(
-                    oi + 16 * full, tm,
-                    _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tm, vr + 16 * full),
-                                    _mm512_maskz_loadu_ps(tm, oi + 16 * full)));
+                    oi + 16 * full, tm1,
+                    _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tm1, vr + 16 * full),
+                                    _mm512_maskz_loadu_ps(tm1, oi + 16 * full)));
             }
         }
     }
@@ -448,8 +458,14 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
 
 static void attn_task(void *vctx, int64_t task, int thread) {
     const attn_ctx *c = (const attn_ctx *)vctx;
-    const int64_t per_tok = c->H / c->g;
-    const int64_t m = task / per_tok, h0 = (task % per_tok) * c->g;
+    const int64_t per_tok = c->H / c->g * c->n_split;
+    const int64_t m = task / per_tok, grp = task % per_tok / c->n_split;
+    const int64_t part = task % c->n_split, h0 = grp * c->g;
+    /* output dims of this part, in whole 16-float chunks but the last */
+    const int64_t chunks = (c->D + 15) / 16;
+    const int64_t d0 = chunks * part / c->n_split * 16;
+    const int64_t d1e = chunks * (part + 1) / c->n_split * 16;
+    const int64_t d1 = d1e < c->D ? d1e : c->D;
     const int64_t hk = h0 / (c->H / c->Hkv);
     const int64_t n = c->start_pos + m + 1; /* causal: positions 0 .. start_pos + m */
     const float *q = c->q + (m * c->H + h0) * c->D;
@@ -457,11 +473,11 @@ static void attn_task(void *vctx, int64_t task, int thread) {
     float *s = (float *)fdy_scratch(thread);
 #if defined(__x86_64__)
     if (c->simd) {
-        attn_group_avx512(c, q, hk, n, s, o);
+        attn_group_avx512(c, q, hk, n, d0, d1, s, o);
         return;
     }
 #endif
-    attn_group_portable(c, q, hk, n, s, o);
+    attn_group_portable(c, q, hk, n, d0, d1, s, o);
 }
 
 fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
@@ -476,17 +492,23 @@ fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const 
           (long long)(start_pos + M), (long long)C);
     const int64_t G = H / Hkv;
     const int threads = fdy_get_num_threads();
-    /* whole GQA groups (K and V read once per group) unless that leaves threads idle */
-    const int64_t g = (threads == 1 || M * Hkv >= 2 * (int64_t)threads) ? G : 1;
-    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, g, scale, 0};
+    /* whole GQA groups: K and V are read once per group (the cache is read once per token,
+     * the bulk of attention's cost).  Fewer groups than 2 tasks per thread (decode with few kv
+     * heads): each group's output dims are split over tasks that all compute its scores. */
+    int64_t split = 1;
+    const int64_t chunks = (D + 15) / 16;
+    while (threads > 1 && M * Hkv * split < 2 * (int64_t)threads && split < chunks) {
+        split++;
+    }
+    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, G, split, scale, 0};
 #if defined(__x86_64__)
     c.simd = (fdy_cpu_features_enabled() & FDY_CPU_AVX512) != 0;
 #endif
-    fdy_status s = fdy_scratch_reserve((size_t)(g * (start_pos + M)) * sizeof(float));
+    fdy_status s = fdy_scratch_reserve((size_t)(G * (start_pos + M)) * sizeof(float));
     if (s) {
         return s;
     }
-    fdy_parallel(attn_task, &c, M * (H / g));
+    fdy_parallel(attn_task, &c, M * Hkv * split);
     return FDY_OK;
 }
 
