@@ -9,6 +9,7 @@
  * on a format.  Most of the time of a decode step is spent in matmul_task.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@
 #include "internal.h"
 #include "policy.h"
 #include "threadpool.h"
+#include "cpu/fused.h"
 #include "cpu/simd.h"
 
 /* ---- argument checks ------------------------------------------------------------------- */
@@ -61,6 +63,8 @@ typedef struct mm_ctx {
     const float *bias;
     float *out;
     int accumulate, act;
+    const float *res_in;  /* fused residual add (matmul groups): res_out = res_in + out */
+    float *res_out;
     int64_t rows_per_task;
     fdy_dot_f32_fn dot;
 } mm_ctx;
@@ -76,6 +80,69 @@ static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
     } else {
         *o = v;
     }
+    if (c->res_out) { /* the add stage's arithmetic: res + out */
+        c->res_out[m * c->N + n] = c->res_in[m * c->N + n] + *o;
+    }
+}
+
+/* ---- grown buffers: no allocation per call ---------------------------------------------- */
+
+fdy_status fdy_buf_reserve(fdy_buf *b, size_t bytes) {
+    if (b->size >= bytes) {
+        return FDY_OK;
+    }
+    size_t sz = b->size ? b->size : 4096;
+    while (sz < bytes) {
+        sz *= 2;
+    }
+    void *m = NULL;
+    if (posix_memalign(&m, 64, sz) != 0) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate %zu bytes of activations", bytes);
+    }
+    free(b->p);
+    b->p = m;
+    b->size = sz;
+    return FDY_OK;
+}
+
+void fdy_buf_free(fdy_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->size = 0;
+}
+
+void fdy_mm_ws_free(fdy_mm_ws *ws) {
+    for (int i = 0; i < FDY_MM_MAX_PARTS; i++) {
+        fdy_buf_free(&ws->xq[i]);
+        fdy_buf_free(&ws->xd[i]);
+    }
+}
+
+/* the calling thread's workspace for the stand-alone stages (fdy_matmul): kept between calls,
+ * freed when the thread exits */
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(void *p) {
+    fdy_mm_ws_free((fdy_mm_ws *)p);
+    free(p);
+}
+
+static void tls_init(void) {
+    (void)pthread_key_create(&tls_key, tls_free);
+}
+
+static fdy_mm_ws *thread_ws(void) {
+    pthread_once(&tls_once, tls_init);
+    fdy_mm_ws *ws = (fdy_mm_ws *)pthread_getspecific(tls_key);
+    if (!ws) {
+        ws = (fdy_mm_ws *)calloc(1, sizeof *ws);
+        if (ws && pthread_setspecific(tls_key, ws) != 0) {
+            free(ws);
+            ws = NULL;
+        }
+    }
+    return ws;
 }
 
 static void mm_task_f32(void *vctx, int64_t task, int thread) {
@@ -106,17 +173,19 @@ static void mm_task_q8(void *vctx, int64_t task, int thread) {
     }
 }
 
-/* quantize activation rows to the policy's dot_type: returns malloc'd blocks (caller frees) */
+/* quantize activation rows to the policy's dot_type into the grown buffer buf */
 static fdy_status quantize_activations(const fdy_policy *dot, const float *x, int64_t M,
-                                       int64_t K, uint8_t **out, int64_t *row_bytes) {
+                                       int64_t K, fdy_buf *buf, uint8_t **out,
+                                       int64_t *row_bytes) {
     int64_t rb = fdy_policy_row_bytes(dot, K);
     if (rb < 0) {
         return FDY_ERR_INVALID;
     }
-    uint8_t *q = (uint8_t *)malloc((size_t)(rb * M) + 64);
-    if (!q) {
-        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate quantized activations");
+    fdy_status s = fdy_buf_reserve(buf, (size_t)(rb * M) + 64);
+    if (s) {
+        return s;
     }
+    uint8_t *q = (uint8_t *)buf->p;
     fdy_quant_fn qf = dot->quantize_act ? dot->quantize_act : dot->quantize;
     for (int64_t m = 0; m < M; m++) {
         qf(x + m * K, q + m * rb, K);
@@ -165,41 +234,181 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
             dot = NULL; /* rows that the activation format cannot tile: exact f32 path */
         }
     }
+    fdy_mm_ws *ws = dot ? thread_ws() : NULL;
+    if (dot && !ws) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate the activation workspace");
+    }
     if (dot && w->policy->vec_dot) {
         uint8_t *xq = NULL;
-        if ((s = quantize_activations(dot, x, M, c.K, &xq, &c.xq_row))) {
+        if ((s = quantize_activations(dot, x, M, c.K, &ws->xq[0], &xq, &c.xq_row))) {
             return s;
         }
         c.xq = xq;
         fdy_parallel(mm_task_q8, &c, n_tasks);
-        free(xq);
         return FDY_OK;
     }
-    float *xd = NULL;
     if (dot) {
         /* no integer kernel for this format: float dots over the quantized activations, the
          * same numbers up to float rounding */
         uint8_t *xq = NULL;
-        if ((s = quantize_activations(dot, x, M, c.K, &xq, &c.xq_row))) {
+        if ((s = quantize_activations(dot, x, M, c.K, &ws->xq[0], &xq, &c.xq_row)) ||
+            (s = fdy_buf_reserve(&ws->xd[0], (size_t)(M * c.K) * sizeof(float)))) {
             return s;
         }
-        xd = (float *)malloc((size_t)(M * c.K) * sizeof(float));
-        if (!xd) {
-            free(xq);
-            return fdy_fail(FDY_ERR_NOMEM, "cannot allocate activations");
-        }
+        float *xd = (float *)ws->xd[0].p;
         for (int64_t m = 0; m < M; m++) {
             fdy_policy_dequantize(dot, xq + m * c.xq_row, xd + m * c.K, c.K);
         }
-        free(xq);
         c.x = xd;
     }
     if ((s = fdy_scratch_reserve((size_t)c.K * sizeof(float)))) {
-        free(xd);
         return s;
     }
     fdy_parallel(mm_task_f32, &c, n_tasks);
-    free(xd);
+    return FDY_OK;
+}
+
+/* ---- matmul groups: several weights over one input in one parallel region ----------------- */
+
+typedef struct group_ctx {
+    mm_ctx part[FDY_MM_MAX_PARTS];
+    int q8[FDY_MM_MAX_PARTS];          /* integer vec_dot over part[i].xq, else float dots */
+    int64_t first_task[FDY_MM_MAX_PARTS + 1];
+    int n_parts;
+    float *swiglu_out;                 /* parts 0 and 1 are gate and up: tasks over their rows */
+} group_ctx;
+
+static inline float mm_row_value(const mm_ctx *c, int q8, const uint8_t *wr, float *row,
+                                 int64_t m) {
+    if (q8) {
+        return c->w->policy->vec_dot(wr, c->xq + m * c->xq_row, c->K);
+    }
+    return c->dot(row, c->x + m * c->K, c->K);
+}
+
+static void group_task(void *vctx, int64_t task, int thread) {
+    const group_ctx *g = (const group_ctx *)vctx;
+    int p = 0;
+    while (task >= g->first_task[p + 1]) {
+        p++;
+    }
+    float *row = (float *)fdy_scratch(thread);
+    const int np = g->swiglu_out ? 2 : 1; /* parts computed per row */
+    const mm_ctx *c0 = &g->part[p];
+    const int64_t r0 = (task - g->first_task[p]) * c0->rows_per_task;
+    const int64_t r1 = r0 + c0->rows_per_task < c0->N ? r0 + c0->rows_per_task : c0->N;
+    for (int64_t n = r0; n < r1; n++) {
+        for (int i = 0; i < np; i++) {
+            const mm_ctx *c = &g->part[p + i];
+            const uint8_t *wr = (const uint8_t *)c->w->data + n * c->w_row;
+            if (!g->q8[p + i]) {
+                fdy_policy_dequantize(c->w->policy, wr, row, c->K);
+            }
+            for (int64_t m = 0; m < c->M; m++) {
+                mm_store(c, m, n, mm_row_value(c, g->q8[p + i], wr, row, m));
+            }
+        }
+        if (g->swiglu_out) { /* the swiglu stage's arithmetic on the stored gate and up */
+            const mm_ctx *cg = &g->part[0], *cu = &g->part[1];
+            for (int64_t m = 0; m < cg->M; m++) {
+                const float gv = cg->out[m * cg->N + n];
+                g->swiglu_out[m * cg->N + n] = (gv / (1.0f + expf(-gv))) * cu->out[m * cg->N + n];
+            }
+        }
+    }
+}
+
+fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm_part *parts,
+                            float *swiglu_out, int variant, fdy_mm_ws *ws) {
+    CHECK(x && parts && ws && n_parts >= 1 && n_parts <= FDY_MM_MAX_PARTS,
+          "matmul group: bad arguments");
+    CHECK(M > 0, "matmul group: M must be positive");
+    CHECK(!swiglu_out || (n_parts == 2 && parts[0].w->rows == parts[1].w->rows),
+          "matmul group: swiglu needs two parts of equal rows");
+    fdy_status s;
+    group_ctx g;
+    memset(&g, 0, sizeof g);
+    g.n_parts = n_parts;
+    g.swiglu_out = swiglu_out;
+    const fdy_policy *dots[FDY_MM_MAX_PARTS];
+    int n_dots = 0;
+    int64_t total_rows = 0, max_k = 0;
+    for (int i = 0; i < n_parts; i++) {
+        const fdy_mm_part *pp = &parts[i];
+        if ((s = check_weight(pp->w, "matmul group"))) {
+            return s;
+        }
+        CHECK(pp->w->cols == parts[0].w->cols && pp->out, "matmul group: part %d shape", i);
+        mm_ctx *c = &g.part[i];
+        c->w = pp->w;
+        c->M = M;
+        c->K = pp->w->cols;
+        c->N = pp->w->rows;
+        c->x = x;
+        c->w_row = fdy_policy_row_bytes(pp->w->policy, pp->w->cols);
+        c->bias = pp->bias;
+        c->out = pp->out;
+        c->accumulate = pp->accumulate;
+        c->act = pp->act;
+        c->res_in = pp->res_in;
+        c->res_out = pp->res_out;
+        c->dot = fdy_select_dot_f32();
+        total_rows += c->N;
+        max_k = c->K > max_k ? c->K : max_k;
+        /* the activations in this part's dot type: quantized once per distinct type */
+        const fdy_policy *dot = NULL;
+        if (variant == FDY_VARIANT_Q8 && pp->w->policy->dot_type) {
+            dot = fdy_policy_by_name(pp->w->policy->dot_type);
+            if (!dot || !dot->quantize || c->K % dot->block_elems != 0) {
+                dot = NULL;
+            }
+        }
+        if (!dot) {
+            continue;
+        }
+        int d = 0;
+        while (d < n_dots && dots[d] != dot) {
+            d++;
+        }
+        if (d == n_dots) {
+            dots[n_dots++] = dot;
+            uint8_t *xq = NULL;
+            int64_t rb = 0;
+            if ((s = quantize_activations(dot, x, M, c->K, &ws->xq[d], &xq, &rb))) {
+                return s;
+            }
+        }
+        c->xq = (const uint8_t *)ws->xq[d].p;
+        c->xq_row = fdy_policy_row_bytes(dot, c->K);
+        g.q8[i] = pp->w->policy->vec_dot != NULL;
+        if (!g.q8[i]) { /* float dots over the dequantized quantized activations */
+            if ((s = fdy_buf_reserve(&ws->xd[d], (size_t)(M * c->K) * sizeof(float)))) {
+                return s;
+            }
+            float *xd = (float *)ws->xd[d].p;
+            for (int64_t m = 0; m < M; m++) {
+                fdy_policy_dequantize(dot, c->xq + m * c->xq_row, xd + m * c->K, c->K);
+            }
+            c->x = xd;
+        }
+    }
+    if ((s = fdy_scratch_reserve((size_t)max_k * sizeof(float)))) {
+        return s;
+    }
+    /* about 8 tasks per thread over all the rows, each within one part */
+    const int threads = fdy_get_num_threads();
+    int64_t rpt = (total_rows + (int64_t)threads * 8 - 1) / ((int64_t)threads * 8);
+    rpt = rpt < 1 ? 1 : rpt;
+    const int task_parts = swiglu_out ? 1 : n_parts;
+    g.first_task[0] = 0;
+    for (int i = 0; i < task_parts; i++) {
+        g.part[i].rows_per_task = rpt;
+        g.first_task[i + 1] = g.first_task[i] + (g.part[i].N + rpt - 1) / rpt;
+    }
+    if (swiglu_out) {
+        g.part[1].rows_per_task = rpt;
+    }
+    fdy_parallel(group_task, &g, g.first_task[task_parts]);
     return FDY_OK;
 }
 
@@ -277,6 +486,54 @@ fdy_status fdy_rmsnorm_qkv(const float *x, int64_t M, const float *norm_weight, 
 
 /* ---- rope -------------------------------------------------------------------------------- */
 
+void fdy_rope_base(int64_t rot_dims, float theta, double *base) {
+    for (int64_t i = 0; i < rot_dims / 2; i++) {
+        base[i] = pow((double)theta, -2.0 * (double)i / (double)rot_dims);
+    }
+}
+
+void fdy_rope_table(const int32_t *positions, int64_t M, int64_t rot_dims, const double *base,
+                    const float *freq_factors, double *cs) {
+    const int64_t half = rot_dims / 2;
+    for (int64_t m = 0; m < M; m++) {
+        const double pos = (double)positions[m];
+        double *c = cs + m * 2 * half;
+        for (int64_t i = 0; i < half; i++) {
+            double a = pos * base[i];
+            if (freq_factors) {
+                a /= (double)freq_factors[i];
+            }
+            c[2 * i] = cos(a);
+            c[2 * i + 1] = sin(a);
+        }
+    }
+}
+
+void fdy_rope_apply(const float *x, int64_t M, int64_t H, int64_t D, int64_t rot_dims,
+                    const double *cs, int neox, float *out) {
+    const int64_t half = rot_dims / 2;
+    for (int64_t m = 0; m < M; m++) {
+        const double *cm = cs + m * 2 * half;
+        for (int64_t h = 0; h < H; h++) {
+            const float *xr = x + (m * H + h) * D;
+            float *o = out + (m * H + h) * D;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t i0 = neox ? i : 2 * i;
+                int64_t i1 = neox ? i + half : 2 * i + 1;
+                double a = xr[i0], b = xr[i1];
+                double c = cm[2 * i], s = cm[2 * i + 1];
+                o[i0] = (float)(a * c - b * s);
+                o[i1] = (float)(a * s + b * c);
+            }
+            if (o != xr) {
+                for (int64_t d = rot_dims; d < D; d++) {
+                    o[d] = xr[d];
+                }
+            }
+        }
+    }
+}
+
 fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32_t *positions,
                     int64_t rot_dims, float theta, const float *freq_factors, int neox,
                     float *out) {
@@ -288,39 +545,17 @@ fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32
           (long long)D);
     CHECK(theta > 0.0f, "rope: theta must be positive");
     const int64_t half = rot_dims / 2;
-    double *cs = (double *)malloc((size_t)half * 2 * sizeof(double));
-    if (!cs) {
+    double *base = (double *)malloc((size_t)half * 3 * sizeof(double));
+    if (!base) {
         return fdy_fail(FDY_ERR_NOMEM, "rope: out of memory");
     }
-    for (int64_t m = 0; m < M; m++) {
-        const double pos = (double)positions[m];
-        for (int64_t i = 0; i < half; i++) {
-            double a = pos * pow((double)theta, -2.0 * (double)i / (double)rot_dims);
-            if (freq_factors) {
-                a /= (double)freq_factors[i];
-            }
-            cs[2 * i] = cos(a);
-            cs[2 * i + 1] = sin(a);
-        }
-        for (int64_t h = 0; h < H; h++) {
-            const float *xr = x + (m * H + h) * D;
-            float *o = out + (m * H + h) * D;
-            for (int64_t i = 0; i < half; i++) {
-                int64_t i0 = neox ? i : 2 * i;
-                int64_t i1 = neox ? i + half : 2 * i + 1;
-                double a = xr[i0], b = xr[i1];
-                double c = cs[2 * i], s = cs[2 * i + 1];
-                o[i0] = (float)(a * c - b * s);
-                o[i1] = (float)(a * s + b * c);
-            }
-            if (o != xr) {
-                for (int64_t d = rot_dims; d < D; d++) {
-                    o[d] = xr[d];
-                }
-            }
-        }
+    double *cs = base + half;
+    fdy_rope_base(rot_dims, theta, base);
+    for (int64_t m = 0; m < M; m++) { /* one position at a time: no table of M rows */
+        fdy_rope_table(positions + m, 1, rot_dims, base, freq_factors, cs);
+        fdy_rope_apply(x + m * H * D, 1, H, D, rot_dims, cs, neox, out + m * H * D);
     }
-    free(cs);
+    free(base);
     return FDY_OK;
 }
 
@@ -335,6 +570,7 @@ typedef struct attn_ctx {
     const float *q, *k, *v;
     float *out;
     int64_t M, H, D, Hkv, start_pos;
+    int64_t ld, hs;       /* cache strides (floats) between positions and between kv heads */
     int64_t g;            /* query heads per task; divides H / Hkv */
     int64_t n_split;      /* the output dims of a group split over this many tasks (each
                              computes the group's scores, then its share of the sums) */
@@ -364,9 +600,9 @@ static void attn_softmax(float *s, int64_t g, int64_t n) {
 
 static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, int64_t n,
                                 int64_t d0, int64_t d1, float *s, float *o) {
-    const int64_t D = c->D, g = c->g, ld = c->Hkv * D;
+    const int64_t D = c->D, g = c->g, ld = c->ld;
     for (int64_t j = 0; j < n; j++) {
-        const float *kr = c->k + j * ld + hk * D;
+        const float *kr = c->k + j * ld + hk * c->hs;
         for (int64_t i = 0; i < g; i++) {
             const float *qi = q + i * D;
             float acc[8] = {0};
@@ -390,7 +626,7 @@ static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, i
         }
     }
     for (int64_t j = 0; j < n; j++) {
-        const float *vr = c->v + j * ld + hk * D;
+        const float *vr = c->v + j * ld + hk * c->hs;
         for (int64_t i = 0; i < g; i++) {
             const float p = s[i * n + j];
             float *oi = o + i * D;
@@ -408,14 +644,20 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
                                                                  const float *q, int64_t hk,
                                                                  int64_t n, int64_t d0, int64_t d1,
                                                                  float *s, float *o) {
-    const int64_t D = c->D, g = c->g, ld = c->Hkv * D;
+    const int64_t D = c->D, g = c->g, ld = c->ld;
     const int64_t full = D / 16;
     const __mmask16 tm = (__mmask16)((1u << (D % 16)) - 1u);
     /* output dims [d0, d1): d0 is a multiple of 16, d1 one or D */
     const int64_t b0 = d0 / 16, b1 = d1 / 16;
     const __mmask16 tm1 = d1 == D ? tm : 0;
+    const int64_t pf = 8; /* rows ahead: the cache rows of one kv head are strided */
     for (int64_t j = 0; j < n; j++) {
-        const float *kr = c->k + j * ld + hk * D;
+        const float *kr = c->k + j * ld + hk * c->hs;
+        if (j + pf < n) {
+            for (int64_t d = 0; d < D; d += 16) {
+                _mm_prefetch((const char *)(kr + pf * ld + d), _MM_HINT_T0);
+            }
+        }
         for (int64_t i = 0; i < g; i++) {
             const float *qi = q + i * D;
             __m512 acc = _mm512_setzero_ps();
@@ -437,7 +679,12 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
         }
     }
     for (int64_t j = 0; j < n; j++) {
-        const float *vr = c->v + j * ld + hk * D;
+        const float *vr = c->v + j * ld + hk * c->hs;
+        if (j + pf < n) {
+            for (int64_t d = d0; d < d1; d += 16) {
+                _mm_prefetch((const char *)(vr + pf * ld + d), _MM_HINT_T0);
+            }
+        }
         for (int64_t i = 0; i < g; i++) {
             const __m512 p = _mm512_set1_ps(s[i * n + j]);
             float *oi = o + i * D;
@@ -480,16 +727,10 @@ static void attn_task(void *vctx, int64_t task, int thread) {
     attn_group_portable(c, q, hk, n, d0, d1, s, o);
 }
 
-fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
-                         const float *v_cache, int64_t C, int64_t Hkv, int64_t start_pos,
-                         float scale, float *out) {
-    CHECK(q && k_cache && v_cache && out, "attention: missing argument");
-    CHECK(M > 0 && H > 0 && D > 0 && Hkv > 0, "attention: shapes must be positive");
-    CHECK(H % Hkv == 0, "attention: %lld heads is not a multiple of %lld kv heads",
-          (long long)H, (long long)Hkv);
-    CHECK(start_pos >= 0, "attention: start_pos must be >= 0");
-    CHECK(start_pos + M <= C, "attention: positions up to %lld do not fit a cache of %lld",
-          (long long)(start_pos + M), (long long)C);
+fdy_status fdy_attention_strided(const float *q, int64_t M, int64_t H, int64_t D,
+                                 const float *k_cache, const float *v_cache, int64_t Hkv,
+                                 int64_t start_pos, float scale, float *out, int64_t pos_stride,
+                                 int64_t head_stride) {
     const int64_t G = H / Hkv;
     const int threads = fdy_get_num_threads();
     /* whole GQA groups: K and V are read once per group (the cache is read once per token,
@@ -500,7 +741,8 @@ fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const 
     while (threads > 1 && M * Hkv * split < 2 * (int64_t)threads && split < chunks) {
         split++;
     }
-    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, G, split, scale, 0};
+    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, pos_stride, head_stride,
+                  G, split, scale, 0};
 #if defined(__x86_64__)
     c.simd = (fdy_cpu_features_enabled() & FDY_CPU_AVX512) != 0;
 #endif
@@ -510,6 +752,20 @@ fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const 
     }
     fdy_parallel(attn_task, &c, M * Hkv * split);
     return FDY_OK;
+}
+
+fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
+                         const float *v_cache, int64_t C, int64_t Hkv, int64_t start_pos,
+                         float scale, float *out) {
+    CHECK(q && k_cache && v_cache && out, "attention: missing argument");
+    CHECK(M > 0 && H > 0 && D > 0 && Hkv > 0, "attention: shapes must be positive");
+    CHECK(H % Hkv == 0, "attention: %lld heads is not a multiple of %lld kv heads",
+          (long long)H, (long long)Hkv);
+    CHECK(start_pos >= 0, "attention: start_pos must be >= 0");
+    CHECK(start_pos + M <= C, "attention: positions up to %lld do not fit a cache of %lld",
+          (long long)(start_pos + M), (long long)C);
+    return fdy_attention_strided(q, M, H, D, k_cache, v_cache, Hkv, start_pos, scale, out,
+                                 Hkv * D, D);
 }
 
 /* ---- elementwise ------------------------------------------------------------------------- */
