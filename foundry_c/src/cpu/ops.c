@@ -278,14 +278,6 @@ typedef struct group_ctx {
     float *swiglu_out;                 /* parts 0 and 1 are gate and up: tasks over their rows */
 } group_ctx;
 
-static inline float mm_row_value(const mm_ctx *c, int q8, const uint8_t *wr, float *row,
-                                 int64_t m) {
-    if (q8) {
-        return c->w->policy->vec_dot(wr, c->xq + m * c->xq_row, c->K);
-    }
-    return c->dot(row, c->x + m * c->K, c->K);
-}
-
 static void group_task(void *vctx, int64_t task, int thread) {
     const group_ctx *g = (const group_ctx *)vctx;
     int p = 0;
@@ -293,24 +285,34 @@ static void group_task(void *vctx, int64_t task, int thread) {
         p++;
     }
     float *row = (float *)fdy_scratch(thread);
-    const int np = g->swiglu_out ? 2 : 1; /* parts computed per row */
+    const int np = g->swiglu_out ? 2 : 1; /* parts computed over the task's rows */
     const mm_ctx *c0 = &g->part[p];
     const int64_t r0 = (task - g->first_task[p]) * c0->rows_per_task;
     const int64_t r1 = r0 + c0->rows_per_task < c0->N ? r0 + c0->rows_per_task : c0->N;
-    for (int64_t n = r0; n < r1; n++) {
-        for (int i = 0; i < np; i++) {
-            const mm_ctx *c = &g->part[p + i];
-            const uint8_t *wr = (const uint8_t *)c->w->data + n * c->w_row;
-            if (!g->q8[p + i]) {
+    /* part by part over the task's rows: one weight stream at a time */
+    for (int i = 0; i < np; i++) {
+        const mm_ctx *c = &g->part[p + i];
+        const int q8 = g->q8[p + i];
+        const uint8_t *wd = (const uint8_t *)c->w->data;
+        const fdy_vec_dot_fn vd = c->w->policy->vec_dot;
+        for (int64_t n = r0; n < r1; n++) {
+            const uint8_t *wr = wd + n * c->w_row;
+            if (q8) {
+                for (int64_t m = 0; m < c->M; m++) {
+                    mm_store(c, m, n, vd(wr, c->xq + m * c->xq_row, c->K));
+                }
+            } else {
                 fdy_policy_dequantize(c->w->policy, wr, row, c->K);
-            }
-            for (int64_t m = 0; m < c->M; m++) {
-                mm_store(c, m, n, mm_row_value(c, g->q8[p + i], wr, row, m));
+                for (int64_t m = 0; m < c->M; m++) {
+                    mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
+                }
             }
         }
-        if (g->swiglu_out) { /* the swiglu stage's arithmetic on the stored gate and up */
-            const mm_ctx *cg = &g->part[0], *cu = &g->part[1];
-            for (int64_t m = 0; m < cg->M; m++) {
+    }
+    if (g->swiglu_out) { /* the swiglu stage's arithmetic on the stored gate and up rows */
+        const mm_ctx *cg = &g->part[0], *cu = &g->part[1];
+        for (int64_t m = 0; m < cg->M; m++) {
+            for (int64_t n = r0; n < r1; n++) {
                 const float gv = cg->out[m * cg->N + n];
                 g->swiglu_out[m * cg->N + n] = (gv / (1.0f + expf(-gv))) * cu->out[m * cg->N + n];
             }
