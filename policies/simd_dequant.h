@@ -51,7 +51,7 @@ FDY_DEQ_INLINE uint32_t fdy_deq_le32(const uint8_t *p) {
 /* NAME chooses NAME_avx512, NAME_avx2 or the portable ROWS from the enabled features */
 #define FDY_DEQ_SELECT(NAME, ROWS)                                                    \
     static void NAME(const void *src, float *dst, int64_t n) {                        \
-        const uint32_t f = fdy_cpu_features_enabled();                                \
+        const uint32_t f = fdy_cpu_enabled();                                \
         if ((f & (FDY_CPU_AVX512 | FDY_CPU_AVX2)) == (FDY_CPU_AVX512 | FDY_CPU_AVX2)) { \
             NAME##_avx512(src, dst, n);                                               \
         } else if (f & FDY_CPU_AVX2) {                                                \
