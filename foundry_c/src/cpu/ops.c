@@ -573,9 +573,7 @@ typedef struct attn_ctx {
     float *out;
     int64_t M, H, D, Hkv, start_pos;
     int64_t ld, hs;       /* cache strides (floats) between positions and between kv heads */
-    int64_t g;            /* query heads per task; divides H / Hkv */
-    int64_t n_split;      /* the output dims of a group split over this many tasks (each
-                             computes the group's scores, then its share of the sums) */
+    int64_t g;            /* query heads per task: H / Hkv */
     float scale;
     int simd;             /* AVX-512 kernels */
 } attn_ctx;
@@ -601,7 +599,7 @@ static void attn_softmax(float *s, int64_t g, int64_t n) {
 }
 
 static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, int64_t n,
-                                int64_t d0, int64_t d1, float *s, float *o) {
+                                float *s, float *o) {
     const int64_t D = c->D, g = c->g, ld = c->ld;
     for (int64_t j = 0; j < n; j++) {
         const float *kr = c->k + j * ld + hk * c->hs;
@@ -622,21 +620,21 @@ static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, i
         }
     }
     attn_softmax(s, g, n);
-    for (int64_t i = 0; i < g; i++) {
-        for (int64_t d = d0; d < d1; d++) {
-            o[i * D + d] = 0.0f;
-        }
+    float *acc_base = s + g * n; /* private sums, as in the AVX-512 kernel */
+    for (int64_t d = 0; d < g * D; d++) {
+        acc_base[d] = 0.0f;
     }
     for (int64_t j = 0; j < n; j++) {
         const float *vr = c->v + j * ld + hk * c->hs;
         for (int64_t i = 0; i < g; i++) {
             const float p = s[i * n + j];
-            float *oi = o + i * D;
-            for (int64_t d = d0; d < d1; d++) {
+            float *oi = acc_base + i * D;
+            for (int64_t d = 0; d < D; d++) {
                 oi[d] += p * vr[d];
             }
         }
     }
+    memcpy(o, acc_base, (size_t)(g * D) * sizeof(float));
 }
 
 #if defined(__x86_64__)
@@ -644,14 +642,10 @@ static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, i
 
 __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx *c,
                                                                  const float *q, int64_t hk,
-                                                                 int64_t n, int64_t d0, int64_t d1,
-                                                                 float *s, float *o) {
+                                                                 int64_t n, float *s, float *o) {
     const int64_t D = c->D, g = c->g, ld = c->ld;
     const int64_t full = D / 16;
     const __mmask16 tm = (__mmask16)((1u << (D % 16)) - 1u);
-    /* output dims [d0, d1): d0 is a multiple of 16, d1 one or D */
-    const int64_t b0 = d0 / 16, b1 = d1 / 16;
-    const __mmask16 tm1 = d1 == D ? tm : 0;
     const int64_t pf = 8; /* rows ahead: the cache rows of one kv head are strided */
     for (int64_t j = 0; j < n; j++) {
         const float *kr = c->k + j * ld + hk * c->hs;
@@ -675,46 +669,42 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
         }
     }
     attn_softmax(s, g, n);
-    for (int64_t i = 0; i < g; i++) {
-        for (int64_t d = d0; d < d1; d++) {
-            o[i * D + d] = 0.0f;
-        }
+    /* the sums accumulate in the thread's scratch (g rows of D), not in the output rows that
+     * other threads' tasks share cache lines with */
+    float *acc_base = s + g * n;
+    for (int64_t d = 0; d < g * D; d++) {
+        acc_base[d] = 0.0f;
     }
     for (int64_t j = 0; j < n; j++) {
         const float *vr = c->v + j * ld + hk * c->hs;
         if (j + pf < n) {
-            for (int64_t d = d0; d < d1; d += 16) {
+            for (int64_t d = 0; d < D; d += 16) {
                 _mm_prefetch((const char *)(vr + pf * ld + d), _MM_HINT_T0);
             }
         }
         for (int64_t i = 0; i < g; i++) {
             const __m512 p = _mm512_set1_ps(s[i * n + j]);
-            float *oi = o + i * D;
-            for (int64_t b = b0; b < b1; b++) {
+            float *oi = acc_base + i * D;
+            for (int64_t b = 0; b < full; b++) {
                 _mm512_storeu_ps(oi + 16 * b, _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * b),
                                                               _mm512_loadu_ps(oi + 16 * b)));
             }
-            if (tm1) {
+            if (tm) {
                 _mm512_mask_storeu_ps(
-                    oi + 16 * full, tm1,
-                    _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tm1, vr + 16 * full),
-                                    _mm512_maskz_loadu_ps(tm1, oi + 16 * full)));
+                    oi + 16 * full, tm,
+                    _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tm, vr + 16 * full),
+                                    _mm512_maskz_loadu_ps(tm, oi + 16 * full)));
             }
         }
     }
+    memcpy(o, acc_base, (size_t)(g * D) * sizeof(float));
 }
 #endif
 
 static void attn_task(void *vctx, int64_t task, int thread) {
     const attn_ctx *c = (const attn_ctx *)vctx;
-    const int64_t per_tok = c->H / c->g * c->n_split;
-    const int64_t m = task / per_tok, grp = task % per_tok / c->n_split;
-    const int64_t part = task % c->n_split, h0 = grp * c->g;
-    /* output dims of this part, in whole 16-float chunks but the last */
-    const int64_t chunks = (c->D + 15) / 16;
-    const int64_t d0 = chunks * part / c->n_split * 16;
-    const int64_t d1e = chunks * (part + 1) / c->n_split * 16;
-    const int64_t d1 = d1e < c->D ? d1e : c->D;
+    const int64_t per_tok = c->H / c->g;
+    const int64_t m = task / per_tok, h0 = task % per_tok * c->g;
     const int64_t hk = h0 / (c->H / c->Hkv);
     const int64_t n = c->start_pos + m + 1; /* causal: positions 0 .. start_pos + m */
     const float *q = c->q + (m * c->H + h0) * c->D;
@@ -722,37 +712,32 @@ static void attn_task(void *vctx, int64_t task, int thread) {
     float *s = (float *)fdy_scratch(thread);
 #if defined(__x86_64__)
     if (c->simd) {
-        attn_group_avx512(c, q, hk, n, d0, d1, s, o);
+        attn_group_avx512(c, q, hk, n, s, o);
         return;
     }
 #endif
-    attn_group_portable(c, q, hk, n, d0, d1, s, o);
+    attn_group_portable(c, q, hk, n, s, o);
 }
 
 fdy_status fdy_attention_strided(const float *q, int64_t M, int64_t H, int64_t D,
                                  const float *k_cache, const float *v_cache, int64_t Hkv,
                                  int64_t start_pos, float scale, float *out, int64_t pos_stride,
                                  int64_t head_stride) {
+    /* one task per GQA group: K and V are read once per group (the cache is read once per
+     * token, the bulk of attention's cost).  Decode with fewer groups than threads leaves
+     * threads idle, which costs less than splitting a group: every part of a split group
+     * would have to compute (and read K for) all of its scores. */
     const int64_t G = H / Hkv;
-    const int threads = fdy_get_num_threads();
-    /* whole GQA groups: K and V are read once per group (the cache is read once per token,
-     * the bulk of attention's cost).  Fewer groups than 2 tasks per thread (decode with few kv
-     * heads): each group's output dims are split over tasks that all compute its scores. */
-    int64_t split = 1;
-    const int64_t chunks = (D + 15) / 16;
-    while (threads > 1 && M * Hkv * split < 2 * (int64_t)threads && split < chunks) {
-        split++;
-    }
     attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, pos_stride, head_stride,
-                  G, split, scale, 0};
+                  G, scale, 0};
 #if defined(__x86_64__)
     c.simd = (fdy_cpu_features_enabled() & FDY_CPU_AVX512) != 0;
 #endif
-    fdy_status s = fdy_scratch_reserve((size_t)(G * (start_pos + M)) * sizeof(float));
+    fdy_status s = fdy_scratch_reserve((size_t)(G * (start_pos + M + D) + 16) * sizeof(float));
     if (s) {
         return s;
     }
-    fdy_parallel(attn_task, &c, M * Hkv * split);
+    fdy_parallel(attn_task, &c, M * Hkv);
     return FDY_OK;
 }
 
