@@ -302,7 +302,11 @@ static void group_task(void *vctx, int64_t task, int thread) {
                     mm_store(c, m, n, vd(wr, c->xq + m * c->xq_row, c->K));
                 }
             } else {
-                fdy_policy_dequantize(c->w->policy, wr, row, c->K);
+                if (c->w->policy->dequantize_fast) { /* the row length is checked */
+                    c->w->policy->dequantize_fast(wr, row, c->K);
+                } else {
+                    fdy_policy_dequantize(c->w->policy, wr, row, c->K);
+                }
                 for (int64_t m = 0; m < c->M; m++) {
                     mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
                 }
