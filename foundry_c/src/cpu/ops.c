@@ -9,6 +9,7 @@
  * on a format.  Most of the time of a decode step is spent in matmul_task.
  */
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,13 +119,25 @@ void fdy_mm_ws_free(fdy_mm_ws *ws) {
     }
 }
 
-/* the calling thread's workspace for the stand-alone stages (fdy_matmul): kept between calls,
- * freed when the thread exits */
+/* the calling thread's workspace for the stand-alone stages (fdy_matmul, the fused rmsnorm
+ * and FFN forms, rope): kept between calls, freed when the thread exits */
+typedef struct thread_bufs {
+    fdy_mm_ws mm;      /* first: thread_ws() hands out this member */
+    fdy_buf norm;      /* normalised activations of fdy_rmsnorm_matmul / _qkv */
+    fdy_buf gate, up;  /* fdy_ffn */
+    fdy_buf rope;      /* fdy_rope's base frequencies and table */
+} thread_bufs;
+
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 
 static void tls_free(void *p) {
-    fdy_mm_ws_free((fdy_mm_ws *)p);
+    thread_bufs *t = (thread_bufs *)p;
+    fdy_mm_ws_free(&t->mm);
+    fdy_buf_free(&t->norm);
+    fdy_buf_free(&t->gate);
+    fdy_buf_free(&t->up);
+    fdy_buf_free(&t->rope);
     free(p);
 }
 
@@ -132,18 +145,38 @@ static void tls_init(void) {
     (void)pthread_key_create(&tls_key, tls_free);
 }
 
-static fdy_mm_ws *thread_ws(void) {
+static thread_bufs *thread_bufs_get(void) {
     pthread_once(&tls_once, tls_init);
-    fdy_mm_ws *ws = (fdy_mm_ws *)pthread_getspecific(tls_key);
-    if (!ws) {
-        ws = (fdy_mm_ws *)calloc(1, sizeof *ws);
-        if (ws && pthread_setspecific(tls_key, ws) != 0) {
-            free(ws);
-            ws = NULL;
+    thread_bufs *t = (thread_bufs *)pthread_getspecific(tls_key);
+    if (!t) {
+        t = (thread_bufs *)calloc(1, sizeof *t);
+        if (t && pthread_setspecific(tls_key, t) != 0) {
+            free(t);
+            t = NULL;
         }
     }
-    return ws;
+    return t;
 }
+
+static fdy_mm_ws *thread_ws(void) {
+    thread_bufs *t = thread_bufs_get();
+    return t ? &t->mm : NULL;
+}
+
+/* a grown per-thread buffer of at least `bytes` */
+static float *thread_buf(size_t which, size_t bytes, fdy_status *s) {
+    thread_bufs *t = thread_bufs_get();
+    if (!t) {
+        *s = fdy_fail(FDY_ERR_NOMEM, "cannot allocate the thread's workspace");
+        return NULL;
+    }
+    fdy_buf *b = (fdy_buf *)((char *)t + which);
+    if ((*s = fdy_buf_reserve(b, bytes))) {
+        return NULL;
+    }
+    return (float *)b->p;
+}
+#define THREAD_BUF(field, bytes, s) thread_buf(offsetof(thread_bufs, field), (bytes), (s))
 
 static void mm_task_f32(void *vctx, int64_t task, int thread) {
     const mm_ctx *c = (const mm_ctx *)vctx;
@@ -451,15 +484,14 @@ fdy_status fdy_rmsnorm_matmul(const float *x, int64_t M, const float *norm_weigh
         return s;
     }
     CHECK(M > 0, "rmsnorm_matmul: M must be positive");
-    float *xn = (float *)malloc((size_t)(M * w->cols) * sizeof(float));
+    float *xn = THREAD_BUF(norm, (size_t)(M * w->cols) * sizeof(float), &s);
     if (!xn) {
-        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate normalised activations");
+        return s;
     }
     s = fdy_rmsnorm(x, M, w->cols, norm_weight, eps, xn);
     if (!s) {
         s = fdy_matmul(w, xn, M, bias, out, accumulate, activation, variant);
     }
-    free(xn);
     return s;
 }
 
@@ -478,15 +510,14 @@ fdy_status fdy_rmsnorm_qkv(const float *x, int64_t M, const float *norm_weight, 
         CHECK(out[i], "rmsnorm_qkv: missing output %d", i);
     }
     CHECK(M > 0, "rmsnorm_qkv: M must be positive");
-    float *xn = (float *)malloc((size_t)(M * w[0]->cols) * sizeof(float));
+    float *xn = THREAD_BUF(norm, (size_t)(M * w[0]->cols) * sizeof(float), &s);
     if (!xn) {
-        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate normalised activations");
+        return s;
     }
     s = fdy_rmsnorm(x, M, w[0]->cols, norm_weight, eps, xn);
     for (int i = 0; !s && i < n_parts; i++) {
         s = fdy_matmul(w[i], xn, M, bias ? bias[i] : NULL, out[i], 0, FDY_ACT_NONE, variant);
     }
-    free(xn);
     return s;
 }
 
@@ -551,9 +582,10 @@ fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32
           (long long)D);
     CHECK(theta > 0.0f, "rope: theta must be positive");
     const int64_t half = rot_dims / 2;
-    double *base = (double *)malloc((size_t)half * 3 * sizeof(double));
+    fdy_status s;
+    double *base = (double *)THREAD_BUF(rope, (size_t)half * 3 * sizeof(double), &s);
     if (!base) {
-        return fdy_fail(FDY_ERR_NOMEM, "rope: out of memory");
+        return s;
     }
     double *cs = base + half;
     fdy_rope_base(rot_dims, theta, base);
@@ -561,7 +593,6 @@ fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32
         fdy_rope_table(positions + m, 1, rot_dims, base, freq_factors, cs);
         fdy_rope_apply(x + m * H * D, 1, H, D, rot_dims, cs, neox, out + m * H * D);
     }
-    free(base);
     return FDY_OK;
 }
 
@@ -817,12 +848,10 @@ fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float ep
           "ffn: down weight must be (%lld, %lld), got (%lld, %lld)", (long long)K, (long long)F,
           (long long)w_down->rows, (long long)w_down->cols);
     CHECK(M > 0, "ffn: M must be positive");
-    float *g = (float *)malloc((size_t)(M * F) * sizeof(float));
-    float *u = (float *)malloc((size_t)(M * F) * sizeof(float));
+    float *g = THREAD_BUF(gate, (size_t)(M * F) * sizeof(float), &s);
+    float *u = g ? THREAD_BUF(up, (size_t)(M * F) * sizeof(float), &s) : NULL;
     if (!g || !u) {
-        free(g);
-        free(u);
-        return fdy_fail(FDY_ERR_NOMEM, "ffn: out of memory");
+        return s;
     }
     const fdy_weight *gu[2] = {w_gate, w_up};
     float *go[2] = {g, u};
@@ -834,8 +863,6 @@ fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float ep
         }
         s = fdy_matmul(w_down, g, M, NULL, out, 1, FDY_ACT_NONE, variant);
     }
-    free(g);
-    free(u);
     return s;
 }
 
