@@ -675,6 +675,52 @@ static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, i
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+/* the weighted sums of the AVX-512 kernel for head_dim 16 * FULL, HC heads at a time in
+ * registers (the same fused multiply-adds in the same order as the general loop) */
+#define FDY_ATTN_PV(FULL, HC)                                                                 \
+    __attribute__((target("avx512f"), always_inline)) static inline void attn_pv_##FULL(      \
+        const attn_ctx *c, int64_t hk, int64_t n, const float *s, float *o) {                \
+        const int64_t D = 16 * FULL, g = c->g, ld = c->ld;                                   \
+        for (int64_t i0 = 0; i0 < g; i0 += HC) {                                             \
+            const int64_t hc = g - i0 < HC ? g - i0 : HC;                                    \
+            __m512 acc[HC][FULL];                                                            \
+            _Pragma("GCC unroll 16") for (int ii = 0; ii < HC; ii++) {                       \
+                _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                    \
+                    acc[ii][b] = _mm512_setzero_ps();                                        \
+                }                                                                            \
+            }                                                                                \
+            for (int64_t j = 0; j < n; j++) {                                                \
+                const float *vr = c->v + j * ld + hk * c->hs;                                \
+                if (j + 8 < n) {                                                             \
+                    _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                \
+                        _mm_prefetch((const char *)(vr + 8 * ld + 16 * b), _MM_HINT_T0);     \
+                    }                                                                        \
+                }                                                                            \
+                __m512 v[FULL];                                                              \
+                _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                    \
+                    v[b] = _mm512_loadu_ps(vr + 16 * b);                                     \
+                }                                                                            \
+                _Pragma("GCC unroll 16") for (int ii = 0; ii < HC; ii++) {                   \
+                    if (ii < hc) {                                                           \
+                        const __m512 p = _mm512_set1_ps(s[(i0 + ii) * n + j]);               \
+                        _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {            \
+                            acc[ii][b] = _mm512_fmadd_ps(p, v[b], acc[ii][b]);               \
+                        }                                                                    \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+            _Pragma("GCC unroll 16") for (int ii = 0; ii < HC; ii++) {                       \
+                if (ii < hc) {                                                               \
+                    _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                \
+                        _mm512_storeu_ps(o + (i0 + ii) * D + 16 * b, acc[ii][b]);            \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+FDY_ATTN_PV(4, 4)
+FDY_ATTN_PV(8, 2)
+
 __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx *c,
                                                                  const float *q, int64_t hk,
                                                                  int64_t n, float *s, float *o) {
@@ -704,6 +750,14 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
         }
     }
     attn_softmax(s, g, n);
+    if (D == 64) {
+        attn_pv_4(c, hk, n, s, o);
+        return;
+    }
+    if (D == 128) {
+        attn_pv_8(c, hk, n, s, o);
+        return;
+    }
     /* the sums accumulate in the thread's scratch (g rows of D), not in the output rows that
      * other threads' tasks share cache lines with */
     float *acc_base = s + g * n;
