@@ -65,7 +65,7 @@ FDY_DEQ_INLINE void iq4_nl_dequantize_rows(const void *src, float *dst, int64_t 
     }
 }
 #if defined(__x86_64__)
-#define IQ4_NL_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, fdy_iq4_nl_grid, 0, fdy_half_to_float((B)->d), 0.0f, 0, Y)
+#define IQ4_NL_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, fdy_iq4_nl_grid, 0, fdy_deq_half((B)->d), 0.0f, 0, Y)
 FDY_DEQ_BLOCKS(iq4_nl_dequantize, fdy_block_iq4_nl, IQ4_NL_DEQ_BLOCK)
 #endif
 FDY_DEQ_SELECT(iq4_nl_dequantize, iq4_nl_dequantize_rows)

@@ -83,7 +83,7 @@ FDY_DEQ_INLINE void q4_0_dequantize_rows(const void *src, float *dst, int64_t n)
     }
 }
 #if defined(__x86_64__)
-#define Q4_0_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, NULL, 8, fdy_half_to_float((B)->d), 0.0f, 0, Y)
+#define Q4_0_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, NULL, 8, fdy_deq_half((B)->d), 0.0f, 0, Y)
 FDY_DEQ_BLOCKS(q4_0_dequantize, fdy_block_q4_0, Q4_0_DEQ_BLOCK)
 #endif
 FDY_DEQ_SELECT(q4_0_dequantize, q4_0_dequantize_rows)

@@ -91,7 +91,7 @@ FDY_DEQ_INLINE void q4_1_dequantize_rows(const void *src, float *dst, int64_t n)
     }
 }
 #if defined(__x86_64__)
-#define Q4_1_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, NULL, 0, fdy_half_to_float((B)->d), fdy_half_to_float((B)->m), 1, Y)
+#define Q4_1_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, 0, 0, NULL, 0, fdy_deq_half((B)->d), fdy_deq_half((B)->m), 1, Y)
 FDY_DEQ_BLOCKS(q4_1_dequantize, fdy_block_q4_1, Q4_1_DEQ_BLOCK)
 #endif
 FDY_DEQ_SELECT(q4_1_dequantize, q4_1_dequantize_rows)

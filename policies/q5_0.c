@@ -71,7 +71,7 @@ FDY_DEQ_INLINE void q5_0_dequantize_rows(const void *src, float *dst, int64_t n)
     }
 }
 #if defined(__x86_64__)
-#define Q5_0_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, fdy_deq_le32((B)->qh), 1, NULL, 16, fdy_half_to_float((B)->d), 0.0f, 0, Y)
+#define Q5_0_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, fdy_deq_le32((B)->qh), 1, NULL, 16, fdy_deq_half((B)->d), 0.0f, 0, Y)
 FDY_DEQ_BLOCKS(q5_0_dequantize, fdy_block_q5_0, Q5_0_DEQ_BLOCK)
 #endif
 FDY_DEQ_SELECT(q5_0_dequantize, q5_0_dequantize_rows)

@@ -78,7 +78,7 @@ FDY_DEQ_INLINE void q5_1_dequantize_rows(const void *src, float *dst, int64_t n)
     }
 }
 #if defined(__x86_64__)
-#define Q5_1_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, fdy_deq_le32((B)->qh), 1, NULL, 0, fdy_half_to_float((B)->d), fdy_half_to_float((B)->m), 1, Y)
+#define Q5_1_DEQ_BLOCK(B, Y, S) fdy_deq_nib32_##S((B)->qs, fdy_deq_le32((B)->qh), 1, NULL, 0, fdy_deq_half((B)->d), fdy_deq_half((B)->m), 1, Y)
 FDY_DEQ_BLOCKS(q5_1_dequantize, fdy_block_q5_1, Q5_1_DEQ_BLOCK)
 #endif
 FDY_DEQ_SELECT(q5_1_dequantize, q5_1_dequantize_rows)

@@ -76,7 +76,7 @@ FDY_DEQ_INLINE void q8_0_dequantize_rows(const void *src, float *dst, int64_t n)
 #if defined(__x86_64__)
 #define Q8_0_DEQ_BLOCK(B, Y, S)                                                      \
     fdy_deq_s8x32_##S(_mm256_loadu_si256((const __m256i *)(B)->qs),                  \
-                      fdy_half_to_float((B)->d), fdy_half_to_float((B)->d), Y)
+                      fdy_deq_half((B)->d), fdy_deq_half((B)->d), Y)
 FDY_DEQ_BLOCKS(q8_0_dequantize, fdy_block_q8_0, Q8_0_DEQ_BLOCK)
 #endif
 FDY_DEQ_SELECT(q8_0_dequantize, q8_0_dequantize_rows)

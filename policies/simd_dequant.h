@@ -18,7 +18,8 @@
  * Bit-exactness: the helpers do the portable arithmetic (the same integer codes, converted
  * exactly to float, then d * q, or d * q + m / d * q - m as a multiply and a separate add or
  * subtract; the core compiles with -ffp-contract=off, so nothing is fused), with the scales
- * formed by the portable scalar code (fdy_half_to_float and the formats' scale unpacking).
+ * formed by the portable scalar code (fdy_half_to_float -- or fdy_deq_half, the same values
+ * -- and the formats' scale unpacking).
  * tests/test_policies.py::test_every_cpu_path_matches_portable_path compares every path bit
  * for bit.
  */
@@ -38,20 +39,31 @@ FDY_DEQ_INLINE uint32_t fdy_deq_le32(const uint8_t *p) {
 }
 
 #if defined(__x86_64__)
-#define FDY_DEQ_TARGET_AVX2 __attribute__((target("avx2")))
+#define FDY_DEQ_TARGET_AVX2 __attribute__((target("avx2,f16c")))
 #if defined(__clang__)
-#define FDY_DEQ_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq")))
+#define FDY_DEQ_TARGET_AVX512 \
+    __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 #else /* GCC: let the loops it vectorizes itself (FDY_DEQ_DISPATCH) use 512-bit vectors */
 #define FDY_DEQ_TARGET_AVX512 \
-    __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
+    __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
 #endif
 
 #include <immintrin.h>
 
+/* an f16 scale as float, as fdy_half_to_float: vcvtph2ps (exact) for finite values, the
+ * portable code for infinities and NaNs (vcvtph2ps would quiet a signalling NaN) -- the
+ * portable conversion is a dozen branchy integer operations, per block */
+__attribute__((target("f16c"))) FDY_DEQ_INLINE float fdy_deq_half(uint16_t h) {
+    if ((h & 0x7c00u) == 0x7c00u) {
+        return fdy_half_to_float(h);
+    }
+    return _cvtsh_ss(h);
+}
+
 /* NAME chooses NAME_avx512, NAME_avx2 or the portable ROWS from the enabled features */
 #define FDY_DEQ_SELECT(NAME, ROWS)                                                    \
     static void NAME(const void *src, float *dst, int64_t n) {                        \
-        const uint32_t f = fdy_cpu_features_enabled();                                \
+        const uint32_t f = fdy_cpu_enabled();                                \
         if ((f & (FDY_CPU_AVX512 | FDY_CPU_AVX2)) == (FDY_CPU_AVX512 | FDY_CPU_AVX2)) { \
             NAME##_avx512(src, dst, n);                                               \
         } else if (f & FDY_CPU_AVX2) {                                                \

@@ -44,7 +44,7 @@ enum { FDY_KQ_PORTABLE = 0, FDY_KQ_AVX2 = 1, FDY_KQ_AVX512 = 2, FDY_KQ_AVX512VNN
 
 static inline int fdy_kq_tier(void) {
 #if defined(__x86_64__)
-    const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t f = fdy_cpu_enabled();
     const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
     if ((f & base) != base) {
         return FDY_KQ_PORTABLE;

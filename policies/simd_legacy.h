@@ -56,7 +56,7 @@ enum { FDY_LEG_PORTABLE, FDY_LEG_AVX2, FDY_LEG_AVXVNNI, FDY_LEG_AVX512, FDY_LEG_
 /* the tier the enabled CPU features allow */
 static inline int fdy_leg_tier(void) {
 #if defined(__x86_64__)
-    const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t f = fdy_cpu_enabled();
     const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
     if ((f & base) != base) {
         return FDY_LEG_PORTABLE;

@@ -414,7 +414,11 @@ class Model:
         Returns logits ``(M, vocab)`` (``logits="last"``: ``(vocab,)``), or ``(logits,
         trace)`` when ``capture`` is given ("all", names, or (layer, name) pairs).
         """
-        t = _tokens(tokens)
+        if type(tokens) is list and len(tokens) == 1 and type(tokens[0]) is int \
+                and 0 <= tokens[0] < 2**31:  # one token: skip the array checks
+            t = np.array(tokens, np.int32)
+        else:
+            t = _tokens(tokens)
         if start_pos is None:
             start_pos = self.n_past
         start_pos = int(start_pos)
@@ -424,13 +428,19 @@ class Model:
         if start_pos + t.size > self.context_length:
             raise ShapeError(f"{start_pos} + {t.size} tokens exceed the context length "
                              f"{self.context_length}")
-        if t.max() >= self.vocab_size:
+        if int(t.max()) >= self.vocab_size:
             raise ShapeError(f"token id {int(t.max())} is outside the vocabulary of "
                              f"{self.vocab_size}")
         if logits not in ("all", "last"):
             raise ShapeError("logits must be 'all' or 'last'")
         last = logits == "last"
         M = t.size
+        variant = 0 if self.variant == "f32" else 1
+        out = np.empty((1 if last else M, self.vocab_size), np.float32)
+        if capture is None:  # the decode loop's call: no per-call lists
+            no_caps, widths = self._no_captures()
+            self._core.forward(t, start_pos, variant, no_caps, widths, int(last), out)
+            return out[0] if last else out
         slots = set(self.plan.select_captures(capture))
         caps: List[Optional[np.ndarray]] = []
         widths = []
@@ -439,17 +449,21 @@ class Model:
             widths.append(w)
             rows = 1 if (tail and last) else M
             caps.append(np.empty((rows, w), np.float32) if j in slots else None)
-        out = np.empty((1 if last else M, self.vocab_size), np.float32)
-        self._core.forward(t, start_pos, 0 if self.variant == "f32" else 1, caps, widths,
-                           int(last), out)
+        self._core.forward(t, start_pos, variant, caps, widths, int(last), out)
         res = out[0] if last else out
-        if capture is None:
-            return res
         trace = Trace()
         for j in sorted(slots):
             layer, name = self.plan.captures[j][:2]
             trace[(layer, name)] = caps[j]
         return res, trace
+
+    def _no_captures(self):
+        """The capture arguments of a call without captures, built once."""
+        nc = self.__dict__.get("_no_caps")
+        if nc is None:
+            n = len(self.plan.captures)
+            nc = self._no_caps = ([None] * n, [self.plan.buffers[c[2]][1] for c in self.plan.captures])
+        return nc
 
     def __repr__(self) -> str:
         pols = {}

@@ -6,7 +6,15 @@
  * token loop runs here, with no Python in it.  State by lifetime:
  *   plan      instructions, weight views (into the mapped file), buffer widths (immutable)
  *   buffers   activations, (M, width) each, grown when a larger batch arrives
- *   kv cache  per layer (capacity, kv_width) for K and V, grown on demand up to max_ctx
+ *   kv cache  per layer (n_kv_heads, capacity, head_dim) for K and V -- head-major, so that
+ *             attention streams one kv head's rows contiguously -- grown on demand up to max_ctx
+ *
+ * Two ways through the plan.  With captures or several tokens, instruction by instruction.
+ * Decoding one token without captures, by a schedule fused at creation: runs of matmuls over
+ * one input become one parallel region sharing one quantized copy of the input (Q/K/V,
+ * gate/up), a swiglu after gate/up is applied per row inside that region, and an add of a
+ * matmul's output is folded into its store.  Fused steps keep each stage's arithmetic, so
+ * both ways give the same numbers.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -14,6 +22,19 @@
 
 #include "internal.h"
 #include "policy.h"
+#include "cpu/fused.h"
+
+/* a step of the fused schedule: one instruction, or a matmul group covering the
+ * instructions first .. first + count - 1 */
+typedef struct fdy_step {
+    int32_t first, count;
+    int32_t n_mm;                      /* 0: a single instruction */
+    int32_t mm[FDY_MM_MAX_PARTS];      /* the group's matmul instructions */
+    int32_t swiglu;                    /* swiglu instruction over mm[0], mm[1], or -1 */
+    int32_t add;                       /* add instruction folded into mm[0], or -1 */
+} fdy_step;
+
+#define FDY_MAX_ROPE_CFG 8
 
 struct fdy_model {
     /* plan */
@@ -25,8 +46,20 @@ struct fdy_model {
     int32_t n_bufs;
     int32_t n_layers;
     int64_t kv_width;          /* n_kv_heads * head_dim */
+    int64_t kv_heads, kv_dim;  /* the cache layout: kv_heads blocks of (kv_cap, kv_dim) */
     int64_t max_ctx;
     int32_t logits_buf;
+    fdy_step *steps;           /* (n_steps) the fused schedule of one-token calls */
+    int32_t n_steps;
+    /* rope: distinct (rot_dims, theta, freq) of the plan, base frequencies computed once */
+    int32_t n_rope;
+    int32_t *rope_cfg;         /* (n_instr) config of each rope instruction, -1 otherwise */
+    int64_t rope_dims[FDY_MAX_ROPE_CFG];
+    float rope_theta[FDY_MAX_ROPE_CFG];
+    int32_t rope_freq[FDY_MAX_ROPE_CFG];
+    double *rope_base[FDY_MAX_ROPE_CFG];
+    fdy_buf rope_cs[FDY_MAX_ROPE_CFG]; /* (M, rot_dims / 2, 2) cos / sin of this call */
+    fdy_mm_ws ws;              /* quantized activations of the matmul groups */
     /* buffers */
     float **bufs;              /* (n_bufs) each (cap_rows, width) */
     int64_t cap_rows;
@@ -52,6 +85,13 @@ void fdy_model_free(fdy_model *m) {
         free(m->k_cache[l]);
         free(m->v_cache[l]);
     }
+    for (int32_t i = 0; i < m->n_rope; i++) {
+        free(m->rope_base[i]);
+        fdy_buf_free(&m->rope_cs[i]);
+    }
+    fdy_mm_ws_free(&m->ws);
+    free(m->steps);
+    free(m->rope_cfg);
     free(m->bufs);
     free(m->k_cache);
     free(m->v_cache);
@@ -143,6 +183,110 @@ static fdy_status check_instr(const fdy_model *m, const fdy_instr *in, int32_t i
 #undef WOPT_OK
 }
 
+/* may matmul instruction j join a group whose first matmul is i and whose outputs so far are
+ * those of i .. j-1 */
+static int joins_group(const fdy_model *m, int32_t i, int32_t j) {
+    const fdy_instr *a = &m->prog[i], *b = &m->prog[j];
+    if (b->op != FDY_I_MATMUL || b->in0 != a->in0 || b->tail != a->tail) {
+        return 0;
+    }
+    for (int32_t k = i; k < j; k++) {
+        if (m->prog[k].out == b->out) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static fdy_status build_schedule(fdy_model *m) {
+    m->steps = (fdy_step *)calloc((size_t)m->n_instr, sizeof *m->steps);
+    if (!m->steps) {
+        return fdy_fail(FDY_ERR_NOMEM, "out of memory");
+    }
+    int32_t n = 0;
+    for (int32_t i = 0; i < m->n_instr;) {
+        fdy_step *st = &m->steps[n++];
+        st->first = i;
+        st->count = 1;
+        st->swiglu = st->add = -1;
+        const fdy_instr *in = &m->prog[i];
+        if (in->op != FDY_I_MATMUL) {
+            i++;
+            continue;
+        }
+        st->mm[st->n_mm++] = i;
+        while (st->n_mm < FDY_MM_MAX_PARTS && i + st->n_mm < m->n_instr &&
+               joins_group(m, i, i + st->n_mm)) {
+            st->mm[st->n_mm] = i + st->n_mm;
+            st->n_mm++;
+        }
+        int32_t next = i + st->n_mm;
+        const fdy_instr *nx = next < m->n_instr ? &m->prog[next] : NULL;
+        if (nx && nx->tail == in->tail && st->n_mm == 2 && nx->op == FDY_I_SWIGLU &&
+            nx->in0 == m->prog[st->mm[0]].out && nx->in1 == m->prog[st->mm[1]].out &&
+            nx->out != in->in0) {
+            /* gate, up -> swiglu: rows of both, then the product, per row */
+            st->swiglu = next++;
+        } else if (nx && nx->tail == in->tail && st->n_mm == 1 && nx->op == FDY_I_ADD &&
+                   (nx->in0 == in->out) != (nx->in1 == in->out) && nx->out != in->out &&
+                   nx->out != in->in0 && nx->in0 != in->in0 && nx->in1 != in->in0) {
+            /* out = matmul; res_out = res_in + out in the same store */
+            st->add = next++;
+        }
+        st->count = next - i;
+        i = next;
+    }
+    m->n_steps = n;
+    return FDY_OK;
+}
+
+/* the cache layout, the rope configurations and the fused schedule */
+static fdy_status prepare(fdy_model *m) {
+    m->kv_heads = 1;
+    m->kv_dim = m->kv_width;
+    int have_attn = 0;
+    m->rope_cfg = (int32_t *)malloc((size_t)m->n_instr * sizeof(int32_t));
+    if (!m->rope_cfg) {
+        return fdy_fail(FDY_ERR_NOMEM, "out of memory");
+    }
+    for (int32_t i = 0; i < m->n_instr; i++) {
+        const fdy_instr *in = &m->prog[i];
+        m->rope_cfg[i] = -1;
+        if (in->op == FDY_I_ATTN) {
+            if (!have_attn) {
+                m->kv_heads = in->n_kv_heads;
+                m->kv_dim = in->head_dim;
+                have_attn = 1;
+            }
+            CHECK(in->n_kv_heads == m->kv_heads && in->head_dim == m->kv_dim,
+                  "plan[%d]: attention layers differ in kv heads or head_dim", i);
+        }
+        if (in->op == FDY_I_ROPE) {
+            int32_t c = 0;
+            while (c < m->n_rope &&
+                   !(m->rope_dims[c] == in->rot_dims && m->rope_theta[c] == in->theta &&
+                     m->rope_freq[c] == in->freq)) {
+                c++;
+            }
+            if (c == m->n_rope) {
+                CHECK(c < FDY_MAX_ROPE_CFG, "plan: more than %d rope configurations",
+                      FDY_MAX_ROPE_CFG);
+                m->rope_dims[c] = in->rot_dims;
+                m->rope_theta[c] = in->theta;
+                m->rope_freq[c] = in->freq;
+                m->rope_base[c] = (double *)malloc((size_t)(in->rot_dims / 2) * sizeof(double));
+                if (!m->rope_base[c]) {
+                    return fdy_fail(FDY_ERR_NOMEM, "out of memory");
+                }
+                m->n_rope++;
+                fdy_rope_base(in->rot_dims, in->theta, m->rope_base[c]);
+            }
+            m->rope_cfg[i] = c;
+        }
+    }
+    return build_schedule(m);
+}
+
 fdy_status fdy_model_create(const fdy_instr *prog, int32_t n_instr, const fdy_weight *weights,
                             int32_t n_weights, const int64_t *widths, int32_t n_bufs,
                             int32_t n_layers, int64_t kv_width, int64_t max_ctx,
@@ -191,6 +335,11 @@ fdy_status fdy_model_create(const fdy_instr *prog, int32_t n_instr, const fdy_we
             fdy_model_free(m);
             return s;
         }
+    }
+    fdy_status s = prepare(m);
+    if (s) {
+        fdy_model_free(m);
+        return s;
     }
     *out = m;
     return FDY_OK;
@@ -241,6 +390,7 @@ static fdy_status grow_kv(fdy_model *m, int64_t need) {
     if (cap > m->max_ctx) {
         cap = m->max_ctx;
     }
+    /* both caches of every layer first: a failure leaves the old layout in place */
     for (int32_t l = 0; l < m->n_layers; l++) {
         size_t bytes = (size_t)(cap * m->kv_width) * sizeof(float);
         float *k = (float *)realloc(m->k_cache[l], bytes);
@@ -256,7 +406,117 @@ static fdy_status grow_kv(fdy_model *m, int64_t need) {
         }
         m->v_cache[l] = v;
     }
+    /* head-major: head h moves from h * old_cap to h * cap rows (last head first) */
+    const int64_t old = m->kv_cap, D = m->kv_dim;
+    for (int32_t l = 0; old > 0 && l < m->n_layers; l++) {
+        for (int64_t h = m->kv_heads - 1; h > 0; h--) {
+            memmove(m->k_cache[l] + h * cap * D, m->k_cache[l] + h * old * D,
+                    (size_t)(old * D) * sizeof(float));
+            memmove(m->v_cache[l] + h * cap * D, m->v_cache[l] + h * old * D,
+                    (size_t)(old * D) * sizeof(float));
+        }
+    }
     m->kv_cap = cap;
+    return FDY_OK;
+}
+
+/* the rope tables of this call's positions */
+static fdy_status rope_tables(fdy_model *m, int64_t M) {
+    for (int32_t c = 0; c < m->n_rope; c++) {
+        CHECK(m->rope_theta[c] > 0.0f, "rope: theta must be positive");
+        const int64_t half = m->rope_dims[c] / 2;
+        fdy_status s = fdy_buf_reserve(&m->rope_cs[c], (size_t)(M * half * 2) * sizeof(double));
+        if (s) {
+            return s;
+        }
+        fdy_rope_table(m->positions, M, m->rope_dims[c], m->rope_base[c],
+                       wf32(m, m->rope_freq[c]), (double *)m->rope_cs[c].p);
+    }
+    return FDY_OK;
+}
+
+/* one instruction over rows r0 .. r0 + rows - 1 of the batch */
+static fdy_status run_instr(fdy_model *m, const fdy_instr *in, int32_t i, const int32_t *tokens,
+                            int64_t M, int64_t r0, int64_t rows, int64_t start_pos,
+                            int variant) {
+#define ROWS(b) (m->bufs[b] + r0 * m->widths[b])
+    switch (in->op) {
+    case FDY_I_EMBED:
+        return fdy_embedding(&m->weights[in->weight], tokens + r0, rows, ROWS(in->out));
+    case FDY_I_RMSNORM:
+        return fdy_rmsnorm(ROWS(in->in0), rows, m->widths[in->in0], wf32(m, in->weight), in->eps,
+                           ROWS(in->out));
+    case FDY_I_MATMUL:
+        return fdy_matmul(&m->weights[in->weight], ROWS(in->in0), rows, wf32(m, in->bias),
+                          ROWS(in->out), in->accumulate, in->act, variant);
+    case FDY_I_ROPE: {
+        const int32_t c = m->rope_cfg[i];
+        const double *cs = (const double *)m->rope_cs[c].p + r0 * (in->rot_dims / 2) * 2;
+        fdy_rope_apply(ROWS(in->in0), rows, in->n_heads, in->head_dim, in->rot_dims, cs,
+                       in->neox, ROWS(in->in0));
+        return FDY_OK;
+    }
+    case FDY_I_ATTN: {
+        /* attention always runs on the whole batch: its K / V rows are all needed */
+        float *kc = m->k_cache[in->layer], *vc = m->v_cache[in->layer];
+        const int64_t D = m->kv_dim, hs = m->kv_cap * D;
+        const float *kb = m->bufs[in->in1], *vb = m->bufs[in->in2];
+        for (int64_t t = 0; t < M; t++) {
+            for (int64_t h = 0; h < m->kv_heads; h++) {
+                memcpy(kc + h * hs + (start_pos + t) * D, kb + t * m->kv_width + h * D,
+                       (size_t)D * sizeof(float));
+                memcpy(vc + h * hs + (start_pos + t) * D, vb + t * m->kv_width + h * D,
+                       (size_t)D * sizeof(float));
+            }
+        }
+        return fdy_attention_strided(m->bufs[in->in0], M, in->n_heads, in->head_dim, kc, vc,
+                                     in->n_kv_heads, start_pos, in->scale, m->bufs[in->out], D,
+                                     hs);
+    }
+    case FDY_I_SWIGLU:
+        return fdy_swiglu(ROWS(in->in0), ROWS(in->in1), rows * m->widths[in->out],
+                          ROWS(in->out));
+    case FDY_I_ADD:
+        return fdy_add(ROWS(in->in0), ROWS(in->in1), rows * m->widths[in->out], ROWS(in->out));
+    default:
+        return fdy_fail(FDY_ERR_INVALID, "plan[%d]: unknown op", i);
+    }
+#undef ROWS
+}
+
+/* one token (M == 1), no captures: the fused schedule */
+static fdy_status run_fused(fdy_model *m, const int32_t *tokens, int64_t start_pos,
+                            int variant) {
+    for (int32_t k = 0; k < m->n_steps; k++) {
+        const fdy_step *st = &m->steps[k];
+        fdy_status s;
+        if (st->n_mm == 0) {
+            s = run_instr(m, &m->prog[st->first], st->first, tokens, 1, 0, 1, start_pos,
+                          variant);
+        } else {
+            fdy_mm_part parts[FDY_MM_MAX_PARTS];
+            for (int32_t j = 0; j < st->n_mm; j++) {
+                const fdy_instr *in = &m->prog[st->mm[j]];
+                parts[j] = (fdy_mm_part){&m->weights[in->weight], wf32(m, in->bias),
+                                         m->bufs[in->out], in->accumulate, in->act, NULL, NULL};
+            }
+            float *sw = NULL;
+            if (st->swiglu >= 0) {
+                sw = m->bufs[m->prog[st->swiglu].out];
+            }
+            if (st->add >= 0) {
+                const fdy_instr *ad = &m->prog[st->add];
+                const int32_t res = ad->in0 == m->prog[st->mm[0]].out ? ad->in1 : ad->in0;
+                parts[0].res_in = m->bufs[res];
+                parts[0].res_out = m->bufs[ad->out];
+            }
+            s = fdy_matmul_group(m->bufs[m->prog[st->first].in0], 1, st->n_mm, parts, sw,
+                                 variant, &m->ws);
+        }
+        if (s) {
+            return s;
+        }
+    }
     return FDY_OK;
 }
 
@@ -285,59 +545,37 @@ fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int
     for (int64_t t = 0; t < M; t++) {
         m->positions[t] = (int32_t)(start_pos + t);
     }
+    if ((s = rope_tables(m, M))) {
+        return s;
+    }
     /* positions start_pos.. are being rewritten: the cache is valid up to start_pos */
     m->n_past = start_pos;
-    for (int32_t i = 0; i < m->n_instr; i++) {
+    int any_capture = 0;
+    for (int32_t c = 0; captures && c < n_captures; c++) {
+        any_capture |= captures[c] != NULL;
+    }
+    /* PYFOUNDRY_NO_FUSE=1: the plain way for every call (a debugging and timing switch) */
+    const char *nf = getenv("PYFOUNDRY_NO_FUSE");
+    const int plain = M > 1 || any_capture || (nf && *nf && *nf != '0');
+    if (!plain) {
+        if ((s = run_fused(m, tokens, start_pos, variant))) {
+            return s;
+        }
+    }
+    for (int32_t i = 0; plain && i < m->n_instr; i++) {
         const fdy_instr *in = &m->prog[i];
         /* "tail" instructions (final norm, logits) run on the last row only when asked */
         const int tail = last_only && in->tail;
         const int64_t rows = tail ? 1 : M;
         const int64_t r0 = tail ? M - 1 : 0;
-#define ROWS(b) (m->bufs[b] + r0 * m->widths[b])
-        switch (in->op) {
-        case FDY_I_EMBED:
-            s = fdy_embedding(&m->weights[in->weight], tokens + r0, rows, ROWS(in->out));
-            break;
-        case FDY_I_RMSNORM:
-            s = fdy_rmsnorm(ROWS(in->in0), rows, m->widths[in->in0], wf32(m, in->weight), in->eps,
-                            ROWS(in->out));
-            break;
-        case FDY_I_MATMUL:
-            s = fdy_matmul(&m->weights[in->weight], ROWS(in->in0), rows, wf32(m, in->bias),
-                           ROWS(in->out), in->accumulate, in->act, variant);
-            break;
-        case FDY_I_ROPE:
-            s = fdy_rope(ROWS(in->in0), rows, in->n_heads, in->head_dim, m->positions + r0,
-                         in->rot_dims, in->theta, wf32(m, in->freq), in->neox, ROWS(in->in0));
-            break;
-        case FDY_I_ATTN: {
-            float *kc = m->k_cache[in->layer], *vc = m->v_cache[in->layer];
-            memcpy(kc + start_pos * m->kv_width, m->bufs[in->in1],
-                   (size_t)(M * m->kv_width) * sizeof(float));
-            memcpy(vc + start_pos * m->kv_width, m->bufs[in->in2],
-                   (size_t)(M * m->kv_width) * sizeof(float));
-            s = fdy_attention(m->bufs[in->in0], M, in->n_heads, in->head_dim, kc, vc, m->kv_cap,
-                              in->n_kv_heads, start_pos, in->scale, m->bufs[in->out]);
-            break;
-        }
-        case FDY_I_SWIGLU:
-            s = fdy_swiglu(ROWS(in->in0), ROWS(in->in1), rows * m->widths[in->out],
-                           ROWS(in->out));
-            break;
-        case FDY_I_ADD:
-            s = fdy_add(ROWS(in->in0), ROWS(in->in1), rows * m->widths[in->out], ROWS(in->out));
-            break;
-        default:
-            s = fdy_fail(FDY_ERR_INVALID, "plan[%d]: unknown op", i);
-        }
-        if (s) {
+        if ((s = run_instr(m, in, i, tokens, M, r0, rows, start_pos, variant))) {
             return s;
         }
         if (in->capture >= 0 && in->capture < n_captures && captures && captures[in->capture]) {
             int32_t b = in->op == FDY_I_ROPE ? in->in0 : in->out;
-            memcpy(captures[in->capture], ROWS(b), (size_t)(rows * m->widths[b]) * sizeof(float));
+            memcpy(captures[in->capture], m->bufs[b] + r0 * m->widths[b],
+                   (size_t)(rows * m->widths[b]) * sizeof(float));
         }
-#undef ROWS
     }
     m->n_past = start_pos + M;
     const int64_t out_rows = last_only ? 1 : M;

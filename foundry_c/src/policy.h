@@ -92,6 +92,20 @@ fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const floa
 /* ---- helpers for host-side quantizers (reference rounding of llama.cpp and gguf-py) ---- */
 #ifdef FDY_HOST
 #include <math.h>
+#include <stdatomic.h>
+
+/* fdy_cpu_features_enabled() for the kernels that choose their tier on every row: the value
+ * cached by features.c in a library-internal variable, read inline (no call through the PLT
+ * per row); UINT32_MAX until the features are first detected */
+extern _Atomic uint32_t fdy_cpu_enabled_bits
+#if defined(__GNUC__)
+    __attribute__((visibility("hidden")))
+#endif
+    ;
+static inline uint32_t fdy_cpu_enabled(void) {
+    const uint32_t f = atomic_load_explicit(&fdy_cpu_enabled_bits, memory_order_relaxed);
+    return f != UINT32_MAX ? f : fdy_cpu_features_enabled();
+}
 
 /* round half away from zero, as C roundf and gguf-py's np_roundf */
 static inline float fdy_roundf(float x) {

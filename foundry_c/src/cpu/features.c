@@ -78,10 +78,19 @@ uint32_t fdy_cpu_features(void) {
     return f;
 }
 
+/* detected & mask, for the per-row tier choice of the kernels (policy.h: fdy_cpu_enabled) */
+#if defined(__GNUC__)
+__attribute__((visibility("hidden")))
+#endif
+_Atomic uint32_t fdy_cpu_enabled_bits = 0xffffffffu;
+
 uint32_t fdy_cpu_features_enabled(void) {
-    return fdy_cpu_features() & atomic_load(&fdy_mask);
+    const uint32_t f = fdy_cpu_features() & atomic_load(&fdy_mask);
+    atomic_store_explicit(&fdy_cpu_enabled_bits, f, memory_order_relaxed);
+    return f;
 }
 
 void fdy_cpu_set_feature_mask(uint32_t mask) {
     atomic_store(&fdy_mask, mask);
+    atomic_store(&fdy_cpu_enabled_bits, fdy_cpu_features() & mask);
 }

@@ -9,6 +9,8 @@
  * on a format.  Most of the time of a decode step is spent in matmul_task.
  */
 #include <math.h>
+#include <stddef.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +19,7 @@
 #include "policy.h"
 #include "threadpool.h"
 #include "cpu/gemm.h"
+#include "cpu/fused.h"
 #include "cpu/simd.h"
 
 /* ---- argument checks ------------------------------------------------------------------- */
@@ -62,6 +65,8 @@ typedef struct mm_ctx {
     const float *bias;
     float *out;
     int accumulate, act;
+    const float *res_in;  /* fused residual add (matmul groups): res_out = res_in + out */
+    float *res_out;
     int64_t rows_per_task;
     fdy_dot_f32_fn dot;
 } mm_ctx;
@@ -77,11 +82,106 @@ static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
     } else {
         *o = v;
     }
+    if (c->res_out) { /* the add stage's arithmetic: res + out */
+        c->res_out[m * c->N + n] = c->res_in[m * c->N + n] + *o;
+    }
 }
 
 /* up to this many activation rows the f32 variant runs the policy's fused decode + dot kernel
  * (vec_dot_f32) once per (row, token); above it one dequantized row serves every token */
 #define FDY_VEC_DOT_F32_MAX_M 4
+
+/* ---- grown buffers: no allocation per call ---------------------------------------------- */
+
+fdy_status fdy_buf_reserve(fdy_buf *b, size_t bytes) {
+    if (b->size >= bytes) {
+        return FDY_OK;
+    }
+    size_t sz = b->size ? b->size : 4096;
+    while (sz < bytes) {
+        sz *= 2;
+    }
+    void *m = NULL;
+    if (posix_memalign(&m, 64, sz) != 0) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate %zu bytes of activations", bytes);
+    }
+    free(b->p);
+    b->p = m;
+    b->size = sz;
+    return FDY_OK;
+}
+
+void fdy_buf_free(fdy_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->size = 0;
+}
+
+void fdy_mm_ws_free(fdy_mm_ws *ws) {
+    for (int i = 0; i < FDY_MM_MAX_PARTS; i++) {
+        fdy_buf_free(&ws->xq[i]);
+        fdy_buf_free(&ws->xd[i]);
+    }
+}
+
+/* the calling thread's workspace for the stand-alone stages (fdy_matmul, the fused rmsnorm
+ * and FFN forms, rope): kept between calls, freed when the thread exits */
+typedef struct thread_bufs {
+    fdy_mm_ws mm;      /* first: thread_ws() hands out this member */
+    fdy_buf norm;      /* normalised activations of fdy_rmsnorm_matmul / _qkv */
+    fdy_buf gate, up;  /* fdy_ffn */
+    fdy_buf rope;      /* fdy_rope's base frequencies and table */
+} thread_bufs;
+
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(void *p) {
+    thread_bufs *t = (thread_bufs *)p;
+    fdy_mm_ws_free(&t->mm);
+    fdy_buf_free(&t->norm);
+    fdy_buf_free(&t->gate);
+    fdy_buf_free(&t->up);
+    fdy_buf_free(&t->rope);
+    free(p);
+}
+
+static void tls_init(void) {
+    (void)pthread_key_create(&tls_key, tls_free);
+}
+
+static thread_bufs *thread_bufs_get(void) {
+    pthread_once(&tls_once, tls_init);
+    thread_bufs *t = (thread_bufs *)pthread_getspecific(tls_key);
+    if (!t) {
+        t = (thread_bufs *)calloc(1, sizeof *t);
+        if (t && pthread_setspecific(tls_key, t) != 0) {
+            free(t);
+            t = NULL;
+        }
+    }
+    return t;
+}
+
+static fdy_mm_ws *thread_ws(void) {
+    thread_bufs *t = thread_bufs_get();
+    return t ? &t->mm : NULL;
+}
+
+/* a grown per-thread buffer of at least `bytes` */
+static float *thread_buf(size_t which, size_t bytes, fdy_status *s) {
+    thread_bufs *t = thread_bufs_get();
+    if (!t) {
+        *s = fdy_fail(FDY_ERR_NOMEM, "cannot allocate the thread's workspace");
+        return NULL;
+    }
+    fdy_buf *b = (fdy_buf *)((char *)t + which);
+    if ((*s = fdy_buf_reserve(b, bytes))) {
+        return NULL;
+    }
+    return (float *)b->p;
+}
+#define THREAD_BUF(field, bytes, s) thread_buf(offsetof(thread_bufs, field), (bytes), (s))
 
 static void mm_task_f32(void *vctx, int64_t task, int thread) {
     const mm_ctx *c = (const mm_ctx *)vctx;
@@ -120,17 +220,19 @@ static void mm_task_q8(void *vctx, int64_t task, int thread) {
     }
 }
 
-/* quantize activation rows to the policy's dot_type: returns malloc'd blocks (caller frees) */
+/* quantize activation rows to the policy's dot_type into the grown buffer buf */
 static fdy_status quantize_activations(const fdy_policy *dot, const float *x, int64_t M,
-                                       int64_t K, uint8_t **out, int64_t *row_bytes) {
+                                       int64_t K, fdy_buf *buf, uint8_t **out,
+                                       int64_t *row_bytes) {
     int64_t rb = fdy_policy_row_bytes(dot, K);
     if (rb < 0) {
         return FDY_ERR_INVALID;
     }
-    uint8_t *q = (uint8_t *)malloc((size_t)(rb * M) + 64);
-    if (!q) {
-        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate quantized activations");
+    fdy_status s = fdy_buf_reserve(buf, (size_t)(rb * M) + 64);
+    if (s) {
+        return s;
     }
+    uint8_t *q = (uint8_t *)buf->p;
     fdy_quant_fn qf = dot->quantize_act ? dot->quantize_act : dot->quantize;
     for (int64_t m = 0; m < M; m++) {
         qf(x + m * K, q + m * rb, K);
@@ -186,41 +288,192 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
             return s;
         }
     }
+    fdy_mm_ws *ws = dot ? thread_ws() : NULL;
+    if (dot && !ws) {
+        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate the activation workspace");
+    }
     if (dot && w->policy->vec_dot) {
         uint8_t *xq = NULL;
-        if ((s = quantize_activations(dot, x, M, c.K, &xq, &c.xq_row))) {
+        if ((s = quantize_activations(dot, x, M, c.K, &ws->xq[0], &xq, &c.xq_row))) {
             return s;
         }
         c.xq = xq;
         fdy_parallel(mm_task_q8, &c, n_tasks);
-        free(xq);
         return FDY_OK;
     }
-    float *xd = NULL;
     if (dot) {
         /* no integer kernel for this format: float dots over the quantized activations, the
          * same numbers up to float rounding */
         uint8_t *xq = NULL;
-        if ((s = quantize_activations(dot, x, M, c.K, &xq, &c.xq_row))) {
+        if ((s = quantize_activations(dot, x, M, c.K, &ws->xq[0], &xq, &c.xq_row)) ||
+            (s = fdy_buf_reserve(&ws->xd[0], (size_t)(M * c.K) * sizeof(float)))) {
             return s;
         }
-        xd = (float *)malloc((size_t)(M * c.K) * sizeof(float));
-        if (!xd) {
-            free(xq);
-            return fdy_fail(FDY_ERR_NOMEM, "cannot allocate activations");
-        }
+        float *xd = (float *)ws->xd[0].p;
         for (int64_t m = 0; m < M; m++) {
             fdy_policy_dequantize(dot, xq + m * c.xq_row, xd + m * c.K, c.K);
         }
-        free(xq);
         c.x = xd;
     }
     if ((s = fdy_scratch_reserve((size_t)c.K * sizeof(float)))) {
-        free(xd);
         return s;
     }
     fdy_parallel(mm_task_f32, &c, n_tasks);
-    free(xd);
+    return FDY_OK;
+}
+
+/* ---- matmul groups: several weights over one input in one parallel region ----------------- */
+
+typedef struct group_ctx {
+    mm_ctx part[FDY_MM_MAX_PARTS];
+    int q8[FDY_MM_MAX_PARTS];          /* integer vec_dot over part[i].xq, else float dots */
+    int64_t first_task[FDY_MM_MAX_PARTS + 1];
+    int n_parts;
+    float *swiglu_out;                 /* parts 0 and 1 are gate and up: tasks over their rows */
+} group_ctx;
+
+static void group_task(void *vctx, int64_t task, int thread) {
+    const group_ctx *g = (const group_ctx *)vctx;
+    int p = 0;
+    while (task >= g->first_task[p + 1]) {
+        p++;
+    }
+    float *row = (float *)fdy_scratch(thread);
+    const int np = g->swiglu_out ? 2 : 1; /* parts computed over the task's rows */
+    const mm_ctx *c0 = &g->part[p];
+    const int64_t r0 = (task - g->first_task[p]) * c0->rows_per_task;
+    const int64_t r1 = r0 + c0->rows_per_task < c0->N ? r0 + c0->rows_per_task : c0->N;
+    /* part by part over the task's rows: one weight stream at a time */
+    for (int i = 0; i < np; i++) {
+        const mm_ctx *c = &g->part[p + i];
+        const int q8 = g->q8[p + i];
+        const uint8_t *wd = (const uint8_t *)c->w->data;
+        const fdy_vec_dot_fn vd = c->w->policy->vec_dot;
+        for (int64_t n = r0; n < r1; n++) {
+            const uint8_t *wr = wd + n * c->w_row;
+            if (q8) {
+                for (int64_t m = 0; m < c->M; m++) {
+                    mm_store(c, m, n, vd(wr, c->xq + m * c->xq_row, c->K));
+                }
+            } else if (c->w->policy->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
+                /* fused decode + dot, as mm_task_f32 (the same bits as the plain path) */
+                for (int64_t m = 0; m < c->M; m++) {
+                    mm_store(c, m, n, c->w->policy->vec_dot_f32(wr, c->x + m * c->K, c->K));
+                }
+            } else {
+                if (c->w->policy->dequantize_fast) { /* the row length is checked */
+                    c->w->policy->dequantize_fast(wr, row, c->K);
+                } else {
+                    fdy_policy_dequantize(c->w->policy, wr, row, c->K);
+                }
+                for (int64_t m = 0; m < c->M; m++) {
+                    mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
+                }
+            }
+        }
+    }
+    if (g->swiglu_out) { /* the swiglu stage's arithmetic on the stored gate and up rows */
+        const mm_ctx *cg = &g->part[0], *cu = &g->part[1];
+        for (int64_t m = 0; m < cg->M; m++) {
+            for (int64_t n = r0; n < r1; n++) {
+                const float gv = cg->out[m * cg->N + n];
+                g->swiglu_out[m * cg->N + n] = (gv / (1.0f + expf(-gv))) * cu->out[m * cg->N + n];
+            }
+        }
+    }
+}
+
+fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm_part *parts,
+                            float *swiglu_out, int variant, fdy_mm_ws *ws) {
+    CHECK(x && parts && ws && n_parts >= 1 && n_parts <= FDY_MM_MAX_PARTS,
+          "matmul group: bad arguments");
+    CHECK(M > 0, "matmul group: M must be positive");
+    CHECK(!swiglu_out || (n_parts == 2 && parts[0].w->rows == parts[1].w->rows),
+          "matmul group: swiglu needs two parts of equal rows");
+    fdy_status s;
+    group_ctx g;
+    memset(&g, 0, sizeof g);
+    g.n_parts = n_parts;
+    g.swiglu_out = swiglu_out;
+    const fdy_policy *dots[FDY_MM_MAX_PARTS];
+    int n_dots = 0;
+    int64_t total_rows = 0, max_k = 0;
+    for (int i = 0; i < n_parts; i++) {
+        const fdy_mm_part *pp = &parts[i];
+        if ((s = check_weight(pp->w, "matmul group"))) {
+            return s;
+        }
+        CHECK(pp->w->cols == parts[0].w->cols && pp->out, "matmul group: part %d shape", i);
+        mm_ctx *c = &g.part[i];
+        c->w = pp->w;
+        c->M = M;
+        c->K = pp->w->cols;
+        c->N = pp->w->rows;
+        c->x = x;
+        c->w_row = fdy_policy_row_bytes(pp->w->policy, pp->w->cols);
+        c->bias = pp->bias;
+        c->out = pp->out;
+        c->accumulate = pp->accumulate;
+        c->act = pp->act;
+        c->res_in = pp->res_in;
+        c->res_out = pp->res_out;
+        c->dot = fdy_select_dot_f32();
+        total_rows += c->N;
+        max_k = c->K > max_k ? c->K : max_k;
+        /* the activations in this part's dot type: quantized once per distinct type */
+        const fdy_policy *dot = NULL;
+        if (variant == FDY_VARIANT_Q8 && pp->w->policy->dot_type) {
+            dot = fdy_policy_by_name(pp->w->policy->dot_type);
+            if (!dot || !dot->quantize || c->K % dot->block_elems != 0) {
+                dot = NULL;
+            }
+        }
+        if (!dot) {
+            continue;
+        }
+        int d = 0;
+        while (d < n_dots && dots[d] != dot) {
+            d++;
+        }
+        if (d == n_dots) {
+            dots[n_dots++] = dot;
+            uint8_t *xq = NULL;
+            int64_t rb = 0;
+            if ((s = quantize_activations(dot, x, M, c->K, &ws->xq[d], &xq, &rb))) {
+                return s;
+            }
+        }
+        c->xq = (const uint8_t *)ws->xq[d].p;
+        c->xq_row = fdy_policy_row_bytes(dot, c->K);
+        g.q8[i] = pp->w->policy->vec_dot != NULL;
+        if (!g.q8[i]) { /* float dots over the dequantized quantized activations */
+            if ((s = fdy_buf_reserve(&ws->xd[d], (size_t)(M * c->K) * sizeof(float)))) {
+                return s;
+            }
+            float *xd = (float *)ws->xd[d].p;
+            for (int64_t m = 0; m < M; m++) {
+                fdy_policy_dequantize(dot, c->xq + m * c->xq_row, xd + m * c->K, c->K);
+            }
+            c->x = xd;
+        }
+    }
+    if ((s = fdy_scratch_reserve((size_t)max_k * sizeof(float)))) {
+        return s;
+    }
+    /* about 8 tasks per thread over all the rows, each within one part */
+    const int threads = fdy_get_num_threads();
+    int64_t rpt = (total_rows + (int64_t)threads * 8 - 1) / ((int64_t)threads * 8);
+    rpt = rpt < 1 ? 1 : rpt;
+    const int task_parts = swiglu_out ? 1 : n_parts;
+    g.first_task[0] = 0;
+    for (int i = 0; i < task_parts; i++) {
+        g.part[i].rows_per_task = rpt;
+        g.first_task[i + 1] = g.first_task[i] + (g.part[i].N + rpt - 1) / rpt;
+    }
+    if (swiglu_out) {
+        g.part[1].rows_per_task = rpt;
+    }
+    fdy_parallel(group_task, &g, g.first_task[task_parts]);
     return FDY_OK;
 }
 
@@ -257,15 +510,14 @@ fdy_status fdy_rmsnorm_matmul(const float *x, int64_t M, const float *norm_weigh
         return s;
     }
     CHECK(M > 0, "rmsnorm_matmul: M must be positive");
-    float *xn = (float *)malloc((size_t)(M * w->cols) * sizeof(float));
+    float *xn = THREAD_BUF(norm, (size_t)(M * w->cols) * sizeof(float), &s);
     if (!xn) {
-        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate normalised activations");
+        return s;
     }
     s = fdy_rmsnorm(x, M, w->cols, norm_weight, eps, xn);
     if (!s) {
         s = fdy_matmul(w, xn, M, bias, out, accumulate, activation, variant);
     }
-    free(xn);
     return s;
 }
 
@@ -284,19 +536,66 @@ fdy_status fdy_rmsnorm_qkv(const float *x, int64_t M, const float *norm_weight, 
         CHECK(out[i], "rmsnorm_qkv: missing output %d", i);
     }
     CHECK(M > 0, "rmsnorm_qkv: M must be positive");
-    float *xn = (float *)malloc((size_t)(M * w[0]->cols) * sizeof(float));
+    float *xn = THREAD_BUF(norm, (size_t)(M * w[0]->cols) * sizeof(float), &s);
     if (!xn) {
-        return fdy_fail(FDY_ERR_NOMEM, "cannot allocate normalised activations");
+        return s;
     }
     s = fdy_rmsnorm(x, M, w[0]->cols, norm_weight, eps, xn);
     for (int i = 0; !s && i < n_parts; i++) {
         s = fdy_matmul(w[i], xn, M, bias ? bias[i] : NULL, out[i], 0, FDY_ACT_NONE, variant);
     }
-    free(xn);
     return s;
 }
 
 /* ---- rope -------------------------------------------------------------------------------- */
+
+void fdy_rope_base(int64_t rot_dims, float theta, double *base) {
+    for (int64_t i = 0; i < rot_dims / 2; i++) {
+        base[i] = pow((double)theta, -2.0 * (double)i / (double)rot_dims);
+    }
+}
+
+void fdy_rope_table(const int32_t *positions, int64_t M, int64_t rot_dims, const double *base,
+                    const float *freq_factors, double *cs) {
+    const int64_t half = rot_dims / 2;
+    for (int64_t m = 0; m < M; m++) {
+        const double pos = (double)positions[m];
+        double *c = cs + m * 2 * half;
+        for (int64_t i = 0; i < half; i++) {
+            double a = pos * base[i];
+            if (freq_factors) {
+                a /= (double)freq_factors[i];
+            }
+            c[2 * i] = cos(a);
+            c[2 * i + 1] = sin(a);
+        }
+    }
+}
+
+void fdy_rope_apply(const float *x, int64_t M, int64_t H, int64_t D, int64_t rot_dims,
+                    const double *cs, int neox, float *out) {
+    const int64_t half = rot_dims / 2;
+    for (int64_t m = 0; m < M; m++) {
+        const double *cm = cs + m * 2 * half;
+        for (int64_t h = 0; h < H; h++) {
+            const float *xr = x + (m * H + h) * D;
+            float *o = out + (m * H + h) * D;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t i0 = neox ? i : 2 * i;
+                int64_t i1 = neox ? i + half : 2 * i + 1;
+                double a = xr[i0], b = xr[i1];
+                double c = cm[2 * i], s = cm[2 * i + 1];
+                o[i0] = (float)(a * c - b * s);
+                o[i1] = (float)(a * s + b * c);
+            }
+            if (o != xr) {
+                for (int64_t d = rot_dims; d < D; d++) {
+                    o[d] = xr[d];
+                }
+            }
+        }
+    }
+}
 
 fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32_t *positions,
                     int64_t rot_dims, float theta, const float *freq_factors, int neox,
@@ -309,81 +608,252 @@ fdy_status fdy_rope(const float *x, int64_t M, int64_t H, int64_t D, const int32
           (long long)D);
     CHECK(theta > 0.0f, "rope: theta must be positive");
     const int64_t half = rot_dims / 2;
-    double *cs = (double *)malloc((size_t)half * 2 * sizeof(double));
-    if (!cs) {
-        return fdy_fail(FDY_ERR_NOMEM, "rope: out of memory");
+    fdy_status s;
+    double *base = (double *)THREAD_BUF(rope, (size_t)half * 3 * sizeof(double), &s);
+    if (!base) {
+        return s;
     }
-    for (int64_t m = 0; m < M; m++) {
-        const double pos = (double)positions[m];
-        for (int64_t i = 0; i < half; i++) {
-            double a = pos * pow((double)theta, -2.0 * (double)i / (double)rot_dims);
-            if (freq_factors) {
-                a /= (double)freq_factors[i];
-            }
-            cs[2 * i] = cos(a);
-            cs[2 * i + 1] = sin(a);
-        }
-        for (int64_t h = 0; h < H; h++) {
-            const float *xr = x + (m * H + h) * D;
-            float *o = out + (m * H + h) * D;
-            for (int64_t i = 0; i < half; i++) {
-                int64_t i0 = neox ? i : 2 * i;
-                int64_t i1 = neox ? i + half : 2 * i + 1;
-                double a = xr[i0], b = xr[i1];
-                double c = cs[2 * i], s = cs[2 * i + 1];
-                o[i0] = (float)(a * c - b * s);
-                o[i1] = (float)(a * s + b * c);
-            }
-            if (o != xr) {
-                for (int64_t d = rot_dims; d < D; d++) {
-                    o[d] = xr[d];
-                }
-            }
-        }
+    double *cs = base + half;
+    fdy_rope_base(rot_dims, theta, base);
+    for (int64_t m = 0; m < M; m++) { /* one position at a time: no table of M rows */
+        fdy_rope_table(positions + m, 1, rot_dims, base, freq_factors, cs);
+        fdy_rope_apply(x + m * H * D, 1, H, D, rot_dims, cs, neox, out + m * H * D);
     }
-    free(cs);
     return FDY_OK;
 }
 
 /* ---- attention --------------------------------------------------------------------------- */
 
+/* One task is a group of g query heads of one token that share a kv head (GQA): the scores of
+ * all g heads are computed in one pass over the K rows and the weighted sums in one pass over
+ * the V rows.  Every head's arithmetic is the same whatever g is (scores: one dot of length D
+ * each; softmax in float; output accumulated over positions in order), so decode and prefill
+ * rows agree and the task split is free to follow the thread count. */
 typedef struct attn_ctx {
     const float *q, *k, *v;
     float *out;
     int64_t M, H, D, Hkv, start_pos;
+    int64_t ld, hs;       /* cache strides (floats) between positions and between kv heads */
+    int64_t g;            /* query heads per task: H / Hkv */
     float scale;
-    fdy_dot_f32_fn dot;
+    int simd;             /* AVX-512 kernels */
 } attn_ctx;
+
+/* scores -> probabilities in place, per head: s[i*n + j] for i < g, j < n */
+static void attn_softmax(float *s, int64_t g, int64_t n) {
+    for (int64_t i = 0; i < g; i++) {
+        float *si = s + i * n;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            mx = si[j] > mx ? si[j] : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            si[j] = expf(si[j] - mx);
+            sum += si[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < n; j++) {
+            si[j] *= inv;
+        }
+    }
+}
+
+static void attn_group_portable(const attn_ctx *c, const float *q, int64_t hk, int64_t n,
+                                float *s, float *o) {
+    const int64_t D = c->D, g = c->g, ld = c->ld;
+    for (int64_t j = 0; j < n; j++) {
+        const float *kr = c->k + j * ld + hk * c->hs;
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * D;
+            float acc[8] = {0};
+            int64_t d = 0;
+            for (; d + 8 <= D; d += 8) {
+                for (int e = 0; e < 8; e++) {
+                    acc[e] += qi[d + e] * kr[d + e];
+                }
+            }
+            float dot = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for (; d < D; d++) {
+                dot += qi[d] * kr[d];
+            }
+            s[i * n + j] = dot * c->scale;
+        }
+    }
+    attn_softmax(s, g, n);
+    float *acc_base = s + g * n; /* private sums, as in the AVX-512 kernel */
+    for (int64_t d = 0; d < g * D; d++) {
+        acc_base[d] = 0.0f;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const float *vr = c->v + j * ld + hk * c->hs;
+        for (int64_t i = 0; i < g; i++) {
+            const float p = s[i * n + j];
+            float *oi = acc_base + i * D;
+            for (int64_t d = 0; d < D; d++) {
+                oi[d] += p * vr[d];
+            }
+        }
+    }
+    memcpy(o, acc_base, (size_t)(g * D) * sizeof(float));
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* the weighted sums of the AVX-512 kernel for head_dim 16 * FULL, HC heads at a time in
+ * registers (the same fused multiply-adds in the same order as the general loop) */
+#define FDY_ATTN_PV(FULL, HC)                                                                 \
+    __attribute__((target("avx512f"), always_inline)) static inline void attn_pv_##FULL(      \
+        const attn_ctx *c, int64_t hk, int64_t n, const float *s, float *o) {                \
+        const int64_t D = 16 * FULL, g = c->g, ld = c->ld;                                   \
+        for (int64_t i0 = 0; i0 < g; i0 += HC) {                                             \
+            const int64_t hc = g - i0 < HC ? g - i0 : HC;                                    \
+            __m512 acc[HC][FULL];                                                            \
+            _Pragma("GCC unroll 16") for (int ii = 0; ii < HC; ii++) {                       \
+                _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                    \
+                    acc[ii][b] = _mm512_setzero_ps();                                        \
+                }                                                                            \
+            }                                                                                \
+            for (int64_t j = 0; j < n; j++) {                                                \
+                const float *vr = c->v + j * ld + hk * c->hs;                                \
+                if (j + 8 < n) {                                                             \
+                    _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                \
+                        _mm_prefetch((const char *)(vr + 8 * ld + 16 * b), _MM_HINT_T0);     \
+                    }                                                                        \
+                }                                                                            \
+                __m512 v[FULL];                                                              \
+                _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                    \
+                    v[b] = _mm512_loadu_ps(vr + 16 * b);                                     \
+                }                                                                            \
+                _Pragma("GCC unroll 16") for (int ii = 0; ii < HC; ii++) {                   \
+                    if (ii < hc) {                                                           \
+                        const __m512 p = _mm512_set1_ps(s[(i0 + ii) * n + j]);               \
+                        _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {            \
+                            acc[ii][b] = _mm512_fmadd_ps(p, v[b], acc[ii][b]);               \
+                        }                                                                    \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+            _Pragma("GCC unroll 16") for (int ii = 0; ii < HC; ii++) {                       \
+                if (ii < hc) {                                                               \
+                    _Pragma("GCC unroll 16") for (int b = 0; b < FULL; b++) {                \
+                        _mm512_storeu_ps(o + (i0 + ii) * D + 16 * b, acc[ii][b]);            \
+                    }                                                                        \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+FDY_ATTN_PV(4, 4)
+FDY_ATTN_PV(8, 2)
+
+__attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx *c,
+                                                                 const float *q, int64_t hk,
+                                                                 int64_t n, float *s, float *o) {
+    const int64_t D = c->D, g = c->g, ld = c->ld;
+    const int64_t full = D / 16;
+    const __mmask16 tm = (__mmask16)((1u << (D % 16)) - 1u);
+    const int64_t pf = 8; /* rows ahead: the cache rows of one kv head are strided */
+    for (int64_t j = 0; j < n; j++) {
+        const float *kr = c->k + j * ld + hk * c->hs;
+        if (j + pf < n) {
+            for (int64_t d = 0; d < D; d += 16) {
+                _mm_prefetch((const char *)(kr + pf * ld + d), _MM_HINT_T0);
+            }
+        }
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * D;
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < full; b++) {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * b), _mm512_loadu_ps(kr + 16 * b),
+                                      acc);
+            }
+            if (tm) {
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, qi + 16 * full),
+                                      _mm512_maskz_loadu_ps(tm, kr + 16 * full), acc);
+            }
+            s[i * n + j] = _mm512_reduce_add_ps(acc) * c->scale;
+        }
+    }
+    attn_softmax(s, g, n);
+    if (D == 64) {
+        attn_pv_4(c, hk, n, s, o);
+        return;
+    }
+    if (D == 128) {
+        attn_pv_8(c, hk, n, s, o);
+        return;
+    }
+    /* the sums accumulate in the thread's scratch (g rows of D), not in the output rows that
+     * other threads' tasks share cache lines with */
+    float *acc_base = s + g * n;
+    for (int64_t d = 0; d < g * D; d++) {
+        acc_base[d] = 0.0f;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const float *vr = c->v + j * ld + hk * c->hs;
+        if (j + pf < n) {
+            for (int64_t d = 0; d < D; d += 16) {
+                _mm_prefetch((const char *)(vr + pf * ld + d), _MM_HINT_T0);
+            }
+        }
+        for (int64_t i = 0; i < g; i++) {
+            const __m512 p = _mm512_set1_ps(s[i * n + j]);
+            float *oi = acc_base + i * D;
+            for (int64_t b = 0; b < full; b++) {
+                _mm512_storeu_ps(oi + 16 * b, _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * b),
+                                                              _mm512_loadu_ps(oi + 16 * b)));
+            }
+            if (tm) {
+                _mm512_mask_storeu_ps(
+                    oi + 16 * full, tm,
+                    _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(tm, vr + 16 * full),
+                                    _mm512_maskz_loadu_ps(tm, oi + 16 * full)));
+            }
+        }
+    }
+    memcpy(o, acc_base, (size_t)(g * D) * sizeof(float));
+}
+#endif
 
 static void attn_task(void *vctx, int64_t task, int thread) {
     const attn_ctx *c = (const attn_ctx *)vctx;
-    const int64_t m = task / c->H, h = task % c->H;
-    const int64_t hk = h / (c->H / c->Hkv);
+    const int64_t per_tok = c->H / c->g;
+    const int64_t m = task / per_tok, h0 = task % per_tok * c->g;
+    const int64_t hk = h0 / (c->H / c->Hkv);
     const int64_t n = c->start_pos + m + 1; /* causal: positions 0 .. start_pos + m */
-    const float *q = c->q + (m * c->H + h) * c->D;
+    const float *q = c->q + (m * c->H + h0) * c->D;
+    float *o = c->out + (m * c->H + h0) * c->D;
     float *s = (float *)fdy_scratch(thread);
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = c->dot(q, c->k + (j * c->Hkv + hk) * c->D, c->D) * c->scale;
-        mx = s[j] > mx ? s[j] : mx;
+#if defined(__x86_64__)
+    if (c->simd) {
+        attn_group_avx512(c, q, hk, n, s, o);
+        return;
     }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] - mx);
-        sum += s[j];
+#endif
+    attn_group_portable(c, q, hk, n, s, o);
+}
+
+fdy_status fdy_attention_strided(const float *q, int64_t M, int64_t H, int64_t D,
+                                 const float *k_cache, const float *v_cache, int64_t Hkv,
+                                 int64_t start_pos, float scale, float *out, int64_t pos_stride,
+                                 int64_t head_stride) {
+    /* one task per GQA group: K and V are read once per group (the cache is read once per
+     * token, the bulk of attention's cost).  Decode with fewer groups than threads leaves
+     * threads idle, which costs less than splitting a group: every part of a split group
+     * would have to compute (and read K for) all of its scores. */
+    const int64_t G = H / Hkv;
+    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, pos_stride, head_stride,
+                  G, scale, 0};
+#if defined(__x86_64__)
+    c.simd = (fdy_cpu_features_enabled() & FDY_CPU_AVX512) != 0;
+#endif
+    fdy_status s = fdy_scratch_reserve((size_t)(G * (start_pos + M + D) + 16) * sizeof(float));
+    if (s) {
+        return s;
     }
-    const float inv = 1.0f / sum;
-    float *o = c->out + (m * c->H + h) * c->D;
-    for (int64_t d = 0; d < c->D; d++) {
-        o[d] = 0.0f;
-    }
-    for (int64_t j = 0; j < n; j++) {
-        const float p = s[j] * inv;
-        const float *vr = c->v + (j * c->Hkv + hk) * c->D;
-        for (int64_t d = 0; d < c->D; d++) {
-            o[d] += p * vr[d];
-        }
-    }
+    fdy_parallel(attn_task, &c, M * Hkv);
+    return FDY_OK;
 }
 
 fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const float *k_cache,
@@ -396,14 +866,8 @@ fdy_status fdy_attention(const float *q, int64_t M, int64_t H, int64_t D, const 
     CHECK(start_pos >= 0, "attention: start_pos must be >= 0");
     CHECK(start_pos + M <= C, "attention: positions up to %lld do not fit a cache of %lld",
           (long long)(start_pos + M), (long long)C);
-    attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, scale,
-                  fdy_select_dot_f32()};
-    fdy_status s = fdy_scratch_reserve((size_t)(start_pos + M) * sizeof(float));
-    if (s) {
-        return s;
-    }
-    fdy_parallel(attn_task, &c, M * H);
-    return FDY_OK;
+    return fdy_attention_strided(q, M, H, D, k_cache, v_cache, Hkv, start_pos, scale, out,
+                                 Hkv * D, D);
 }
 
 /* ---- elementwise ------------------------------------------------------------------------- */
@@ -464,12 +928,10 @@ fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float ep
           "ffn: down weight must be (%lld, %lld), got (%lld, %lld)", (long long)K, (long long)F,
           (long long)w_down->rows, (long long)w_down->cols);
     CHECK(M > 0, "ffn: M must be positive");
-    float *g = (float *)malloc((size_t)(M * F) * sizeof(float));
-    float *u = (float *)malloc((size_t)(M * F) * sizeof(float));
+    float *g = THREAD_BUF(gate, (size_t)(M * F) * sizeof(float), &s);
+    float *u = g ? THREAD_BUF(up, (size_t)(M * F) * sizeof(float), &s) : NULL;
     if (!g || !u) {
-        free(g);
-        free(u);
-        return fdy_fail(FDY_ERR_NOMEM, "ffn: out of memory");
+        return s;
     }
     const fdy_weight *gu[2] = {w_gate, w_up};
     float *go[2] = {g, u};
@@ -481,8 +943,6 @@ fdy_status fdy_ffn(const float *x, int64_t M, const float *norm_weight, float ep
         }
         s = fdy_matmul(w_down, g, M, NULL, out, 1, FDY_ACT_NONE, variant);
     }
-    free(g);
-    free(u);
     return s;
 }
 
