@@ -96,4 +96,14 @@ FDY_FN fdy_float4 fdy_load4(FDY_GLOBAL const float *p) {
     return r;
 }
 
+/* four consecutive 32-bit words (p 16-byte aligned): one wide load on the GPU targets */
+typedef struct fdy_uint4 {
+    uint32_t v[4];
+} fdy_uint4;
+FDY_FN fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p) {
+    fdy_uint4 r;
+    memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+
 #endif /* FDY_DIALECT */

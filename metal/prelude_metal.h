@@ -78,6 +78,16 @@ FDY_FN fdy_float4 fdy_load4(FDY_GLOBAL const float *p) {
     return r;
 }
 
+/* four consecutive 32-bit words (p 16-byte aligned): one 16-byte load */
+struct fdy_uint4 {
+    uint32_t v[4];
+};
+FDY_FN fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p) {
+    const uint4 t = *(FDY_GLOBAL const uint4 *)p;
+    fdy_uint4 r = {{t.x, t.y, t.z, t.w}};
+    return r;
+}
+
 /* ---- SIMD-group collectives: every lane gets the result ---- */
 FDY_FN float fdy_simd_sum(float v) {
     return simd_sum(v);

@@ -52,30 +52,29 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook (load, then calc): 16 parts per block, part p = qs[32c + 8j .. +7] for
- * c = p / 4, j = p % 4: elements 64c + 8j.. (low nibbles, group 2c) and 64c + 32 + 8j.. (high
- * nibbles, group 2c + 1).  load: r[0..1] the codes (32-bit loads: blocks are 4-byte aligned),
- * r[2] = d | dmin << 16, r[3] = the 6-bit scale and min of both groups, a byte each */
-#define FDY_Q4_K_DOTF_PARTS 16
-#define FDY_Q4_K_DOTF_WORDS 4
+/* GEMV dot hook (load, then calc): 8 parts per block, part p = qs[32c + 16j .. +15] for
+ * c = p / 2, j = p % 2: elements 64c + 16j .. +15 (low nibbles, group 2c) and 64c + 32 + 16j
+ * .. +15 (high nibbles, group 2c + 1).  Blocks are 144 bytes, so on 16-byte aligned rows every
+ * block and every 16 bytes of qs are 16-byte aligned: load is two 16-byte loads, r[0..3] the
+ * block's first 16 bytes (d | dmin << 16, then the 12 scale bytes), r[4..7] the part's codes;
+ * calc unpacks the two groups' 6-bit scales and mins from r[1..3] with word operations */
+#define FDY_Q4_K_DOTF_PARTS 8
+#define FDY_Q4_K_DOTF_WORDS 8
 FDY_FN void fdy_dotf_load_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
-    FDY_GLOBAL const fdy_block_q4_k *b = (FDY_GLOBAL const fdy_block_q4_k *)blk;
-    FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk;
-    const int c = part >> 2, j = part & 3;
-    r[0] = w[4 + 8 * c + 2 * j];
-    r[1] = w[5 + 8 * c + 2 * j];
-    r[2] = w[0];
-    r[3] = (uint32_t)fdy_q4_k_sc(b->scales, 2 * c) | ((uint32_t)fdy_q4_k_m(b->scales, 2 * c) << 8) |
-           ((uint32_t)fdy_q4_k_sc(b->scales, 2 * c + 1) << 16) |
-           ((uint32_t)fdy_q4_k_m(b->scales, 2 * c + 1) << 24);
+    const fdy_uint4 h = fdy_load_u4(blk);
+    const fdy_uint4 q = fdy_load_u4(blk + 16 + 16 * part);
+    for (int i = 0; i < 4; i++) {
+        r[i] = h.v[i];
+        r[4 + i] = q.v[i];
+    }
 }
 
 FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
-    const int c = part >> 2, j = part & 3;
-    FDY_GLOBAL const float *xl = x + 64 * c + 8 * j;
+    const int c = part >> 1, j = part & 1;
+    FDY_GLOBAL const float *xl = x + 64 * c + 16 * j;
     float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
-    for (int w = 0; w < 2; w++) {
-        const uint32_t lo = r[w] & 0x0F0F0F0Fu, hi = (r[w] >> 4) & 0x0F0F0F0Fu;
+    for (int w = 0; w < 4; w++) {
+        const uint32_t lo = r[4 + w] & 0x0F0F0F0Fu, hi = (r[4 + w] >> 4) & 0x0F0F0F0Fu;
         const fdy_float4 al = fdy_load4(xl + 4 * w), ah = fdy_load4(xl + 32 + 4 * w);
         for (int i = 0; i < 4; i++) {
             const float a = al.v[i], e = ah.v[i];
@@ -85,10 +84,17 @@ FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOB
             xsh += e;
         }
     }
-    const float d = fdy_half_to_float((uint16_t)(r[2] & 0xFFFFu));
-    const float dmin = fdy_half_to_float((uint16_t)(r[2] >> 16));
-    const float dl = d * (float)(r[3] & 0xFFu), ml = dmin * (float)((r[3] >> 8) & 0xFFu);
-    const float dh = d * (float)((r[3] >> 16) & 0xFFu), mh = dmin * (float)(r[3] >> 24);
+    /* byte g of sw / mw is group g's (groups 0-3) or g + 4's (groups 4-7) scale / min */
+    const uint32_t s0 = r[1], s1 = r[2], s2 = r[3];
+    const uint32_t sw = c < 2 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+    const uint32_t mw = c < 2 ? (s1 & 0x3F3F3F3Fu)
+                              : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+    const int sh0 = 16 * (c & 1); /* group 2c is byte 2 (c & 1), group 2c + 1 the next */
+    const float d = fdy_half_to_float((uint16_t)(r[0] & 0xFFFFu));
+    const float dmin = fdy_half_to_float((uint16_t)(r[0] >> 16));
+    const float dl = d * (float)((sw >> sh0) & 0xFFu), ml = dmin * (float)((mw >> sh0) & 0xFFu);
+    const float dh = d * (float)((sw >> (sh0 + 8)) & 0xFFu);
+    const float mh = dmin * (float)((mw >> (sh0 + 8)) & 0xFFu);
     return (dl * sl - ml * xsl) + (dh * sh - mh * xsh);
 }
 

@@ -42,13 +42,13 @@ FDY_FN void fdy_decode_q6_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook (load, then calc): 16 parts per block, part p = half h = p / 8, columns
- * l = 4j .. 4j+3 for j = p % 8: the 16 elements 128h + 32k + l (k = 0..3) built from
+/* GEMV dot hook (load, then calc): 8 parts per block, part p = half h = p / 4, columns
+ * l = 8j .. 8j+7 for j = p % 4: the 32 elements 128h + 32k + l (k = 0..3) built from
  * ql[64h + l] (k = 0 low, k = 2 high nibble), ql[64h + 32 + l] (k = 1, 3) and qh[32h + l]
- * bits 2k..2k+1; sub-block 8h + 2k + (j >= 4).  16-bit loads (blocks are 2-byte aligned):
- * r[0..2] codes, r[3..4] scales[8h .. 8h+7], r[5] d */
-#define FDY_Q6_K_DOTF_PARTS 16
-#define FDY_Q6_K_DOTF_WORDS 6
+ * bits 2k..2k+1; sub-block 8h + 2k + (j >= 2).  16-bit loads (blocks are 2-byte aligned):
+ * r[0..1] and r[2..3] the two ql runs, r[4..5] the qh run, r[6..7] scales[8h .. 8h+7], r[8] d */
+#define FDY_Q6_K_DOTF_PARTS 8
+#define FDY_Q6_K_DOTF_WORDS 9
 FDY_FN uint32_t fdy_q6_k_u32(FDY_GLOBAL const uint8_t *p) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)p;
     return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
@@ -56,35 +56,38 @@ FDY_FN uint32_t fdy_q6_k_u32(FDY_GLOBAL const uint8_t *p) {
 
 FDY_FN void fdy_dotf_load_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     FDY_GLOBAL const fdy_block_q6_k *b = (FDY_GLOBAL const fdy_block_q6_k *)blk;
-    const int h = part >> 3, j = part & 7;
-    r[0] = fdy_q6_k_u32(b->ql + 64 * h + 4 * j);
-    r[1] = fdy_q6_k_u32(b->ql + 64 * h + 32 + 4 * j);
-    r[2] = fdy_q6_k_u32(b->qh + 32 * h + 4 * j);
-    r[3] = fdy_q6_k_u32((FDY_GLOBAL const uint8_t *)b->scales + 8 * h);
-    r[4] = fdy_q6_k_u32((FDY_GLOBAL const uint8_t *)b->scales + 8 * h + 4);
-    r[5] = b->d;
+    const int h = part >> 2, j = part & 3;
+    for (int w = 0; w < 2; w++) {
+        r[w] = fdy_q6_k_u32(b->ql + 64 * h + 8 * j + 4 * w);
+        r[2 + w] = fdy_q6_k_u32(b->ql + 64 * h + 32 + 8 * j + 4 * w);
+        r[4 + w] = fdy_q6_k_u32(b->qh + 32 * h + 8 * j + 4 * w);
+        r[6 + w] = fdy_q6_k_u32((FDY_GLOBAL const uint8_t *)b->scales + 8 * h + 4 * w);
+    }
+    r[8] = b->d;
 }
 
 FDY_FN float fdy_dotf_calc_q6_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
-    const int h = part >> 3, j = part & 7;
-    FDY_GLOBAL const float *xp = x + 128 * h + 4 * j;
+    const int h = part >> 2, j = part & 3;
+    FDY_GLOBAL const float *xp = x + 128 * h + 8 * j;
     float tot = 0.0f;
     for (int k = 0; k < 4; k++) {
-        const uint32_t lo = (k & 1) ? r[1] : r[0];
         const int sh = 4 * (k >> 1);
-        const fdy_float4 xv = fdy_load4(xp + 32 * k);
         float s = 0.0f;
-        for (int i = 0; i < 4; i++) {
-            const uint32_t code = ((lo >> (8 * i + sh)) & 0xFu) |
-                                  (((r[2] >> (8 * i + 2 * k)) & 3u) << 4);
-            s = fdy_fma(fdy_code_f(code, 32), xv.v[i], s);
+        for (int w = 0; w < 2; w++) {
+            const uint32_t lo = (k & 1) ? r[2 + w] : r[w];
+            const fdy_float4 xv = fdy_load4(xp + 32 * k + 4 * w);
+            for (int i = 0; i < 4; i++) {
+                const uint32_t code = ((lo >> (8 * i + sh)) & 0xFu) |
+                                      (((r[4 + w] >> (8 * i + 2 * k)) & 3u) << 4);
+                s = fdy_fma(fdy_code_f(code, 32), xv.v[i], s);
+            }
         }
-        /* scale byte (j >> 2) + 2k of r[3..4], a signed int8 */
-        const int si = (j >> 2) + 2 * k;
-        const int sc = (int)(int8_t)(uint8_t)((r[3 + (si >> 2)] >> (8 * (si & 3))) & 0xFFu);
+        /* scale 2k + (j >> 1) of the half: byte 2 (k & 1) + (j >> 1) of r[6 + k / 2] */
+        const int sb = 8 * (2 * (k & 1) + (j >> 1));
+        const int sc = (int)(int8_t)(uint8_t)((r[6 + (k >> 1)] >> sb) & 0xFFu);
         tot = fdy_fma((float)sc, s, tot);
     }
-    return fdy_half_to_float((uint16_t)r[5]) * tot;
+    return fdy_half_to_float((uint16_t)r[8]) * tot;
 }
 
 /* the whole hook in one call (host checks) */

@@ -11,6 +11,9 @@
 struct float4 {
     float x, y, z, w;
 };
+struct uint4 {
+    unsigned int x, y, z, w;
+};
 struct uint3 {
     unsigned int x, y, z;
 };

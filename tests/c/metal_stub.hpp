@@ -16,6 +16,9 @@ typedef unsigned short ushort;
 struct float4 {
     float x, y, z, w;
 };
+struct uint4 {
+    uint x, y, z, w;
+};
 struct uint3 {
     uint x, y, z;
 };

@@ -19,6 +19,10 @@ struct fdy_float4 {
     float v[4];
 };
 fdy_float4 fdy_load4(FDY_GLOBAL const float *p);
+struct fdy_uint4 {
+    uint32_t v[4];
+};
+fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p);
 // the math functions every target has (Metal: metal_stdlib, CUDA: device math)
 float fabs(float);
 float fmin(float, float);
