@@ -162,21 +162,21 @@ FDY_UNROLL(8)
 
 #ifdef FDY_W0_DOTF_PARTS
 /* fdy_gemv_dotf<R>: the GEMV through the policy's dot hook (the dot of one part of a block
- * with x), for policies that have one and no fused norm.  The hook works on units of
- * FDY_W0_DOTF_BLOCKS blocks (1 unless the policy says otherwise; the host launches this kernel
- * only when K is a multiple of a unit).  A block of FDY_GD_WARPS warps computes R rows, the
- * warps splitting K (warp w takes units w * 32 / PARTS + ... and the partial sums meet in
- * shared memory at the end); lane l takes part l % PARTS of its units,
+ * with x), for policies that have one and no fused norm.  A block of FDY_GD_WARPS warps
+ * computes R rows, the warps splitting K (warp w takes blocks w * 32 / PARTS + ... and the
+ * partial sums meet in shared memory at the end); lane l takes part l % PARTS of its blocks,
  * reading the weights with word loads straight from device memory (no staging, no barrier,
  * no shared memory) and x through the L1 cache.  Every load of an unrolled step is
  * unconditional (indices clamped, results masked), and a step first loads the raw words of
  * its FDY_GD_U x R block parts (FDY_W0_DOTF_LOAD) and only then computes (FDY_W0_DOTF_CALC),
  * so all those loads are in flight together.  grid (ceil(N / R), M). */
 #define FDY_GD_WARPS 4
-#define FDY_GD_UB (FDY_W0_BLOCK_BYTES * FDY_W0_DOTF_BLOCKS) /* bytes of one hook unit */
-#define FDY_GD_UE (FDY_W0_BLOCK_ELEMS * FDY_W0_DOTF_BLOCKS) /* its elements */
-#ifndef FDY_GD_U
-#define FDY_GD_U 4 /* blocks per lane per step (benchmarks/bench_gpu.py --sweep) */
+#ifndef FDY_GD_U /* blocks per lane per step: the policy's choice (FDY_<NAME>_DOTF_U), else 4 */
+#ifdef FDY_W0_DOTF_U
+#define FDY_GD_U FDY_W0_DOTF_U
+#else
+#define FDY_GD_U 4
+#endif
 #endif
 #define FDY_GEMV_DOTF_KERNEL(NAME, R)                                                         \
     FDY_KERNEL NAME(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),                              \
@@ -194,7 +194,7 @@ FDY_UNROLL(8)
         }                                                                                    \
         const int nr = N - n0 < (R) ? N - n0 : (R);                                          \
         const int64_t rb = fdy_w_row_bytes_w0(K);                                            \
-        const int nblk = K / (FDY_W0_BLOCK_ELEMS * FDY_W0_DOTF_BLOCKS); /* hook units */     \
+        const int nblk = K / FDY_W0_BLOCK_ELEMS;                                             \
         const int bps = 32 / FDY_W0_DOTF_PARTS, part = lane % FDY_W0_DOTF_PARTS;             \
         const int wstride = FDY_GD_WARPS * bps; /* blocks the group covers per unrolled u */ \
         FDY_GLOBAL const float *xr = x + (int64_t)m * K;                                     \
@@ -213,14 +213,14 @@ FDY_UNROLL(8)
                 const int kb = kb0 + u * wstride < nblk ? kb0 + u * wstride : kb0;           \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
-                    FDY_W0_DOTF_LOAD(rowp[r] + (int64_t)kb * FDY_GD_UB, part, raw[u][r]);     \
+                    FDY_W0_DOTF_LOAD(rowp[r] + (int64_t)kb * FDY_W0_BLOCK_BYTES, part, raw[u][r]); \
                 }                                                                            \
             }                                                                                \
             FDY_UNROLL(FDY_GD_U)                                                             \
             for (int u = 0; u < FDY_GD_U; u++) {                                             \
                 const bool ok = kb0 + u * wstride < nblk;                                    \
                 const int kb = ok ? kb0 + u * wstride : kb0;                                 \
-                FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_GD_UE;                   \
+                FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS;          \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
                     const float v = FDY_W0_DOTF_CALC(raw[u][r], part, xb);                   \

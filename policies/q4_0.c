@@ -32,34 +32,26 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 }
 
 /* GEMV dot hook, in two steps so a kernel can issue every load of a step before any
- * arithmetic.  The hook's unit is two blocks (36 bytes: 4-byte aligned on rows of an even
- * number of blocks), so the codes can be read with 32-bit loads; part p = block p of the unit.
- * load: the five words 4p .. 4p + 4 of the unit (block 0: d in the low half of word 0, qs from
- * byte 2; block 1: d in the high half of word 4, qs = words 5 .. 8); calc: d * sum (q - 8) x */
-#define FDY_Q4_0_DOTF_BLOCKS 2
-#define FDY_Q4_0_DOTF_PARTS 2
-#define FDY_Q4_0_DOTF_WORDS 5
+ * arithmetic: 4 parts per block, part p = the codes in qs[4p .. 4p+3], i.e. elements
+ * 4p .. 4p+3 (low nibbles) and 16 + 4p .. 16 + 4p+3 (high nibbles).  load: 16-bit loads
+ * (blocks are 2-byte aligned) into r[0] = codes, r[1] = d; calc: d * sum (q - 8) x */
+#define FDY_Q4_0_DOTF_PARTS 4
+#define FDY_Q4_0_DOTF_WORDS 2
 FDY_FN void fdy_dotf_load_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
-    FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk + 4 * part;
-    for (int i = 0; i < 5; i++) {
-        r[i] = w[i];
-    }
+    FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
+    r[0] = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);
+    r[1] = h[0];
 }
 
 FDY_FN float fdy_dotf_calc_q4_0(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
-    FDY_GLOBAL const float *xb = x + 32 * part;
-    float sl = 0.0f, sh = 0.0f;
-    for (int w = 0; w < 4; w++) {
-        const uint32_t q = part ? r[w + 1] : ((r[w] >> 16) | (r[w + 1] << 16));
-        const uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
-        const fdy_float4 xl = fdy_load4(xb + 4 * w), xh = fdy_load4(xb + 16 + 4 * w);
-        for (int i = 0; i < 4; i++) {
-            sl = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 8), xl.v[i], sl);
-            sh = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 8), xh.v[i], sh);
-        }
+    const fdy_float4 xl = fdy_load4(x + 4 * part), xh = fdy_load4(x + 16 + 4 * part);
+    const uint32_t lo = r[0] & 0x0F0F0F0Fu, hi = (r[0] >> 4) & 0x0F0F0F0Fu;
+    float s = 0.0f;
+    for (int i = 0; i < 4; i++) {
+        s = fdy_fma(fdy_code_f((lo >> (8 * i)) & 0xFFu, 8), xl.v[i], s);
+        s = fdy_fma(fdy_code_f((hi >> (8 * i)) & 0xFFu, 8), xh.v[i], s);
     }
-    const uint32_t d = part ? (r[0] >> 16) : (r[0] & 0xFFFFu);
-    return fdy_half_to_float((uint16_t)d) * (sl + sh);
+    return fdy_half_to_float((uint16_t)r[1]) * s;
 }
 
 /* the whole hook in one call (host checks) */

@@ -26,7 +26,6 @@ outputs are poisoned (NaN) on the device before each launch so an unwritten elem
 """
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import weakref
@@ -58,32 +57,17 @@ NAN_BITS = 0x7FC00000
 GEMV_DOTF_WARPS = 4                     # CUDA fdy_gemv_dotf<R>: 4 warps (split K) x R rows
 
 
-def has_dotf(policy, K: Optional[int] = None) -> bool:
-    """Whether the policy's device code has a GEMV dot hook (FDY_<NAME>_DOTF_PARTS) and, when K
-    is given, whether it applies to rows of K elements (K a multiple of the hook's unit of
-    FDY_<NAME>_DOTF_BLOCKS blocks)."""
-    unit = dotf_unit(policy)
-    return unit > 0 and (K is None or K % (unit * _policy(policy).block_elems) == 0)
-
-
-def dotf_unit(policy) -> int:
-    """Blocks per unit of the policy's GEMV dot hook (FDY_<NAME>_DOTF_BLOCKS, default 1); 0 when
-    it has no hook."""
+def has_dotf(policy) -> bool:
+    """Whether the policy's device code has a GEMV dot hook (FDY_<NAME>_DOTF_PARTS)."""
     name = _policy(policy).name
     v = _dotf_cache.get(name)
     if v is None:
-        src = compose("matmul", [name], "cuda")
-        up = name.upper()
-        if f"#define FDY_{up}_DOTF_PARTS" not in src:
-            v = 0
-        else:
-            m = re.search(rf"#define FDY_{up}_DOTF_BLOCKS (\d+)", src)
-            v = int(m.group(1)) if m else 1
+        v = f"#define FDY_{name.upper()}_DOTF_PARTS" in compose("matmul", [name], "cuda")
         _dotf_cache[name] = v
     return v
 
 
-_dotf_cache: Dict[str, int] = {}
+_dotf_cache: Dict[str, bool] = {}
 
 
 def launch_gemv(mod, policy, N: int, M: int, common: list, flags: int, be=None) -> None:
@@ -95,7 +79,7 @@ def launch_gemv(mod, policy, N: int, M: int, common: list, flags: int, be=None) 
         common[7] = I(flags | rbits)
         mod.launch("fdy_gemv", (gx, M), threads, common)
         return
-    if not (flags & 4) and has_dotf(policy, common[6][1]):
+    if not (flags & 4) and has_dotf(policy):
         r = 4 if N >= 4 * 4096 else (2 if N >= 4096 else 1)
         common[7] = I(flags)
         mod.launch(f"fdy_gemv_dotf{r}", (_cdiv(N, r), M), 32 * GEMV_DOTF_WARPS, common)

@@ -1,8 +1,7 @@
 /* dotf_check.c - runs a policy's GEMV dot hook (fdy_dotf_<name>, device part of
  * policies/<name>.c) on the host, for tests/test_gpu_sources.py.  Build with
  * -DPNAME=<name> -DPUPPER=<NAME> -Ipolicies -Imetal.  stdin: int32 n_blocks, then the block
- * bytes, then n_blocks * BLOCK_ELEMS float32 x; stdout: one line per hook unit
- * (FDY_<NAME>_DOTF_BLOCKS blocks, default 1; n_blocks must be a multiple), the sum over all
+ * bytes, then n_blocks * BLOCK_ELEMS float32 x; stdout: one line per block, the sum over all
  * parts of the hook, as %.9g. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +19,10 @@
 #define BB XCAT3(FDY_, PUPPER, _BLOCK_BYTES)
 #define PARTS XCAT3(FDY_, PUPPER, _DOTF_PARTS)
 #define DOTF XCAT3(fdy_dotf_, PNAME, )
-#ifndef UNIT
-#define UNIT 1 /* -DUNIT=<FDY_<NAME>_DOTF_BLOCKS> where the policy defines it */
-#endif
 
 int main(void) {
     int n = 0;
-    if (fread(&n, 4, 1, stdin) != 1 || n <= 0 || n > (1 << 20) || n % UNIT) {
+    if (fread(&n, 4, 1, stdin) != 1 || n <= 0 || n > (1 << 20)) {
         return 2;
     }
     /* blocks are copied to 16-byte aligned storage, as rows are on the device */
@@ -36,7 +32,7 @@ int main(void) {
         fread(x, sizeof(float) * BE, (size_t)n, stdin) != (size_t)n) {
         return 3;
     }
-    for (int b = 0; b < n; b += UNIT) {
+    for (int b = 0; b < n; b++) {
         float s = 0.0f;
         for (int p = 0; p < PARTS; p++) {
             s += DOTF(w + (size_t)b * BB, p, x + (size_t)b * BE);

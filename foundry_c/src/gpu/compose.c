@@ -167,9 +167,8 @@ fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *c
             sb_printf(&b, "#define FDY_W%d_DOTF_LOAD fdy_dotf_load_%s\n"
                           "#define FDY_W%d_DOTF_CALC fdy_dotf_calc_%s\n",
                       i, p->name, i, p->name);
-            sb_printf(&b, "#ifdef FDY_%s_DOTF_BLOCKS\n#define FDY_W%d_DOTF_BLOCKS FDY_%s_DOTF_BLOCKS\n"
-                          "#else\n#define FDY_W%d_DOTF_BLOCKS 1\n#endif\n#endif\n",
-                      up, i, up, i);
+            sb_printf(&b, "#ifdef FDY_%s_DOTF_U\n#define FDY_W%d_DOTF_U FDY_%s_DOTF_U\n#endif\n#endif\n",
+                      up, i, up);
         }
         sb_printf(&b, "#define FDY_W_DECODE FDY_W%d_DECODE\n", i);
         sb_printf(&b, "#define FDY_W_BLOCK_ELEMS FDY_W%d_BLOCK_ELEMS\n", i);
