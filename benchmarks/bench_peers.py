@@ -2,7 +2,7 @@
 
     pip install ".[peers]"          # llama-cpp-python, built from source for this CPU
     python benchmarks/bench_peers.py [MODEL.gguf ...] [--threads 1,2] [--prompt 128]
-                                     [--decode 128] [--repeat 3] [--no-synthetic]
+                                     [--decode 128] [--repeat 3] [--no-synthetic] [--no-f32]
 
 Default set: SmolLM2-135M-Instruct Q4_1 (../shared/tools/fetch-model.sh smollm2), the same
 model requantized by pyfoundry to Q8_0, Q4_0 and Q4_K, and synthetic llama-shaped models of
@@ -12,7 +12,9 @@ alternately (pyfoundry's q8 variant, which pairs activations with weights as lla
 backend does; llama.cpp through llama-cpp-python): prefill of a --prompt-token prompt in one
 batch, then --decode tokens one at a time.  Printed: tokens/s of both (median of --repeat),
 the ratio, and the decode bandwidth bound: bytes read per token (every weight once) over the
-read bandwidth measured in the same run.
+read bandwidth measured in the same run, with each engine's decode as a percentage of it.
+Unless --no-f32, pyfoundry's f32 variant decodes too, and its time is given relative to the q8
+variant's.  The engines take turns within each repeat (one model of each kept open).
 """
 import argparse
 import os
@@ -37,47 +39,82 @@ def weight_bytes(path):
             (f.tensors["token_embd.weight"].nbytes if "output.weight" not in f.tensors else 0)
 
 
-def run_pf(path, threads, prompt, n_decode, repeat):
-    pf.set_num_threads(threads)
-    m = pf.Model(path, variant="q8", context_length=len(prompt) + n_decode + 8)
-    pre, dec = [], []
-    for _ in range(repeat):
+class PfRunner:
+    """pyfoundry on one file: one timed prefill + decode per call of run()."""
+
+    def __init__(self, path, threads, variant, n_ctx):
+        self.threads = threads
+        pf.set_num_threads(threads)
+        self.m = pf.Model(path, variant=variant, context_length=n_ctx)
+
+    def run(self, prompt, n_decode):
+        pf.set_num_threads(self.threads)
+        m = self.m
         m.reset()
         t0 = time.perf_counter()
         lg = m.forward(prompt, 0, logits="last")
-        pre.append(len(prompt) / (time.perf_counter() - t0))
+        pre = len(prompt) / (time.perf_counter() - t0)
         tok = int(np.argmax(lg))
         t0 = time.perf_counter()
         for _ in range(n_decode):
             tok = int(np.argmax(m.forward([tok], logits="last")))
-        dec.append(n_decode / (time.perf_counter() - t0))
-    return statistics.median(pre), statistics.median(dec)
+        return pre, n_decode / (time.perf_counter() - t0)
+
+    def close(self):
+        self.m = None
 
 
-def run_llama(path, threads, prompt, n_decode, repeat):
-    import llama_cpp
-    from llama_cpp import Llama
-    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads,
-                n_ctx=len(prompt) + n_decode + 8, n_batch=len(prompt), verbose=False)
-    n_vocab = llm.n_vocab()
+class LlamaRunner:
+    """llama.cpp (llama-cpp-python) on one file, the same calls as PfRunner."""
 
-    def last_logits():  # the logits of the last evaluated token, straight from llama.cpp
-        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+    def __init__(self, path, threads, n_ctx, n_batch):
+        import llama_cpp
+        from llama_cpp import Llama
+        self.llama_cpp = llama_cpp
+        self.llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads,
+                         n_ctx=n_ctx, n_batch=n_batch, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
 
-    pre, dec = [], []
-    for _ in range(repeat):
+    def last_logits(self):  # the logits of the last evaluated token, straight from llama.cpp
+        ptr = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def run(self, prompt, n_decode):
+        llm = self.llm
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(prompt)
-        pre.append(len(prompt) / (time.perf_counter() - t0))
-        tok = int(np.argmax(last_logits()))
+        pre = len(prompt) / (time.perf_counter() - t0)
+        tok = int(np.argmax(self.last_logits()))
         t0 = time.perf_counter()
         for _ in range(n_decode):
             llm.eval([tok])
-            tok = int(np.argmax(last_logits()))
-        dec.append(n_decode / (time.perf_counter() - t0))
-    return statistics.median(pre), statistics.median(dec)
+            tok = int(np.argmax(self.last_logits()))
+        return pre, n_decode / (time.perf_counter() - t0)
+
+    def close(self):
+        self.llm.close()
+
+
+def measure(path, threads, prompt, n_decode, repeat, f32):
+    """Medians of prefill and decode tok/s: pyfoundry q8, llama.cpp (and pyfoundry f32 when
+    asked), the engines taking turns within each repeat so that a noisy spell hits them alike."""
+    n_ctx = len(prompt) + n_decode + 8
+    runners = {"q8": PfRunner(path, threads, "q8", n_ctx),
+               "llama": LlamaRunner(path, threads, n_ctx, len(prompt))}
+    if f32:
+        runners["f32"] = PfRunner(path, threads, "f32", n_ctx)
+    res = {k: ([], []) for k in runners}
+    try:
+        for _ in range(repeat):
+            for k, r in runners.items():
+                pre, dec = r.run(prompt, n_decode)
+                res[k][0].append(pre)
+                res[k][1].append(dec)
+    finally:
+        for r in runners.values():
+            r.close()
+    return {k: (statistics.median(p), statistics.median(d)) for k, (p, d) in res.items()}
 
 
 def default_files(tmp, synthetic):
@@ -106,6 +143,8 @@ def main():
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-synthetic", action="store_true", help="skip the 1B synthetic models")
+    ap.add_argument("--no-f32", action="store_true",
+                    help="skip the f32 variant's decode (column 'f32 dec' and its time ratio)")
     args = ap.parse_args()
     try:
         import llama_cpp  # noqa: F401
@@ -119,23 +158,43 @@ def main():
           f"(llama-cpp-python {llama_cpp.__version__}); prompt {args.prompt}, decode "
           f"{args.decode}; median of {args.repeat}")
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in threads))
+    f32 = not args.no_f32
     hdr = (f"{'model':<28} {'thr':>3} {'prefill pf':>10} {'llama.cpp':>9} {'ratio':>6} "
-           f"{'decode pf':>9} {'llama.cpp':>9} {'ratio':>6} {'bound tok/s':>11}")
+           f"{'decode pf':>9} {'llama.cpp':>9} {'ratio':>6} {'bound tok/s':>11} "
+           f"{'pf%':>4} {'ll%':>4}" + (f" {'f32 dec':>8} {'f32/q8 t':>8}" if f32 else ""))
     print(hdr)
     print("-" * len(hdr))
     rng = np.random.default_rng(0)
+    rows = []
     for path in files:
         with pf.open(path) as f:
             vocab = f.tensors["token_embd.weight"].shape[0]
         prompt = [1] + [int(x) for x in rng.integers(3, min(vocab, 30000), args.prompt - 1)]
         wb = weight_bytes(path)
         for t in threads:
-            ppre, pdec = run_pf(path, t, prompt, args.decode, args.repeat)
-            lpre, ldec = run_llama(path, t, prompt, args.decode, args.repeat)
+            r = measure(path, t, prompt, args.decode, args.repeat, f32)
+            (ppre, pdec), (lpre, ldec) = r["q8"], r["llama"]
             bound = bw[t] * 1e9 / wb
             name = pathlib.Path(path).name[:28]
-            print(f"{name:<28} {t:>3} {ppre:10.1f} {lpre:9.1f} {ppre / lpre:6.2f} "
-                  f"{pdec:9.1f} {ldec:9.1f} {pdec / ldec:6.2f} {bound:11.1f}", flush=True)
+            line = (f"{name:<28} {t:>3} {ppre:10.1f} {lpre:9.1f} {ppre / lpre:6.2f} "
+                    f"{pdec:9.1f} {ldec:9.1f} {pdec / ldec:6.2f} {bound:11.1f} "
+                    f"{100 * pdec / bound:4.0f} {100 * ldec / bound:4.0f}")
+            row = {"t": t, "pre": ppre / lpre, "dec": pdec / ldec, "ll_bound": ldec / bound}
+            if f32:
+                row["f32"] = pdec / r["f32"][1]
+                line += f" {r['f32'][1]:8.1f} {row['f32']:8.2f}"
+            rows.append(row)
+            print(line, flush=True)
+    print("# pf% / ll%: decode as a percentage of the bound; f32/q8 t: the f32 variant's "
+          "decode time over the q8 variant's")
+    two = [r for r in rows if r["t"] == 2]
+    if two:
+        print(f"# targets at 2 threads: decode >= 1.2x on {sum(r['dec'] >= 1.2 for r in two)} "
+              f"of {len(two)} files (1.2x llama.cpp is above the bound on "
+              f"{sum(1.2 * r['ll_bound'] > 1.0 for r in two)}); prefill >= 1.0x on "
+              f"{sum(r['pre'] >= 1.0 for r in two)} of {len(two)}"
+              + (f"; f32 decode within 1.5x of q8 on {sum(r['f32'] <= 1.5 for r in two)} of "
+                 f"{len(two)}" if f32 else ""))
 
 
 if __name__ == "__main__":

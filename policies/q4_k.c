@@ -52,31 +52,29 @@ FDY_FN void fdy_decode_q4_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
-/* GEMV dot hook (load, then calc): 16 parts per block, part p = qs[32c + 8j .. +7] for
- * c = p / 4, j = p % 4: elements 64c + 8j .. +7 (low nibbles, group 2c) and 64c + 32 + 8j ..
- * +7 (high nibbles, group 2c + 1), so the lanes of a block read x in contiguous runs.  Blocks
- * are 144 bytes, so on 16-byte aligned rows every block is 16-byte aligned: load is one
- * 16-byte load of the block's head, r[0..3] = d | dmin << 16 and the 12 scale bytes, and two
- * 32-bit loads of the part's codes, r[4..5]; calc unpacks the two groups' 6-bit scales and
- * mins from r[1..3] with word operations */
-#define FDY_Q4_K_DOTF_PARTS 16
-#define FDY_Q4_K_DOTF_WORDS 6
+/* GEMV dot hook (load, then calc): 8 parts per block, part p = qs[32c + 16j .. +15] for
+ * c = p / 2, j = p % 2: elements 64c + 16j .. +15 (low nibbles, group 2c) and 64c + 32 + 16j
+ * .. +15 (high nibbles, group 2c + 1).  Blocks are 144 bytes, so on 16-byte aligned rows every
+ * block and every 16 bytes of qs are 16-byte aligned: load is two 16-byte loads, r[0..3] the
+ * block's first 16 bytes (d | dmin << 16, then the 12 scale bytes), r[4..7] the part's codes;
+ * calc unpacks the two groups' 6-bit scales and mins from r[1..3] with word operations */
+#define FDY_Q4_K_DOTF_PARTS 8
+#define FDY_Q4_K_DOTF_WORDS 8
 #define FDY_Q4_K_DOTF_U 2 /* unroll depth of fdy_gemv_dotf: the sweep's best */
 FDY_FN void fdy_dotf_load_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     const fdy_uint4 h = fdy_load_u4(blk);
-    FDY_GLOBAL const uint32_t *q = (FDY_GLOBAL const uint32_t *)blk + 4 + 2 * part;
+    const fdy_uint4 q = fdy_load_u4(blk + 16 + 16 * part);
     for (int i = 0; i < 4; i++) {
         r[i] = h.v[i];
+        r[4 + i] = q.v[i];
     }
-    r[4] = q[0];
-    r[5] = q[1];
 }
 
 FDY_FN float fdy_dotf_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const float *x) {
-    const int c = part >> 2, j = part & 3;
-    FDY_GLOBAL const float *xl = x + 64 * c + 8 * j;
+    const int c = part >> 1, j = part & 1;
+    FDY_GLOBAL const float *xl = x + 64 * c + 16 * j;
     float sl = 0.0f, sh = 0.0f, xsl = 0.0f, xsh = 0.0f;
-    for (int w = 0; w < 2; w++) {
+    for (int w = 0; w < 4; w++) {
         const uint32_t lo = r[4 + w] & 0x0F0F0F0Fu, hi = (r[4 + w] >> 4) & 0x0F0F0F0Fu;
         const fdy_float4 al = fdy_load4(xl + 4 * w), ah = fdy_load4(xl + 32 + 4 * w);
         for (int i = 0; i < 4; i++) {
