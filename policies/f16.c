@@ -60,7 +60,7 @@ __attribute__((target("avx,f16c"))) static void f16_quantize_f16c(const float *s
 static void f16_dequantize(const void *src, float *dst, int64_t n) {
     const uint16_t *h = (const uint16_t *)src;
 #if defined(__x86_64__)
-    if (fdy_cpu_features_enabled() & FDY_CPU_F16C) {
+    if (fdy_cpu_enabled() & FDY_CPU_F16C) {
         f16_dequantize_f16c(h, dst, n);
         return;
     }
@@ -73,7 +73,7 @@ static void f16_dequantize(const void *src, float *dst, int64_t n) {
 static void f16_quantize(const float *src, void *dst, int64_t n) {
     uint16_t *h = (uint16_t *)dst;
 #if defined(__x86_64__)
-    if (fdy_cpu_features_enabled() & FDY_CPU_F16C) {
+    if (fdy_cpu_enabled() & FDY_CPU_F16C) {
         f16_quantize_f16c(src, h, n);
         return;
     }

@@ -2,7 +2,7 @@
  * the float dot product of one encoded weight row of n elements with a float row x, decoding
  * the weights in registers instead of writing them to a scratch row first.
  *
- * Tiers, chosen per call from fdy_cpu_features_enabled() (fdy_df_tier):
+ * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
  *                    codes turn into floats with a 16-entry float table (vpermps)
  *   FDY_DF_AVX2      AVX2 + FMA + F16C: codes built as bytes, widened 8 at a time
@@ -31,7 +31,7 @@ enum { FDY_DF_PORTABLE, FDY_DF_AVX2, FDY_DF_AVX512 };
 
 static inline int fdy_df_tier(void) {
 #if defined(__x86_64__)
-    const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t f = fdy_cpu_enabled();
     const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
     if ((f & base) != base) {
         return FDY_DF_PORTABLE;

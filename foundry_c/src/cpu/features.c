@@ -86,7 +86,12 @@ _Atomic uint32_t fdy_cpu_enabled_bits = 0xffffffffu;
 
 uint32_t fdy_cpu_features_enabled(void) {
     const uint32_t f = fdy_cpu_features() & atomic_load(&fdy_mask);
-    atomic_store_explicit(&fdy_cpu_enabled_bits, f, memory_order_relaxed);
+    /* store only a change: kernels on several threads call this per row, and a store on every
+     * call kept the cache line moving between their cores (the f32 variant's decode gained
+     * almost nothing from a second thread) */
+    if (atomic_load_explicit(&fdy_cpu_enabled_bits, memory_order_relaxed) != f) {
+        atomic_store_explicit(&fdy_cpu_enabled_bits, f, memory_order_relaxed);
+    }
     return f;
 }
 
