@@ -18,6 +18,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._errors import FoundryNotImplementedError
+
 __all__ = ["compare", "Comparison", "layerwise", "Report", "Row"]
 
 
@@ -291,7 +293,12 @@ class Report:
     def plot(self, metric: str = "rel_l2", ax=None, path=None):
         """Error against layer, one line per intermediate (matplotlib).  Returns the axes;
         saves a PNG when ``path`` is given."""
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            raise FoundryNotImplementedError(
+                "plots need matplotlib, which is not installed: pip install matplotlib "
+                "(or pip install 'pyfoundry[plot]')") from None
         if ax is None and path is not None:
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt

@@ -162,3 +162,15 @@ def test_logits_batched_shape_and_bad_k():
         compare(x, x, logits=True, k=7)
     with pytest.raises(ValueError, match="k"):
         compare(x, x, logits=True, k=0)
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    """Report.plot names the missing package instead of raising a bare ModuleNotFoundError."""
+    import sys
+
+    from pyfoundry import FoundryError
+    from pyfoundry.drift import Report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(FoundryError, match="pip install matplotlib"):
+        Report([]).plot(path=tmp_path / "p.png")
