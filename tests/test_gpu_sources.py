@@ -132,6 +132,21 @@ def test_dotf_hooks_exist_for_the_gemv_benchmark_formats():
     assert {"q4_0", "q4_1", "q8_0", "q4_k", "q6_k"} <= set(DOTF_POLICIES)
 
 
+@pytest.mark.parametrize("p", DOTF_POLICIES)
+def test_composer_binds_the_hook_and_its_unroll_depth(p):
+    """The matmul composition binds the policy's hook to slot 0, and its optional unroll depth
+    FDY_<NAME>_DOTF_U (which fdy_gemv_dotf takes as FDY_GD_U) under a guard, so it takes effect
+    exactly when the policy text in the composition defines it."""
+    up = p.upper()
+    src = gpu.compose("matmul", [p], "cuda")
+    assert f"#define FDY_W0_DOTF_LOAD fdy_dotf_load_{p}" in src
+    assert f"#define FDY_W0_DOTF_CALC fdy_dotf_calc_{p}" in src
+    assert f"#ifdef FDY_{up}_DOTF_U\n#define FDY_W0_DOTF_U FDY_{up}_DOTF_U\n#endif" in src
+    has_u = f"#define FDY_{up}_DOTF_U " in (ROOT / "policies" / f"{p}.c").read_text()
+    assert (f"#define FDY_{up}_DOTF_U " in src) == has_u
+    assert src.index("#define FDY_W0_DOTF_U") < src.index("#ifdef FDY_W0_DOTF_U")
+
+
 @pytest.mark.skipif(CC is None, reason="no C compiler")
 @pytest.mark.parametrize("p", DOTF_POLICIES)
 def test_dotf_hook_matches_the_dequantized_dot(p, tmp_path):
