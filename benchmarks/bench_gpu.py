@@ -51,7 +51,7 @@ def copy_bandwidth(nbytes=1 << 30):
     return 2 * nbytes / ms / 1e6  # GB/s, read + write
 
 
-def gemv_sweep(fmt, N, K, copies):
+def gemv_sweep(fmt, N, K, copies, warps=(4,)):
     """the dot-hook GEMV for unroll depths U and rows per warp R (table of % of copy bw)"""
     p = pf.policy(fmt)
     row = K // p.block_elems * p.block_bytes
@@ -61,22 +61,23 @@ def gemv_sweep(fmt, N, K, copies):
     x = gpu.DeviceBuffer.from_array(rng.standard_normal(K).astype(np.float32))
     y = gpu.DeviceBuffer(N * 4)
     out = {}
-    for u in (2, 4, 8):
-        src = gpu.compose("matmul", [p], "cuda", f"#define FDY_GD_U {u}")
-        gpu.cuda_init()
-        mod = gpu.Module(src)
-        for r in (1, 2, 4):
-            st = {"i": 0}
+    for nw in warps:
+        for u in (1, 2, 3, 4, 8):
+            src = gpu.compose("matmul", [p], "cuda",
+                              f"#define FDY_GD_U {u}\n#define FDY_GD_WARPS {nw}")
+            gpu.cuda_init()
+            mod = gpu.Module(src)
+            for r in (1, 2, 4):
+                st = {"i": 0}
 
-            def launch():
-                w = ws[st["i"] % copies]
-                st["i"] += 1
-                mod.launch(f"fdy_gemv_dotf{r}", (-(-N // r), 1),
-                           32 * gpu.GEMV_DOTF_WARPS,
-                           [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N),
-                            gpu.I(K), gpu.I(0), gpu.I(0), gpu.F(0.0)])
-            ms = timed(launch, 12 * copies)
-            out[(u, r)] = N * row / ms / 1e6
+                def launch():
+                    w = ws[st["i"] % copies]
+                    st["i"] += 1
+                    mod.launch(f"fdy_gemv_dotf{r}", (-(-N // r), 1), 32 * nw,
+                               [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None),
+                                gpu.I(N), gpu.I(K), gpu.I(0), gpu.I(0), gpu.F(0.0)])
+                ms = timed(launch, 12 * copies)
+                out[(nw, u, r)] = N * row / ms / 1e6
     return out
 
 
@@ -207,6 +208,8 @@ def main():
     ap.add_argument("--layers", type=int, default=16, help="layers of the synthetic models")
     ap.add_argument("--sweep", action="store_true",
                     help="also time the dot-hook GEMV for unroll depths U x rows per warp R")
+    ap.add_argument("--sweep-warps", default="4",
+                    help="warps per block W to sweep too, e.g. 4,8 (the kernels use 4)")
     a = ap.parse_args()
     if not pf.cuda_available():
         print("no CUDA device:", gpu.cuda_error())
@@ -233,16 +236,18 @@ def main():
         print(f"{r['format']:8} {r['kernel']:9} {r['ms'] * 1e3:8.1f} {r['GB/s']:8.0f} "
               f"{r['fraction']:10.1%}")
     if a.sweep:
-        print("\ndot-hook GEMV sweep, % of copy bw (U = blocks per lane per step, R = rows "
-              "per warp):")
+        print("\ndot-hook GEMV sweep, % of copy bw (W = warps per block, U = blocks per lane per "
+              "step, R = rows per block):")
         for fmt in a.formats.split(","):
             if not gpu.has_dotf(fmt):
                 continue
             p = pf.policy(fmt)
             wbytes = a.n * (a.k // p.block_elems) * p.block_bytes
-            res = gemv_sweep(fmt, a.n, a.k, max(2, -(-(200 << 20) // wbytes)))
-            print(f"{fmt:8} " + "  ".join(f"U{u}R{r} {v / bw:6.1%}"
-                                          for (u, r), v in sorted(res.items())))
+            res = gemv_sweep(fmt, a.n, a.k, max(2, -(-(200 << 20) // wbytes)),
+                             tuple(int(w) for w in a.sweep_warps.split(",")))
+            best = max(res, key=res.get)
+            print(f"{fmt:8} best W{best[0]}U{best[1]}R{best[2]} {res[best] / bw:6.1%}:  " +
+                  "  ".join(f"W{w}U{u}R{r} {v / bw:5.1%}" for (w, u, r), v in sorted(res.items())))
     models = []
     if a.models or a.gguf:
         import tempfile

@@ -170,7 +170,9 @@ FDY_UNROLL(8)
  * unconditional (indices clamped, results masked), and a step first loads the raw words of
  * its FDY_GD_U x R block parts (FDY_W0_DOTF_LOAD) and only then computes (FDY_W0_DOTF_CALC),
  * so all those loads are in flight together.  grid (ceil(N / R), M). */
-#define FDY_GD_WARPS 4
+#ifndef FDY_GD_WARPS
+#define FDY_GD_WARPS 4 /* warps per block, splitting K (the host launches 32 x this) */
+#endif
 #ifndef FDY_GD_U /* blocks per lane per step: the policy's choice (FDY_<NAME>_DOTF_U), else 4 */
 #ifdef FDY_W0_DOTF_U
 #define FDY_GD_U FDY_W0_DOTF_U
