@@ -37,7 +37,7 @@ FDY_FN void fdy_decode_q4_0(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
  * (blocks are 2-byte aligned) into r[0] = codes, r[1] = d; calc: d * sum (q - 8) x */
 #define FDY_Q4_0_DOTF_PARTS 4
 #define FDY_Q4_0_DOTF_WORDS 2
-#define FDY_Q4_0_DOTF_U 2 /* unroll depth of fdy_gemv_dotf: the sweep's best */
+#define FDY_Q4_0_DOTF_U 1 /* unroll depth of fdy_gemv_dotf: the sweep's best */
 FDY_FN void fdy_dotf_load_q4_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)blk;
     r[0] = (uint32_t)h[1 + 2 * part] | ((uint32_t)h[2 + 2 * part] << 16);

@@ -42,6 +42,7 @@ FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
  * r[0] = codes, r[1] = d | m << 16; calc: d sum q x + m sum x */
 #define FDY_Q4_1_DOTF_PARTS 4
 #define FDY_Q4_1_DOTF_WORDS 2
+#define FDY_Q4_1_DOTF_U 1 /* unroll depth of fdy_gemv_dotf: the sweep's best */
 FDY_FN void fdy_dotf_load_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_THREAD uint32_t *r) {
     FDY_GLOBAL const uint32_t *w = (FDY_GLOBAL const uint32_t *)blk;
     r[0] = w[1 + part];
