@@ -383,16 +383,10 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q4_k_df_scales(const fdy_block_q4_k *b, fl
 FDY_DF_TARGET_AVX2 static float q4_k_dotf_avx2(const void *w, const float *x, int64_t n) {
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)w;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    float sc[2][16]; /* block i + 1's scales written while block i runs */
+    float sc[2][16];
     const int64_t nb = n / 256;
-    if (nb > 0) {
-        q4_k_df_scales(b, sc[0]);
-    }
     for (int64_t i = 0; i < nb; i++) {
-        if (i + 1 < nb) {
-            q4_k_df_scales(b + i + 1, sc[(i + 1) & 1]);
-        }
-        const float *dl = sc[i & 1];
+        const float *dl = FDY_DF_SCALES_AHEAD(q4_k_df_scales, b, i, nb, sc);
         const float *xb = x + 256 * i;
         for (int c = 0; c < 4; c++) {
             const __m256 d1 = _mm256_set1_ps(dl[2 * c]), m1 = _mm256_set1_ps(dl[8 + 2 * c]);
@@ -416,19 +410,10 @@ FDY_DF_TARGET_AVX512 static float q4_k_dotf_avx512(const void *w, const float *x
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)w;
     const __m512 ramp = fdy_df_ramp_512(0.0f);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    /* the scales of block i + 1 are written while block i runs: its broadcasts then read
-     * committed stores (a broadcast right after the 32-byte store it needs waited for the
-     * store: store-to-load forwarding of a part of a wider store stalls) */
     float sc[2][16];
     const int64_t nb = n / 256;
-    if (nb > 0) {
-        q4_k_df_scales(b, sc[0]);
-    }
     for (int64_t i = 0; i < nb; i++) {
-        if (i + 1 < nb) {
-            q4_k_df_scales(b + i + 1, sc[(i + 1) & 1]);
-        }
-        const float *dl = sc[i & 1];
+        const float *dl = FDY_DF_SCALES_AHEAD(q4_k_df_scales, b, i, nb, sc);
         const float *xb = x + 256 * i;
         for (int c = 0; c < 4; c++) {
             const __m512 t1 = _mm512_fmadd_ps(ramp, _mm512_set1_ps(dl[2 * c]),

@@ -425,16 +425,10 @@ FDY_DF_TARGET_AVX2 static float q6_k_dotf_avx2(const void *w, const float *x, in
     const fdy_block_q6_k *b = (const fdy_block_q6_k *)w;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
-    float sc[2][16]; /* block i + 1's scales written while block i runs */
+    float sc[2][16];
     const int64_t nb = n / 256;
-    if (nb > 0) {
-        q6_k_df_scales(b, sc[0]);
-    }
     for (int64_t i = 0; i < nb; i++) {
-        if (i + 1 < nb) {
-            q6_k_df_scales(b + i + 1, sc[(i + 1) & 1]);
-        }
-        const float *dl = sc[i & 1];
+        const float *dl = FDY_DF_SCALES_AHEAD(q6_k_df_scales, b, i, nb, sc);
         for (int h = 0; h < 2; h++) {
             for (int l0 = 0; l0 < 32; l0 += 16) {
                 __m128i c[4];
@@ -455,17 +449,10 @@ FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x
     const fdy_block_q6_k *b = (const fdy_block_q6_k *)w;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
-    /* block i + 1's scales are written while block i runs (see q4_k_dotf_avx512) */
     float sc[2][16];
     const int64_t nb = n / 256;
-    if (nb > 0) {
-        q6_k_df_scales(b, sc[0]);
-    }
     for (int64_t i = 0; i < nb; i++) {
-        if (i + 1 < nb) {
-            q6_k_df_scales(b + i + 1, sc[(i + 1) & 1]);
-        }
-        const float *dl = sc[i & 1];
+        const float *dl = FDY_DF_SCALES_AHEAD(q6_k_df_scales, b, i, nb, sc);
         for (int h = 0; h < 2; h++) {
             for (int l0 = 0; l0 < 32; l0 += 16) {
                 __m128i c[4];

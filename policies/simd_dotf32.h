@@ -105,6 +105,16 @@ FDY_DF_INLINE void fdy_df_spill(float *p) {
     __asm__ volatile("" : : "r"(p) : "memory");
 }
 
+/* the scales of super-block i as SCALES(block, float out[16]) writes them (with fdy_df_spill),
+ * from two buffers sc[2][16]: block i + 1's are written now (and block 0's at i == 0), one
+ * block ahead, so the broadcasts of block i read committed stores -- a broadcast right after
+ * the 32-byte store it reads from waited for that store (store-to-load forwarding from a part
+ * of a wider store stalls).  nb: the blocks of the row */
+#define FDY_DF_SCALES_AHEAD(SCALES, b, i, nb, sc)                               \
+    ((i) == 0 ? SCALES((b), (sc)[0]) : (void)0,                                 \
+     (i) + 1 < (nb) ? SCALES((b) + (i) + 1, (sc)[((i) + 1) & 1]) : (void)0,     \
+     (const float *)(sc)[(i) & 1])
+
 /* an f16 as float (vcvtph2ps) */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE float fdy_df_half(uint16_t h) {
     return _cvtsh_ss(h);
