@@ -7,9 +7,9 @@
 Default set: SmolLM2-135M-Instruct Q4_1 (../shared/tools/fetch-model.sh smollm2), the same
 model requantized by pyfoundry to Q8_0, Q4_0 and Q4_K, and synthetic llama-shaped models of
 about 1B parameters (dim 2048, 16 layers, 32/8 heads, FFN 8192, vocab 32000) in Q4_0, Q8_0 and
-Q4_K, written to a temporary folder.  For each file and thread count the two engines run
-alternately (pyfoundry's q8 variant, which pairs activations with weights as llama.cpp's CPU
-backend does; llama.cpp through llama-cpp-python): prefill of a --prompt-token prompt in one
+Q4_K, written to a temporary folder.  For each file and thread count both engines run
+(pyfoundry's q8 variant, which pairs activations with weights as llama.cpp's CPU backend does;
+llama.cpp through llama-cpp-python): prefill of a --prompt-token prompt in one
 batch, then --decode tokens one at a time.  Printed: tokens/s of both (median of --repeat),
 the ratio, and the decode bandwidth bound: bytes read per token (every weight once) over the
 read bandwidth measured in the same run, with each engine's decode as a percentage of it.
@@ -39,6 +39,19 @@ def weight_bytes(path):
             (f.tensors["token_embd.weight"].nbytes if "output.weight" not in f.tensors else 0)
 
 
+def timed_run(prefill, step, prompt, n_decode):
+    """prefill(prompt), then n_decode greedy steps step(token), each call returning the last
+    token's logits: (prefill tok/s, decode tok/s)."""
+    t0 = time.perf_counter()
+    lg = prefill(prompt)
+    pre = len(prompt) / (time.perf_counter() - t0)
+    tok = int(np.argmax(lg))
+    t0 = time.perf_counter()
+    for _ in range(n_decode):
+        tok = int(np.argmax(step(tok)))
+    return pre, n_decode / (time.perf_counter() - t0)
+
+
 class PfRunner:
     """pyfoundry on one file: one timed prefill + decode per call of run()."""
 
@@ -51,14 +64,8 @@ class PfRunner:
         pf.set_num_threads(self.threads)
         m = self.m
         m.reset()
-        t0 = time.perf_counter()
-        lg = m.forward(prompt, 0, logits="last")
-        pre = len(prompt) / (time.perf_counter() - t0)
-        tok = int(np.argmax(lg))
-        t0 = time.perf_counter()
-        for _ in range(n_decode):
-            tok = int(np.argmax(m.forward([tok], logits="last")))
-        return pre, n_decode / (time.perf_counter() - t0)
+        return timed_run(lambda p: m.forward(p, 0, logits="last"),
+                         lambda t: m.forward([t], logits="last"), prompt, n_decode)
 
     def close(self):
         self.m = None
@@ -75,22 +82,14 @@ class LlamaRunner:
                          n_ctx=n_ctx, n_batch=n_batch, verbose=False)
         self.n_vocab = self.llm.n_vocab()
 
-    def last_logits(self):  # the logits of the last evaluated token, straight from llama.cpp
+    def eval(self, tokens):  # evaluate, then the last token's logits straight from llama.cpp
+        self.llm.eval(tokens)
         ptr = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def run(self, prompt, n_decode):
-        llm = self.llm
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        pre = len(prompt) / (time.perf_counter() - t0)
-        tok = int(np.argmax(self.last_logits()))
-        t0 = time.perf_counter()
-        for _ in range(n_decode):
-            llm.eval([tok])
-            tok = int(np.argmax(self.last_logits()))
-        return pre, n_decode / (time.perf_counter() - t0)
+        self.llm.reset()
+        return timed_run(self.eval, lambda t: self.eval([t]), prompt, n_decode)
 
     def close(self):
         self.llm.close()
