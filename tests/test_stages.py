@@ -268,6 +268,26 @@ def test_attention_matches_reference(M, start, H, Hkv):
     assert rel_l2(y, ref) <= (D + n) * U * 4, rel_l2(y, ref)
 
 
+@pytest.mark.parametrize("tier", [[], ["avx2", "fma", "f16c"], None],
+                         ids=["portable", "avx2", "all"])
+@pytest.mark.parametrize("D", [13, 32, 64, 80, 128, 136])
+def test_attention_every_cpu_tier_and_head_dim(D, tier):
+    """each kernel (portable, AVX2 + FMA, AVX-512 where the CPU has it) on head sizes with and
+    without a tail of fewer than 8 / 16 floats and with more than one 64-column chunk"""
+    H, Hkv, M, start, C = 6, 2, 5, 37, 64
+    rng = np.random.default_rng(D)
+    q = rng.standard_normal((M, H, D)).astype(np.float32)
+    k = rng.standard_normal((C, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((C, Hkv, D)).astype(np.float32)
+    ref = R.attention(q, k, v, start)
+    try:
+        pf.set_cpu_features(tier)
+        y = pf.compile("attention")(q, k, v, start)
+    finally:
+        pf.set_cpu_features(None)
+    assert rel_l2(y, ref) <= (D + start + M) * U * 4, rel_l2(y, ref)
+
+
 def test_attention_decode_equals_prefill_rows():
     H, Hkv, D, C = 4, 2, 16, 64
     rng = np.random.default_rng(3)

@@ -636,7 +636,7 @@ typedef struct attn_ctx {
     int64_t ld, hs;       /* cache strides (floats) between positions and between kv heads */
     int64_t g;            /* query heads per task: H / Hkv */
     float scale;
-    int simd;             /* AVX-512 kernels */
+    int simd;             /* 2: the AVX-512 kernels, 1: AVX2 + FMA, 0: portable */
 } attn_ctx;
 
 /* scores -> probabilities in place, per head: s[i*n + j] for i < g, j < n */
@@ -814,6 +814,90 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
     }
     memcpy(o, acc_base, (size_t)(g * D) * sizeof(float));
 }
+
+/* AVX2 + FMA: the AVX-512 kernel's arithmetic in 8-float vectors (dots of length D with a
+ * masked tail; the weighted sums 64 columns at a time, one head at a time, in registers) */
+#define FDY_ATTN_AVX2 __attribute__((target("avx2,fma")))
+
+FDY_ATTN_AVX2 static inline __m256i attn_tail_mask8(int64_t r) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+FDY_ATTN_AVX2 static inline float attn_hsum8(__m256 v) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+FDY_ATTN_AVX2 static void attn_group_avx2(const attn_ctx *c, const float *q, int64_t hk,
+                                          int64_t n, float *s, float *o) {
+    const int64_t D = c->D, g = c->g, ld = c->ld;
+    const int64_t full = D / 8;
+    const __m256i tm = attn_tail_mask8(D % 8);
+    for (int64_t j = 0; j < n; j++) {
+        const float *kr = c->k + j * ld + hk * c->hs;
+        for (int64_t i = 0; i < g; i++) {
+            const float *qi = q + i * D;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+            int64_t b = 0;
+            for (; b + 2 <= full; b += 2) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * b), _mm256_loadu_ps(kr + 8 * b), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * b + 8),
+                                     _mm256_loadu_ps(kr + 8 * b + 8), a1);
+            }
+            if (b < full) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 8 * b), _mm256_loadu_ps(kr + 8 * b), a0);
+            }
+            if (D % 8) {
+                a1 = _mm256_fmadd_ps(_mm256_maskload_ps(qi + 8 * full, tm),
+                                     _mm256_maskload_ps(kr + 8 * full, tm), a1);
+            }
+            s[i * n + j] = attn_hsum8(_mm256_add_ps(a0, a1)) * c->scale;
+        }
+    }
+    attn_softmax(s, g, n);
+    /* columns c0 .. c0 + 63 of one head: 8 accumulators over the positions in order */
+    for (int64_t i = 0; i < g; i++) {
+        const float *si = s + i * n;
+        float *oi = o + i * D;
+        for (int64_t c0 = 0; c0 < D; c0 += 64) {
+            const int64_t w = D - c0 < 64 ? D - c0 : 64;
+            const int64_t nf = w / 8;
+            const __m256i cm = attn_tail_mask8(w % 8);
+            __m256 acc[9];
+            for (int b = 0; b < 9; b++) {
+                acc[b] = _mm256_setzero_ps();
+            }
+            if (nf == 8) {
+                for (int64_t j = 0; j < n; j++) {
+                    const float *vr = c->v + j * ld + hk * c->hs + c0;
+                    const __m256 p = _mm256_set1_ps(si[j]);
+#pragma GCC unroll 8
+                    for (int b = 0; b < 8; b++) {
+                        acc[b] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * b), acc[b]);
+                    }
+                }
+            } else {
+                for (int64_t j = 0; j < n; j++) {
+                    const float *vr = c->v + j * ld + hk * c->hs + c0;
+                    const __m256 p = _mm256_set1_ps(si[j]);
+                    for (int64_t b = 0; b < nf; b++) {
+                        acc[b] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * b), acc[b]);
+                    }
+                    if (w % 8) {
+                        acc[nf] = _mm256_fmadd_ps(p, _mm256_maskload_ps(vr + 8 * nf, cm), acc[nf]);
+                    }
+                }
+            }
+            for (int64_t b = 0; b < nf; b++) {
+                _mm256_storeu_ps(oi + c0 + 8 * b, acc[b]);
+            }
+            if (w % 8) {
+                _mm256_maskstore_ps(oi + c0 + 8 * nf, cm, acc[nf]);
+            }
+        }
+    }
+}
 #endif
 
 static void attn_task(void *vctx, int64_t task, int thread) {
@@ -826,8 +910,12 @@ static void attn_task(void *vctx, int64_t task, int thread) {
     float *o = c->out + (m * c->H + h0) * c->D;
     float *s = (float *)fdy_scratch(thread);
 #if defined(__x86_64__)
-    if (c->simd) {
+    if (c->simd == 2) {
         attn_group_avx512(c, q, hk, n, s, o);
+        return;
+    }
+    if (c->simd == 1) {
+        attn_group_avx2(c, q, hk, n, s, o);
         return;
     }
 #endif
@@ -846,7 +934,11 @@ fdy_status fdy_attention_strided(const float *q, int64_t M, int64_t H, int64_t D
     attn_ctx c = {q, k_cache, v_cache, out, M, H, D, Hkv, start_pos, pos_stride, head_stride,
                   G, scale, 0};
 #if defined(__x86_64__)
-    c.simd = (fdy_cpu_features_enabled() & FDY_CPU_AVX512) != 0;
+    {
+        const uint32_t f = fdy_cpu_features_enabled();
+        c.simd = (f & FDY_CPU_AVX512) ? 2
+                 : (f & (FDY_CPU_AVX2 | FDY_CPU_FMA)) == (FDY_CPU_AVX2 | FDY_CPU_FMA) ? 1 : 0;
+    }
 #endif
     fdy_status s = fdy_scratch_reserve((size_t)(G * (start_pos + M + D) + 16) * sizeof(float));
     if (s) {
