@@ -429,22 +429,35 @@ GEMM_AVX2 GEMM_INLINE void avx2_body(const gemm_ctx *c, const tile_buf *b, int64
     }
     for (int64_t g = 0; g < G; g++) {
         const int16_t *wg = W + g * 8 * 2 * GR; /* 8 pairs x 16 rows x 2 */
+        const int16_t *xg = xa + 16 * g;
+        /* each pair of weight vectors is loaded once and used by every token (the loads, not
+         * the multiplies, bounded the token-outer order) */
+        __m256i i0[GT2], i1[GT2];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            i0[t] = i1[t] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 8
+        for (int e = 0; e < 8; e++) {
+            const __m256i *wp = (const __m256i *)(const void *)(wg + e * 2 * GR);
+            const __m256i w0 = _mm256_load_si256(wp), w1 = _mm256_load_si256(wp + 1);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m256i xb = _mm256_set1_epi32(ld32(xg + t * K + 2 * e));
+                i0[t] = _mm256_add_epi32(i0[t], _mm256_madd_epi16(w0, xb));
+                i1[t] = _mm256_add_epi32(i1[t], _mm256_madd_epi16(w1, xb));
+                /* keep the sums in registers: unchecked, the compiler re-associates the
+                 * integer chains into a tree of stored products */
+                __asm__("" : "+x"(i0[t]), "+x"(i1[t]));
+            }
+        }
         const __m256 s0 = _mm256_load_ps(b->ws + g * GR);
         const __m256 s1 = _mm256_load_ps(b->ws + g * GR + 8);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            const int16_t *xp = xa + t * K + 16 * g;
-            __m256i i0 = _mm256_setzero_si256(), i1 = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int e = 0; e < 8; e++) {
-                const __m256i xb = _mm256_set1_epi32(ld32(xp + 2 * e));
-                const __m256i *wp = (const __m256i *)(const void *)(wg + e * 2 * GR);
-                i0 = _mm256_add_epi32(i0, _mm256_madd_epi16(_mm256_load_si256(wp), xb));
-                i1 = _mm256_add_epi32(i1, _mm256_madd_epi16(_mm256_load_si256(wp + 1), xb));
-            }
             const __m256 xb = _mm256_set1_ps(xs[t * G + g]);
-            acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(s0, xb), acc[t][0]);
-            acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(s1, xb), acc[t][1]);
+            acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0[t]), _mm256_mul_ps(s0, xb), acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1[t]), _mm256_mul_ps(s1, xb), acc[t][1]);
         }
         if (has_min) {
             const __m256 m0 = _mm256_load_ps(b->mn + g * GR);
