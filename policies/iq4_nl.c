@@ -151,6 +151,6 @@ FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_nl,
                   .dequantize_fast = iq4_nl_dequantize, .quantize = iq4_nl_quantize,
-                  .vec_dot = iq4_nl_vec_dot,
+                  .vec_dot = iq4_nl_vec_dot, .vec_dot_rows = iq4_nl_vec_dot_rows,
                   .to_i8 = iq4_nl_to_i8, .vec_dot_f32 = iq4_nl_vec_dot_f32);
 #endif

@@ -179,6 +179,6 @@ FDY_POLICY_DEFINE(mxfp4, .block_elems = FDY_MXFP4_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.15f /* measured 0.1155 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_mxfp4, .dequantize_fast = mxfp4_dequantize,
-                  .quantize = mxfp4_quantize, .vec_dot = mxfp4_vec_dot,
+                  .quantize = mxfp4_quantize, .vec_dot = mxfp4_vec_dot, .vec_dot_rows = mxfp4_vec_dot_rows,
                   .to_i8 = mxfp4_to_i8);
 #endif

@@ -170,6 +170,6 @@ FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.11f /* measured 0.0852 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q4_0, .dequantize_fast = q4_0_dequantize,
-                  .quantize = q4_0_quantize, .vec_dot = q4_0_vec_dot,
+                  .quantize = q4_0_quantize, .vec_dot = q4_0_vec_dot, .vec_dot_rows = q4_0_vec_dot_rows,
                   .to_i8 = q4_0_to_i8, .vec_dot_f32 = q4_0_vec_dot_f32);
 #endif

@@ -176,6 +176,6 @@ FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
                   .tol_roundtrip = 0.10f /* measured 0.0782 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q4_1, .dequantize_fast = q4_1_dequantize,
-                  .quantize = q4_1_quantize, .vec_dot = q4_1_vec_dot,
+                  .quantize = q4_1_quantize, .vec_dot = q4_1_vec_dot, .vec_dot_rows = q4_1_vec_dot_rows,
                   .to_i8 = q4_1_to_i8, .vec_dot_f32 = q4_1_vec_dot_f32);
 #endif

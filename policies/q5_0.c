@@ -159,6 +159,6 @@ FDY_POLICY_DEFINE(q5_0, .block_elems = FDY_Q5_0_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
                   .tol_roundtrip = 0.056f /* measured 0.0429 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_0, .dequantize_fast = q5_0_dequantize,
-                  .quantize = q5_0_quantize, .vec_dot = q5_0_vec_dot,
+                  .quantize = q5_0_quantize, .vec_dot = q5_0_vec_dot, .vec_dot_rows = q5_0_vec_dot_rows,
                   .to_i8 = q5_0_to_i8, .vec_dot_f32 = q5_0_vec_dot_f32);
 #endif

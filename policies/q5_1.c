@@ -171,6 +171,6 @@ FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
                   .tol_roundtrip = 0.05f /* measured 0.0375 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_1, .dequantize_fast = q5_1_dequantize,
-                  .quantize = q5_1_quantize, .vec_dot = q5_1_vec_dot,
+                  .quantize = q5_1_quantize, .vec_dot = q5_1_vec_dot, .vec_dot_rows = q5_1_vec_dot_rows,
                   .to_i8 = q5_1_to_i8, .vec_dot_f32 = q5_1_vec_dot_f32);
 #endif

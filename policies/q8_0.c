@@ -231,6 +231,6 @@ FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.01f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q8_0,
                   .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
-                  .vec_dot = q8_0_vec_dot, .quantize_act = q8_0_quantize_act,
+                  .vec_dot = q8_0_vec_dot, .vec_dot_rows = q8_0_vec_dot_rows, .quantize_act = q8_0_quantize_act,
                   .to_i8 = q8_0_to_i8, .vec_dot_f32 = q8_0_vec_dot_f32);
 #endif

@@ -162,21 +162,51 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
         return sum;                                              \
     }
 
+/* NAME_rows: the one-row kernel NAME over consecutive rows, inlined into the loop (flatten),
+ * so its constants are set up once per call rather than once per row */
+#define FDY_LEG_ROWS(NAME, TARGET)                                                          \
+    TARGET __attribute__((flatten)) static void NAME##_rows(                                \
+        const void *w, size_t rb, const void *a, int64_t n, float *out, int64_t rows) {     \
+        for (int64_t r = 0; r < rows; r++) {                                                \
+            out[r] = NAME((const uint8_t *)w + (size_t)r * rb, a, n);                       \
+        }                                                                                   \
+    }
+
 #if defined(__x86_64__)
-#define FDY_LEG_VEC_DOT(F)                                              \
-    static float F##_vec_dot(const void *w, const void *a, int64_t n) { \
-        switch (fdy_leg_tier()) {                                       \
-        case FDY_LEG_AVX512VNNI: return F##_dot_avx512vnni(w, a, n);    \
-        case FDY_LEG_AVX512: return F##_dot_avx512(w, a, n);            \
-        case FDY_LEG_AVXVNNI: return F##_dot_avxvnni(w, a, n);          \
-        case FDY_LEG_AVX2: return F##_dot_avx2(w, a, n);                \
-        default: return F##_dot_portable(w, a, n);                      \
-        }                                                               \
+#define FDY_LEG_VEC_DOT(F)                                                                  \
+    static float F##_vec_dot(const void *w, const void *a, int64_t n) {                     \
+        switch (fdy_leg_tier()) {                                                           \
+        case FDY_LEG_AVX512VNNI: return F##_dot_avx512vnni(w, a, n);                        \
+        case FDY_LEG_AVX512: return F##_dot_avx512(w, a, n);                                \
+        case FDY_LEG_AVXVNNI: return F##_dot_avxvnni(w, a, n);                              \
+        case FDY_LEG_AVX2: return F##_dot_avx2(w, a, n);                                    \
+        default: return F##_dot_portable(w, a, n);                                          \
+        }                                                                                   \
+    }                                                                                       \
+    FDY_LEG_ROWS(F##_dot_portable, )                                                        \
+    FDY_LEG_ROWS(F##_dot_avx2, FDY_TARGET_AVX2)                                             \
+    FDY_LEG_ROWS(F##_dot_avxvnni, FDY_TARGET_AVXVNNI)                                       \
+    FDY_LEG_ROWS(F##_dot_avx512, FDY_TARGET_AVX512)                                         \
+    FDY_LEG_ROWS(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI)                                 \
+    static void F##_vec_dot_rows(const void *w, size_t rb, const void *a, int64_t n,        \
+                                 float *out, int64_t rows) {                                \
+        switch (fdy_leg_tier()) {                                                           \
+        case FDY_LEG_AVX512VNNI: F##_dot_avx512vnni_rows(w, rb, a, n, out, rows); break;    \
+        case FDY_LEG_AVX512: F##_dot_avx512_rows(w, rb, a, n, out, rows); break;            \
+        case FDY_LEG_AVXVNNI: F##_dot_avxvnni_rows(w, rb, a, n, out, rows); break;          \
+        case FDY_LEG_AVX2: F##_dot_avx2_rows(w, rb, a, n, out, rows); break;                \
+        default: F##_dot_portable_rows(w, rb, a, n, out, rows); break;                      \
+        }                                                                                   \
     }
 #else
-#define FDY_LEG_VEC_DOT(F)                                              \
-    static float F##_vec_dot(const void *w, const void *a, int64_t n) { \
-        return F##_dot_portable(w, a, n);                               \
+#define FDY_LEG_VEC_DOT(F)                                                                  \
+    static float F##_vec_dot(const void *w, const void *a, int64_t n) {                     \
+        return F##_dot_portable(w, a, n);                                                   \
+    }                                                                                       \
+    FDY_LEG_ROWS(F##_dot_portable, )                                                        \
+    static void F##_vec_dot_rows(const void *w, size_t rb, const void *a, int64_t n,        \
+                                 float *out, int64_t rows) {                                \
+        F##_dot_portable_rows(w, rb, a, n, out, rows);                                      \
     }
 #define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)          \
     FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block) \

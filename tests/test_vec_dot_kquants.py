@@ -208,6 +208,8 @@ struct fdy_policy {
     void (*quantize)(const float *, void *, int64_t);
     float (*vec_dot)(const void *, const void *, int64_t);
     void (*quantize_act)(const float *, void *, int64_t);
+    void *to_i8; void *vec_dot_f32;
+    void (*vec_dot_rows)(const void *, size_t, const void *, int64_t, float *, int64_t);
 };
 """
 
@@ -337,3 +339,39 @@ def test_minus_128_activations_are_defined(name, lib):
                 bound = 1e-6 * (np.abs(wd[b]) @ np.abs(ad[b]))
                 assert abs(y - ref) <= bound, f"{name}: {y} vs {ref}"
     C.fdy_cpu_set_feature_mask(0xFFFFFFFF)
+
+
+ROWS_POLICIES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "mxfp4"]
+
+
+@pytest.mark.parametrize("name", ROWS_POLICIES)
+def test_vec_dot_rows_equals_vec_dot_bit_for_bit(lib, name):
+    """the rows hook (the decode GEMV's call) against the one-row kernel, row by row, on every
+    tier this CPU has: the same bits, over more rows than one call of the driver takes and a
+    row length with a tail after the unrolled blocks"""
+    ffi, C = lib
+    p = c_policy(lib, name)
+    assert p.vec_dot_rows != ffi.NULL
+    d = c_policy(lib, ffi.string(p.dot_type).decode())
+    K, R = p.block_elems * 11, 70
+    rng = np.random.default_rng(len(name))
+    w = (rng.standard_normal((R, K)) * rng.uniform(0.1, 10, (R, 1))).astype(np.float32)
+    rb = K // p.block_elems * p.block_bytes
+    wq = np.zeros((R, rb), np.uint8)
+    for r in range(R):
+        p.quantize(ffi.from_buffer("float[]", w[r]), ffi.from_buffer(wq[r]), K)
+    x = rng.standard_normal(K).astype(np.float32)
+    xq = np.zeros(K // d.block_elems * d.block_bytes, np.uint8)
+    d.quantize(ffi.from_buffer("float[]", x), ffi.from_buffer(xq), K)
+    try:
+        for tier in tiers():
+            set_tier(lib, tier)
+            out = np.full(R, np.nan, np.float32)
+            p.vec_dot_rows(ffi.from_buffer(wq), rb, ffi.from_buffer(xq), K,
+                           ffi.from_buffer("float[]", out), R)
+            one = np.array([p.vec_dot(ffi.from_buffer(wq[r]), ffi.from_buffer(xq), K)
+                            for r in range(R)], np.float32)
+            assert np.array_equal(out.view(np.uint32), one.view(np.uint32)), (name, tier)
+            assert np.isfinite(out).all()
+    finally:
+        C.fdy_cpu_set_feature_mask(0xFFFFFFFF)

@@ -35,6 +35,11 @@ typedef void (*fdy_quant_fn)(const float *src, void *dst, int64_t n);
 /* dot product of one weight row (n weights in this format) with one activation row of n
  * values quantized in the policy's dot_type (the q8 variant's integer kernels) */
 typedef float (*fdy_vec_dot_fn)(const void *w, const void *a, int64_t n);
+/* vec_dot of `rows` consecutive weight rows (row_bytes apart) with one activation row: out[r]
+ * is bit-identical to vec_dot(w + r * row_bytes, a, n).  One call per row range lets a kernel
+ * set up its constants and pick its tier once (a decode GEMV's rows are short) */
+typedef void (*fdy_vec_dot_rows_fn)(const void *w, size_t row_bytes, const void *a, int64_t n,
+                                    float *out, int64_t rows);
 /* one row of n elements (a multiple of block_elems) as int8 codes q[n] with a float scale and
  * a float min per 16 elements (scale[n / 16], min[n / 16]): element i is
  * scale[i / 16] * q[i] + min[i / 16].  Each policy states whether that is bit-exact against
@@ -69,6 +74,7 @@ struct fdy_policy {
                                     must give the bytes of `quantize` */
     fdy_to_i8_fn to_i8;          /* optional: rows as int8 codes + per-16 scale and min */
     fdy_vec_dot_f32_fn vec_dot_f32; /* optional f32-variant GEMV kernel: weight row x floats */
+    fdy_vec_dot_rows_fn vec_dot_rows; /* optional: vec_dot over consecutive rows */
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \

@@ -206,11 +206,22 @@ static void mm_task_f32(void *vctx, int64_t task, int thread) {
     }
 }
 
-static void mm_task_q8(void *vctx, int64_t task, int thread) {
-    const mm_ctx *c = (const mm_ctx *)vctx;
-    int64_t r0 = task * c->rows_per_task;
-    int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
+/* rows r0 .. r1 of the q8 variant: one activation row through the policy's vec_dot_rows (64
+ * rows per call, the same bits as vec_dot), else vec_dot row by row and token by token */
+static void mm_rows_q8(const mm_ctx *c, int64_t r0, int64_t r1) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
+    const fdy_vec_dot_rows_fn vr = c->w->policy->vec_dot_rows;
+    if (c->M == 1 && vr) {
+        float v[64];
+        for (int64_t n = r0; n < r1; n += 64) {
+            const int64_t nr = r1 - n < 64 ? r1 - n : 64;
+            vr(wd + n * c->w_row, (size_t)c->w_row, c->xq, c->K, v, nr);
+            for (int64_t i = 0; i < nr; i++) {
+                mm_store(c, 0, n + i, v[i]);
+            }
+        }
+        return;
+    }
     const fdy_vec_dot_fn vd = c->w->policy->vec_dot;
     for (int64_t n = r0; n < r1; n++) {
         const uint8_t *wr = wd + n * c->w_row;
@@ -218,6 +229,13 @@ static void mm_task_q8(void *vctx, int64_t task, int thread) {
             mm_store(c, m, n, vd(wr, c->xq + m * c->xq_row, c->K));
         }
     }
+}
+
+static void mm_task_q8(void *vctx, int64_t task, int thread) {
+    const mm_ctx *c = (const mm_ctx *)vctx;
+    int64_t r0 = task * c->rows_per_task;
+    int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
+    mm_rows_q8(c, r0, r1);
 }
 
 /* quantize activation rows to the policy's dot_type into the grown buffer buf */
@@ -348,14 +366,13 @@ static void group_task(void *vctx, int64_t task, int thread) {
         const mm_ctx *c = &g->part[p + i];
         const int q8 = g->q8[p + i];
         const uint8_t *wd = (const uint8_t *)c->w->data;
-        const fdy_vec_dot_fn vd = c->w->policy->vec_dot;
+        if (q8) {
+            mm_rows_q8(c, r0, r1);
+            continue;
+        }
         for (int64_t n = r0; n < r1; n++) {
             const uint8_t *wr = wd + n * c->w_row;
-            if (q8) {
-                for (int64_t m = 0; m < c->M; m++) {
-                    mm_store(c, m, n, vd(wr, c->xq + m * c->xq_row, c->K));
-                }
-            } else if (c->w->policy->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
+            if (c->w->policy->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
                 /* fused decode + dot, as mm_task_f32 (the same bits as the plain path) */
                 for (int64_t m = 0; m < c->M; m++) {
                     mm_store(c, m, n, c->w->policy->vec_dot_f32(wr, c->x + m * c->K, c->K));
