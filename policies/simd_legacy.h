@@ -163,7 +163,9 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
     }
 
 /* NAME_rows: the one-row kernel NAME over consecutive rows, inlined into the loop (flatten),
- * so its constants are set up once per call rather than once per row */
+ * so its constants are set up once per call rather than once per row (the AVX2 kernels define
+ * their own: FDY_LEG_DOT256 with this macro, FDY_LEG_DOTM256 with the activation's terms
+ * computed once per call) */
 #define FDY_LEG_ROWS(NAME, TARGET)                                                          \
     TARGET __attribute__((flatten)) static void NAME##_rows(                                \
         const void *w, size_t rb, const void *a, int64_t n, float *out, int64_t rows) {     \
@@ -184,8 +186,6 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
         }                                                                                   \
     }                                                                                       \
     FDY_LEG_ROWS(F##_dot_portable, )                                                        \
-    FDY_LEG_ROWS(F##_dot_avx2, FDY_TARGET_AVX2)                                             \
-    FDY_LEG_ROWS(F##_dot_avxvnni, FDY_TARGET_AVXVNNI)                                       \
     FDY_LEG_ROWS(F##_dot_avx512, FDY_TARGET_AVX512)                                         \
     FDY_LEG_ROWS(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI)                                 \
     static void F##_vec_dot_rows(const void *w, size_t rb, const void *a, int64_t n,        \
@@ -357,26 +357,35 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
             FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, d);                       \
         }                                                                   \
         return fdy_hsum256(_mm256_add_ps(acc0, acc1));                      \
-    }
+    }                                                                       \
+    FDY_LEG_ROWS(NAME, TARGET)
 
-/* one block with a minimum: acc += dot(u, s) * d, accm += sum(a) * m */
-#define FDY_LEG_STEPM256(V, OPS, k, d, m)                                         \
-    do {                                                                          \
-        const fdy_ops256 o_ = OPS(x + i + (k), y + i + (k));                      \
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_sums256##V(o_, 0)), d, acc); \
-        accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_asums256##V(o_)), m, accm); \
+/* one block with a minimum: acc += dot(u, s) * d, accm += sum(a) * m; the float sum(a)
+ * vector from pre[] when the caller computed it */
+#define FDY_LEG_STEPM256(V, OPS, k, d, m)                                                    \
+    do {                                                                                     \
+        const fdy_ops256 o_ = OPS(x + i + (k), y + i + (k));                                 \
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fdy_sums256##V(o_, 0)), d, acc);            \
+        accm = _mm256_fmadd_ps(pre ? pre[i + (k)] : _mm256_cvtepi32_ps(fdy_asums256##V(o_)), \
+                               m, accm);                                                     \
     } while (0)
 
-/* AVX2 kernel of q4_1 / q5_1: w = d * q + m, with q8_1 activations */
+#define FDY_LEG_PRE_MAX 256 /* blocks of the activation terms a rows call keeps on its stack */
+
+/* AVX2 kernel of q4_1 / q5_1: w = d * q + m, with q8_1 activations.  NAME_body takes the
+ * activation's row-independent terms precomputed (pre[b]: the float code-sum vector of block
+ * b; pda[g]: the scales of blocks 8g .. 8g + 7) or NULL; NAME_rows computes them once per call
+ * (the same integer sums and conversions, so the same bits as NAME) */
 #define FDY_LEG_DOTM256(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8)                        \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+    TARGET FDY_LEG_INLINE float NAME##_body(const void *w, const void *a, int64_t n,          \
+                                            const __m256 *pre, const __m256 *pda) {          \
         const WT *x = (const WT *)w;                                                         \
         const AT *y = (const AT *)a;                                                         \
         const int64_t nb = n / 32;                                                           \
         __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();                        \
         int64_t i = 0;                                                                       \
         for (; i + 8 <= nb; i += 8) {                                                        \
-            const __m256 da = FDY_LEG_D8(y + i);                                             \
+            const __m256 da = pda ? pda[i / 8] : FDY_LEG_D8(y + i);                          \
             const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
             for (int k = 0; k < 8; k++) {                                                    \
                 FDY_LEG_STEPM256(V, OPS, k, FDY_LEG_LANE256(d, k), FDY_LEG_LANE256(m, k));   \
@@ -388,6 +397,32 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
                              _mm256_set1_ps(M1(x + i) * da));                                \
         }                                                                                    \
         return fdy_hsum256(_mm256_add_ps(acc, accm));                                        \
+    }                                                                                        \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        return NAME##_body(w, a, n, NULL, NULL);                                             \
+    }                                                                                        \
+    TARGET static void NAME##_rows(const void *w, size_t rb, const void *a, int64_t n,       \
+                                   float *out, int64_t rows) {                               \
+        const int64_t nb = n / 32;                                                           \
+        if (nb > FDY_LEG_PRE_MAX || rows < 2) {                                              \
+            for (int64_t r = 0; r < rows; r++) {                                             \
+                out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, NULL, NULL); \
+            }                                                                                \
+            return;                                                                          \
+        }                                                                                    \
+        const AT *y = (const AT *)a;                                                         \
+        __m256 pre[FDY_LEG_PRE_MAX], pda[FDY_LEG_PRE_MAX / 8];                               \
+        const __m256i z = _mm256_setzero_si256();                                            \
+        for (int64_t b = 0; b < nb; b++) {                                                   \
+            const fdy_ops256 o = {z, z, _mm256_loadu_si256((const __m256i *)y[b].qs)};      \
+            pre[b] = _mm256_cvtepi32_ps(fdy_asums256##V(o));                                 \
+        }                                                                                    \
+        for (int64_t g = 0; g < nb / 8; g++) {                                               \
+            pda[g] = FDY_LEG_D8(y + 8 * g);                                                  \
+        }                                                                                    \
+        for (int64_t r = 0; r < rows; r++) {                                                 \
+            out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, pre, pda);       \
+        }                                                                                    \
     }
 
 /* roundf of each lane, exactly: trunc, then +-1 where the remainder (exact) is >= 0.5 */
