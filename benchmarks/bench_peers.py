@@ -14,7 +14,9 @@ batch, then --decode tokens one at a time.  Printed: tokens/s of both (median of
 the ratio, and the decode bandwidth bound: bytes read per token (every weight once) over the
 read bandwidth measured in the same run, with each engine's decode as a percentage of it.
 Unless --no-f32, pyfoundry's f32 variant decodes too, and its time is given relative to the q8
-variant's.  The engines take turns within each repeat (one model of each kept open).
+variant's.  The engines take turns within each repeat (one model of each kept open), with a
+quarter-second pause before each turn so that the other engine's workers have stopped
+spinning.
 """
 import argparse
 import os
@@ -30,6 +32,7 @@ import pyfoundry as pf
 from common import fetch_smollm2, read_bandwidth
 
 HERE = pathlib.Path(__file__).resolve().parent
+SETTLE_S = 0.25  # idle time before each engine's turn
 
 
 def weight_bytes(path):
@@ -107,6 +110,7 @@ def measure(path, threads, prompt, n_decode, repeat, f32):
     try:
         for _ in range(repeat):
             for k, r in runners.items():
+                time.sleep(SETTLE_S)  # the other engine's workers stop spinning first
                 pre, dec = r.run(prompt, n_decode)
                 res[k][0].append(pre)
                 res[k][1].append(dec)

@@ -257,6 +257,15 @@ FDY_TARGET_AVXVNNI FDY_LEG_INLINE __m256i fdy_dp256_vnni(__m256i acc, __m256i u,
     }
 FDY_LEG_SUMS256(_vnni, FDY_TARGET_AVXVNNI)
 
+/* the activation half of fdy_sums256 with an offset (row-independent, so a rows kernel
+ * computes it once per block), and the sums from it: the same operations, the same bits */
+FDY_TARGET_AVXVNNI FDY_LEG_INLINE __m256i fdy_offterm256_vnni(__m256i a, int off) {
+    return fdy_dp256_vnni(_mm256_setzero_si256(), _mm256_set1_epi8((char)off), a);
+}
+FDY_TARGET_AVXVNNI FDY_LEG_INLINE __m256i fdy_sums256_pre_vnni(fdy_ops256 o, __m256i t) {
+    return _mm256_sub_epi32(fdy_dp256_vnni(_mm256_setzero_si256(), o.u, o.s), t);
+}
+
 /* without VNNI: the offset is subtracted from the int16 pair sums before they are widened
  * (|dot pair| + |off pair| <= 2 * 31 * 127 + 2 * 16 * 127 < 32768 for every offset format) */
 FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_sums256(fdy_ops256 o, int off) {
@@ -265,6 +274,14 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_sums256(fdy_ops256 o, int off) {
         p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), o.a));
     }
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_offterm256(__m256i a, int off) {
+    return _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), a);
+}
+FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_sums256_pre(fdy_ops256 o, __m256i t) {
+    return _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(o.u, o.s), t),
+                             _mm256_set1_epi16(1));
 }
 
 FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_asums256(fdy_ops256 o) {
@@ -328,37 +345,75 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
 /* lane k of d in all 8 lanes */
 #define FDY_LEG_LANE256(d, k) _mm256_permutevar8x32_ps((d), _mm256_set1_epi32(k))
 
-/* one block: acc += (block sums) * d (8 lanes) */
-#define FDY_LEG_STEP256(V, OPS, OFF, acc, k, d) \
-    acc = _mm256_fmadd_ps(                      \
-        _mm256_cvtepi32_ps(fdy_sums256##V(OPS(x + i + (k), y + i + (k)), OFF)), d, acc)
+/* one block: acc += (block sums) * d (8 lanes); the offset term from pre[] when given */
+#define FDY_LEG_STEP256(V, OPS, OFF, acc, k, d)                                            \
+    do {                                                                                   \
+        const fdy_ops256 o_ = OPS(x + i + (k), y + i + (k));                               \
+        const __m256i s_ = (OFF) && pre ? fdy_sums256_pre##V(o_, pre[i + (k)])             \
+                                        : fdy_sums256##V(o_, OFF);                         \
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_), d, acc);                             \
+    } while (0)
 
-/* AVX2 kernel of a one-scale format: eight blocks per iteration, then single blocks */
-#define FDY_LEG_DOT256(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)    \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {     \
-        const WT *x = (const WT *)w;                                        \
-        const AT *y = (const AT *)a;                                        \
-        const int64_t nb = n / 32;                                          \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();      \
-        int64_t i = 0;                                                      \
-        for (; i + 8 <= nb; i += 8) {                                       \
-            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8(y + i));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, FDY_LEG_LANE256(d, 0));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 1, FDY_LEG_LANE256(d, 1));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 2, FDY_LEG_LANE256(d, 2));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 3, FDY_LEG_LANE256(d, 3));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 4, FDY_LEG_LANE256(d, 4));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 5, FDY_LEG_LANE256(d, 5));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 6, FDY_LEG_LANE256(d, 6));   \
-            FDY_LEG_STEP256(V, OPS, OFF, acc1, 7, FDY_LEG_LANE256(d, 7));   \
-        }                                                                   \
-        for (; i < nb; i++) {                                               \
-            const __m256 d = _mm256_set1_ps(W1(x + i) * FDY_LEG_D1(y + i)); \
-            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, d);                       \
-        }                                                                   \
-        return fdy_hsum256(_mm256_add_ps(acc0, acc1));                      \
-    }                                                                       \
-    FDY_LEG_ROWS(NAME, TARGET)
+/* AVX2 kernel of a one-scale format: eight blocks per iteration, then single blocks.
+ * NAME_body takes the activation's row-independent terms precomputed (pre[b]: block b's offset
+ * term, for offset formats; pda[g]: the scales of blocks 8g .. 8g + 7) or NULL; NAME_rows
+ * computes them once per call (the same operations, so the same bits as NAME) */
+#define FDY_LEG_DOT256(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)                     \
+    TARGET FDY_LEG_INLINE float NAME##_body(const void *w, const void *a, int64_t n,          \
+                                            const __m256i *pre, const __m256 *pda) {         \
+        const WT *x = (const WT *)w;                                                         \
+        const AT *y = (const AT *)a;                                                         \
+        const int64_t nb = n / 32;                                                           \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                       \
+        int64_t i = 0;                                                                       \
+        for (; i + 8 <= nb; i += 8) {                                                        \
+            const __m256 d = _mm256_mul_ps(W8(x + i), pda ? pda[i / 8] : FDY_LEG_D8(y + i)); \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, FDY_LEG_LANE256(d, 0));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 1, FDY_LEG_LANE256(d, 1));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 2, FDY_LEG_LANE256(d, 2));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 3, FDY_LEG_LANE256(d, 3));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 4, FDY_LEG_LANE256(d, 4));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 5, FDY_LEG_LANE256(d, 5));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 6, FDY_LEG_LANE256(d, 6));                    \
+            FDY_LEG_STEP256(V, OPS, OFF, acc1, 7, FDY_LEG_LANE256(d, 7));                    \
+        }                                                                                    \
+        for (; i < nb; i++) {                                                                \
+            const __m256 d = _mm256_set1_ps(W1(x + i) * FDY_LEG_D1(y + i));                  \
+            FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, d);                                        \
+        }                                                                                    \
+        return fdy_hsum256(_mm256_add_ps(acc0, acc1));                                       \
+    }                                                                                        \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        return NAME##_body(w, a, n, NULL, NULL);                                             \
+    }                                                                                        \
+    TARGET static void NAME##_rows(const void *w, size_t rb, const void *a, int64_t n,       \
+                                   float *out, int64_t rows) {                               \
+        const int64_t nb = n / 32;                                                           \
+        if (nb > FDY_LEG_PRE_MAX || rows < 2) {                                              \
+            for (int64_t r = 0; r < rows; r++) {                                             \
+                out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, NULL, NULL); \
+            }                                                                                \
+            return;                                                                          \
+        }                                                                                    \
+        const AT *y = (const AT *)a;                                                         \
+        __m256i pre[(OFF) ? FDY_LEG_PRE_MAX : 1];                                            \
+        __m256 pda[FDY_LEG_PRE_MAX / 8];                                                     \
+        if (OFF) {                                                                           \
+            for (int64_t b = 0; b < nb; b++) {                                               \
+                pre[b] = fdy_offterm256##V(_mm256_loadu_si256((const __m256i *)y[b].qs),     \
+                                           OFF);                                             \
+            }                                                                                \
+        }                                                                                    \
+        for (int64_t g = 0; g < nb / 8; g++) {                                               \
+            pda[g] = FDY_LEG_D8(y + 8 * g);                                                  \
+        }                                                                                    \
+        for (int64_t r = 0; r < rows; r++) {                                                 \
+            out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n,                  \
+                                 (OFF) ? pre : NULL, pda);                                   \
+        }                                                                                    \
+    }
+
+#define FDY_LEG_PRE_MAX 256 /* blocks of the activation terms a rows call keeps on its stack */
 
 /* one block with a minimum: acc += dot(u, s) * d, accm += sum(a) * m; the float sum(a)
  * vector from pre[] when the caller computed it */
@@ -369,8 +424,6 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
         accm = _mm256_fmadd_ps(pre ? pre[i + (k)] : _mm256_cvtepi32_ps(fdy_asums256##V(o_)), \
                                m, accm);                                                     \
     } while (0)
-
-#define FDY_LEG_PRE_MAX 256 /* blocks of the activation terms a rows call keeps on its stack */
 
 /* AVX2 kernel of q4_1 / q5_1: w = d * q + m, with q8_1 activations.  NAME_body takes the
  * activation's row-independent terms precomputed (pre[b]: the float code-sum vector of block
