@@ -35,12 +35,15 @@ class Policy:
                                prefill GEMM of the ``q8`` variant uses it)
     has_vec_dot_f32 : bool     the ``f32`` variant's GEMV (M <= 4) runs a fused decode + dot
                                kernel for this format (see :meth:`vec_dot_f32`)
+    has_vec_dot_rows : bool    the ``q8`` variant's decode GEMV (M = 1) runs a row-range kernel
+                               that computes the activation's terms once per 64 rows (the same
+                               bits as the one-row kernel)
     tolerances : dict          test tolerances (relative L2): roundtrip, f32, q8
     """
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
                  "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
-                 "has_to_i8", "has_vec_dot_f32", "tolerances")
+                 "has_to_i8", "has_vec_dot_f32", "has_vec_dot_rows", "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -55,6 +58,7 @@ class Policy:
         self.dot_type = info["dot_type"]
         self.has_to_i8 = info["has_to_i8"]
         self.has_vec_dot_f32 = info["has_vec_dot_f32"]
+        self.has_vec_dot_rows = info["has_vec_dot_rows"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
                            "q8": info["tol_q8"]}
 

@@ -344,6 +344,10 @@ def test_minus_128_activations_are_defined(name, lib):
 ROWS_POLICIES = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "mxfp4"]
 
 
+def test_has_vec_dot_rows_lists_the_hooked_formats():
+    assert sorted(p.name for p in pf.policies if p.has_vec_dot_rows) == sorted(ROWS_POLICIES)
+
+
 @pytest.mark.parametrize("name", ROWS_POLICIES)
 def test_vec_dot_rows_equals_vec_dot_bit_for_bit(lib, name):
     """the rows hook (the decode GEMV's call) against the one-row kernel, row by row, on every

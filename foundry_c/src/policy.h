@@ -92,6 +92,8 @@ fdy_status fdy_policy_to_i8(const fdy_policy *p, const void *src, int8_t *q, flo
                             float *min, int64_t n);
 /* the policy's vec_dot_f32 hook (FDY_ERR_UNSUPPORTED when it has none) */
 int fdy_policy_has_vec_dot_f32(const fdy_policy *p);
+/* whether the policy has the vec_dot_rows hook (the q8 decode GEMV's row-range kernel) */
+int fdy_policy_has_vec_dot_rows(const fdy_policy *p);
 fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
                                   float *out);
 
