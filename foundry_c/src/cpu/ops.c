@@ -832,7 +832,7 @@ __attribute__((target("avx512f"))) static void attn_group_avx512(const attn_ctx 
     memcpy(o, acc_base, (size_t)(g * D) * sizeof(float));
 }
 
-/* AVX2 + FMA: the AVX-512 kernel's arithmetic in 8-float vectors (dots of length D with a
+/* AVX2 + FMA: the AVX-512 kernel's structure in 8-float vectors (dots of length D with a
  * masked tail; the weighted sums 64 columns at a time, one head at a time, in registers) */
 #define FDY_ATTN_AVX2 __attribute__((target("avx2,fma")))
 
