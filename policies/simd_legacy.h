@@ -163,9 +163,9 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
     }
 
 /* NAME_rows: the one-row kernel NAME over consecutive rows, inlined into the loop (flatten),
- * so its constants are set up once per call rather than once per row (the AVX2 kernels define
- * their own: FDY_LEG_DOT256 with this macro, FDY_LEG_DOTM256 with the activation's terms
- * computed once per call) */
+ * so its constants are set up once per call rather than once per row (the AVX2 kernels
+ * define their own with FDY_LEG_ROWS256, which also computes the activation's terms once per
+ * call) */
 #define FDY_LEG_ROWS(NAME, TARGET)                                                          \
     TARGET __attribute__((flatten)) static void NAME##_rows(                                \
         const void *w, size_t rb, const void *a, int64_t n, float *out, int64_t rows) {     \
@@ -345,6 +345,43 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
 /* lane k of d in all 8 lanes */
 #define FDY_LEG_LANE256(d, k) _mm256_permutevar8x32_ps((d), _mm256_set1_epi32(k))
 
+#define FDY_LEG_PRE_MAX 256 /* blocks of the activation terms a rows call keeps on its stack */
+
+/* NAME and NAME_rows of an AVX2 kernel NAME_body(w, a, n, pre, pda): NAME passes no
+ * precomputed terms; NAME_rows computes, once per call, pda[g] (the activation scales of
+ * blocks 8g .. 8g + 7) and, when HASPRE, pre[b] = PRE (an expression of the activation block
+ * y[b], of type PT), then runs the body row by row (rows longer than FDY_LEG_PRE_MAX blocks, or
+ * a single row, take the plain path) */
+#define FDY_LEG_ROWS256(NAME, TARGET, AT, PT, HASPRE, PRE)                                      \
+    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
+        return NAME##_body(w, a, n, NULL, NULL);                                             \
+    }                                                                                        \
+    TARGET static void NAME##_rows(const void *w, size_t rb, const void *a, int64_t n,       \
+                                   float *out, int64_t rows) {                               \
+        const int64_t nb = n / 32;                                                           \
+        if (nb > FDY_LEG_PRE_MAX || rows < 2) {                                              \
+            for (int64_t r = 0; r < rows; r++) {                                             \
+                out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, NULL, NULL); \
+            }                                                                                \
+            return;                                                                          \
+        }                                                                                    \
+        const AT *y = (const AT *)a;                                                         \
+        PT pre[(HASPRE) ? FDY_LEG_PRE_MAX : 1];                                              \
+        __m256 pda[FDY_LEG_PRE_MAX / 8];                                                     \
+        if (HASPRE) {                                                                        \
+            for (int64_t b = 0; b < nb; b++) {                                               \
+                pre[b] = PRE;                                                                \
+            }                                                                                \
+        }                                                                                    \
+        for (int64_t g = 0; g < nb / 8; g++) {                                               \
+            pda[g] = FDY_LEG_D8(y + 8 * g);                                                  \
+        }                                                                                    \
+        for (int64_t r = 0; r < rows; r++) {                                                 \
+            out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n,                  \
+                                 (HASPRE) ? pre : NULL, pda);                                \
+        }                                                                                    \
+    }
+
 /* one block: acc += (block sums) * d (8 lanes); the offset term from pre[] when given */
 #define FDY_LEG_STEP256(V, OPS, OFF, acc, k, d)                                            \
     do {                                                                                   \
@@ -383,37 +420,8 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
         }                                                                                    \
         return fdy_hsum256(_mm256_add_ps(acc0, acc1));                                       \
     }                                                                                        \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
-        return NAME##_body(w, a, n, NULL, NULL);                                             \
-    }                                                                                        \
-    TARGET static void NAME##_rows(const void *w, size_t rb, const void *a, int64_t n,       \
-                                   float *out, int64_t rows) {                               \
-        const int64_t nb = n / 32;                                                           \
-        if (nb > FDY_LEG_PRE_MAX || rows < 2) {                                              \
-            for (int64_t r = 0; r < rows; r++) {                                             \
-                out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, NULL, NULL); \
-            }                                                                                \
-            return;                                                                          \
-        }                                                                                    \
-        const AT *y = (const AT *)a;                                                         \
-        __m256i pre[(OFF) ? FDY_LEG_PRE_MAX : 1];                                            \
-        __m256 pda[FDY_LEG_PRE_MAX / 8];                                                     \
-        if (OFF) {                                                                           \
-            for (int64_t b = 0; b < nb; b++) {                                               \
-                pre[b] = fdy_offterm256##V(_mm256_loadu_si256((const __m256i *)y[b].qs),     \
-                                           OFF);                                             \
-            }                                                                                \
-        }                                                                                    \
-        for (int64_t g = 0; g < nb / 8; g++) {                                               \
-            pda[g] = FDY_LEG_D8(y + 8 * g);                                                  \
-        }                                                                                    \
-        for (int64_t r = 0; r < rows; r++) {                                                 \
-            out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n,                  \
-                                 (OFF) ? pre : NULL, pda);                                   \
-        }                                                                                    \
-    }
-
-#define FDY_LEG_PRE_MAX 256 /* blocks of the activation terms a rows call keeps on its stack */
+    FDY_LEG_ROWS256(NAME, TARGET, AT, __m256i, OFF,                                          \
+                    fdy_offterm256##V(_mm256_loadu_si256((const __m256i *)y[b].qs), OFF))
 
 /* one block with a minimum: acc += dot(u, s) * d, accm += sum(a) * m; the float sum(a)
  * vector from pre[] when the caller computed it */
@@ -451,32 +459,10 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
         }                                                                                    \
         return fdy_hsum256(_mm256_add_ps(acc, accm));                                        \
     }                                                                                        \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
-        return NAME##_body(w, a, n, NULL, NULL);                                             \
-    }                                                                                        \
-    TARGET static void NAME##_rows(const void *w, size_t rb, const void *a, int64_t n,       \
-                                   float *out, int64_t rows) {                               \
-        const int64_t nb = n / 32;                                                           \
-        if (nb > FDY_LEG_PRE_MAX || rows < 2) {                                              \
-            for (int64_t r = 0; r < rows; r++) {                                             \
-                out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, NULL, NULL); \
-            }                                                                                \
-            return;                                                                          \
-        }                                                                                    \
-        const AT *y = (const AT *)a;                                                         \
-        __m256 pre[FDY_LEG_PRE_MAX], pda[FDY_LEG_PRE_MAX / 8];                               \
-        const __m256i z = _mm256_setzero_si256();                                            \
-        for (int64_t b = 0; b < nb; b++) {                                                   \
-            const fdy_ops256 o = {z, z, _mm256_loadu_si256((const __m256i *)y[b].qs)};      \
-            pre[b] = _mm256_cvtepi32_ps(fdy_asums256##V(o));                                 \
-        }                                                                                    \
-        for (int64_t g = 0; g < nb / 8; g++) {                                               \
-            pda[g] = FDY_LEG_D8(y + 8 * g);                                                  \
-        }                                                                                    \
-        for (int64_t r = 0; r < rows; r++) {                                                 \
-            out[r] = NAME##_body((const uint8_t *)w + (size_t)r * rb, a, n, pre, pda);       \
-        }                                                                                    \
-    }
+    FDY_LEG_ROWS256(NAME, TARGET, AT, __m256, 1,                                             \
+                    _mm256_cvtepi32_ps(fdy_asums256##V(((fdy_ops256){                        \
+                        _mm256_setzero_si256(), _mm256_setzero_si256(),                      \
+                        _mm256_loadu_si256((const __m256i *)y[b].qs)}))))
 
 /* roundf of each lane, exactly: trunc, then +-1 where the remainder (exact) is >= 0.5 */
 FDY_TARGET_AVX2 static inline __m256i fdy_round256(__m256 v) {
