@@ -38,6 +38,10 @@ def gguf_qtype(p):
         return None
 
 
+# feature sets for pf.set_cpu_features that select each CPU kernel tier: portable code, the
+# AVX2 + FMA + F16C kernels, and everything this CPU has (None)
+CPU_TIERS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
+
 ALL_POLICIES = list(pf.policies)
 QUANTIZABLE = [p for p in ALL_POLICIES if p.can_quantize]
 

@@ -21,14 +21,14 @@ import pyfoundry as pf
 from pyfoundry import _core
 from pyfoundry.reference import stages as R
 
-from conftest import ALL_POLICIES, policy_ids
+from conftest import ALL_POLICIES, CPU_TIERS, policy_ids
 
 U = 2.0 ** -24
 TO_I8 = [p for p in ALL_POLICIES if p.has_to_i8]
 WEIGHTS = [p for p in TO_I8 if not p.is_activation and p.dot_type
            and pf.policy(p.dot_type).has_to_i8]
-TIERS = [[], ["avx2", "fma", "f16c"], None]
-TIER_IDS = ["portable", "avx2", "all"]
+TIERS = list(CPU_TIERS.values())
+TIER_IDS = list(CPU_TIERS)
 
 
 def rel_l2(a, b):

@@ -19,7 +19,8 @@ import pytest
 import pyfoundry as pf
 from pyfoundry.reference import quants as refq
 
-from conftest import ALL_POLICIES, QUANTIZABLE, ROOT, gguf_qtype, policy_ids, random_rows
+from conftest import (ALL_POLICIES, CPU_TIERS, QUANTIZABLE, ROOT, gguf_qtype, policy_ids,
+                      random_rows)
 
 GOLDEN_PATH = pathlib.Path(__file__).parent / "data" / "quant_golden.npz"
 GOLDEN = dict(np.load(GOLDEN_PATH)) if GOLDEN_PATH.exists() else {}
@@ -261,7 +262,7 @@ def test_policy_decode_code_compiles_as_cpp_with_stub_prelude(name, tmp_path):
 
 # ---- every SIMD path gives the portable path's bits ---------------------------------------
 
-CPU_PATHS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
+CPU_PATHS = CPU_TIERS
 
 
 @pytest.mark.parametrize("path", list(CPU_PATHS))

@@ -19,7 +19,7 @@ import pytest
 import pyfoundry as pf
 from pyfoundry.reference import stages as R
 
-from conftest import ALL_POLICIES, policy_ids
+from conftest import ALL_POLICIES, CPU_TIERS, policy_ids
 
 U = 2.0 ** -24
 
@@ -268,8 +268,7 @@ def test_attention_matches_reference(M, start, H, Hkv):
     assert rel_l2(y, ref) <= (D + n) * U * 4, rel_l2(y, ref)
 
 
-@pytest.mark.parametrize("tier", [[], ["avx2", "fma", "f16c"], None],
-                         ids=["portable", "avx2", "all"])
+@pytest.mark.parametrize("tier", list(CPU_TIERS.values()), ids=list(CPU_TIERS))
 @pytest.mark.parametrize("D", [13, 32, 64, 80, 128, 136])
 def test_attention_every_cpu_tier_and_head_dim(D, tier):
     """each kernel (portable, AVX2 + FMA, AVX-512 where the CPU has it) on head sizes with and
