@@ -51,8 +51,9 @@ def copy_bandwidth(nbytes=1 << 30):
     return 2 * nbytes / ms / 1e6  # GB/s, read + write
 
 
-def gemv_sweep(fmt, N, K, copies, warps=(4,)):
-    """the dot-hook GEMV for unroll depths U and rows per warp R (table of % of copy bw)"""
+def gemv_sweep(fmt, N, K, copies, warps=(4,), integer=False):
+    """the dot-hook GEMV (integer: the q8 variant's fdy_gemv_doti on device-quantized
+    activations) for unroll depths U and rows per warp R (table of GB/s)"""
     p = pf.policy(fmt)
     row = K // p.block_elems * p.block_bytes
     rng = np.random.default_rng(0)
@@ -60,11 +61,19 @@ def gemv_sweep(fmt, N, K, copies, warps=(4,)):
           for _ in range(copies)]
     x = gpu.DeviceBuffer.from_array(rng.standard_normal(K).astype(np.float32))
     y = gpu.DeviceBuffer(N * 4)
+    x4 = None
+    if integer:
+        G = gpu.act_group(p)
+        xq, x4 = gpu.DeviceBuffer(K), gpu.DeviceBuffer(K // G * 4)
+        gpu.launch_quantize_act(gpu.module("matmul", [p]), x, xq, x4, None, 1, K, G)
+        x = xq
+    kern = "fdy_gemv_doti" if integer else "fdy_gemv_dotf"
     out = {}
     for nw in warps:
         for u in (1, 2, 3, 4, 8):
             src = gpu.compose("matmul", [p], "cuda",
-                              f"#define FDY_GD_U {u}\n#define FDY_GD_WARPS {nw}")
+                              f"#define FDY_G{'I' if integer else 'D'}_U {u}\n"
+                              f"#define FDY_GD_WARPS {nw}")
             gpu.cuda_init()
             mod = gpu.Module(src)
             for r in (1, 2, 4):
@@ -73,15 +82,19 @@ def gemv_sweep(fmt, N, K, copies, warps=(4,)):
                 def launch():
                     w = ws[st["i"] % copies]
                     st["i"] += 1
-                    mod.launch(f"fdy_gemv_dotf{r}", (-(-N // r), 1), 32 * nw,
-                               [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None),
+                    mod.launch(f"{kern}{r}", (-(-N // r), 1), 32 * nw,
+                               [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(x4),
                                 gpu.I(N), gpu.I(K), gpu.I(0), gpu.I(0), gpu.F(0.0)])
                 ms = timed(launch, 12 * copies)
                 out[(nw, u, r)] = N * row / ms / 1e6
     return out
 
 
-def gemv_bandwidth(fmt, N, K, copies, staged=False):
+def gemv_bandwidth(fmt, N, K, copies, kernel="dot hook"):
+    """GB/s of weight bytes and ms per GEMV.  kernel: 'dot hook' (what the f32 stages launch:
+    the policy's dot hook where it has one), 'staged' (the generic fdy_gemv), 'integer' (the q8
+    variant's fdy_gemv_doti on activations quantized beforehand), 'quant+int' (the q8 variant
+    as the stages run it: fdy_quantize_act, then fdy_gemv_doti, both timed)."""
     p = pf.policy(fmt)
     row = p.row_bytes(K) if hasattr(p, "row_bytes") else K // p.block_elems * p.block_bytes
     rng = np.random.default_rng(0)
@@ -97,13 +110,21 @@ def gemv_bandwidth(fmt, N, K, copies, staged=False):
     y = gpu.DeviceBuffer(N * 4)
     mod = gpu.module("matmul", [p])
     state = {"i": 0}
+    if kernel in ("integer", "quant+int"):
+        G = gpu.act_group(p)
+        xq, xs = gpu.DeviceBuffer(K), gpu.DeviceBuffer(K // G * 4)
+        gpu.launch_quantize_act(mod, x, xq, xs, None, 1, K, G)
 
     def launch():
         w = ws[state["i"] % copies]
         state["i"] += 1
         args = [gpu.P(w), gpu.P(x), gpu.P(None), gpu.P(y), gpu.P(None), gpu.I(N), gpu.I(K),
                 gpu.I(0), gpu.I(0), gpu.F(0.0)]
-        if staged:      # the generic kernel (policy decode from shared memory)
+        if kernel in ("integer", "quant+int"):
+            if kernel == "quant+int":
+                gpu.launch_quantize_act(mod, x, xq, xs, None, 1, K, G)
+            gpu.launch_gemv_doti(mod, N, 1, K, w, xq, xs, None, y, 0, 0)
+        elif kernel == "staged":      # the generic kernel (policy decode from shared memory)
             gx, rbits = gpu.gemv_geometry(N)
             args[7] = gpu.I(rbits)
             mod.launch("fdy_gemv", (gx, 1), gpu.GEMV_THREADS, args)
@@ -223,14 +244,15 @@ def main():
         p = pf.policy(fmt)
         wbytes = a.n * (a.k // p.block_elems) * p.block_bytes
         copies = max(2, -(-(200 << 20) // wbytes))   # > 200 MB in rotation: beyond L2
-        kernels = [("dot hook", False), ("staged", True)] if gpu.has_dotf(p) else \
-            [("staged", True)]
-        for kname, staged in kernels:
-            gbs, ms = gemv_bandwidth(fmt, a.n, a.k, copies, staged)
+        kernels = (["dot hook", "staged"] if gpu.has_dotf(p) else ["staged"]) + \
+            (["integer", "quant+int"] if gpu.has_doti(p) else [])
+        for kname in kernels:
+            gbs, ms = gemv_bandwidth(fmt, a.n, a.k, copies, kname)
             rows.append({"format": fmt, "kernel": kname, "ms": ms, "GB/s": gbs,
                          "fraction": gbs / bw})
     print(f"\nGEMV {a.n}x{a.k}, M=1 (kernel: 'dot hook' = fdy_gemv_dotf through the policy's "
-          f"FDY_<NAME>_DOTF hook, 'staged' = the generic fdy_gemv):")
+          f"FDY_<NAME>_DOTF hook, 'staged' = the generic fdy_gemv, 'integer' = the q8 "
+          f"variant's fdy_gemv_doti, 'quant+int' = fdy_quantize_act + fdy_gemv_doti):")
     print(f"{'format':8} {'kernel':9} {'us':>8} {'GB/s':>8} {'of copy bw':>10}")
     for r in rows:
         print(f"{r['format']:8} {r['kernel']:9} {r['ms'] * 1e3:8.1f} {r['GB/s']:8.0f} "
@@ -243,11 +265,14 @@ def main():
                 continue
             p = pf.policy(fmt)
             wbytes = a.n * (a.k // p.block_elems) * p.block_bytes
-            res = gemv_sweep(fmt, a.n, a.k, max(2, -(-(200 << 20) // wbytes)),
-                             tuple(int(w) for w in a.sweep_warps.split(",")))
-            best = max(res, key=res.get)
-            print(f"{fmt:8} best W{best[0]}U{best[1]}R{best[2]} {res[best] / bw:6.1%}:  " +
-                  "  ".join(f"W{w}U{u}R{r} {v / bw:5.1%}" for (w, u, r), v in sorted(res.items())))
+            for integer in ((False, True) if gpu.has_doti(fmt) else (False,)):
+                res = gemv_sweep(fmt, a.n, a.k, max(2, -(-(200 << 20) // wbytes)),
+                                 tuple(int(w) for w in a.sweep_warps.split(",")), integer)
+                best = max(res, key=res.get)
+                label = fmt + (" int" if integer else "")
+                print(f"{label:8} best W{best[0]}U{best[1]}R{best[2]} {res[best] / bw:6.1%}:  " +
+                      "  ".join(f"W{w}U{u}R{r} {v / bw:5.1%}"
+                                for (w, u, r), v in sorted(res.items())))
     models = []
     if a.models or a.gguf:
         import tempfile

@@ -16,9 +16,15 @@
  *   fdy_as_float(uint32_t bits)                                   bit cast
  *   fdy_fma(a, b, c)                                              fused multiply-add
  *   fdy_code_f(u, off)  float(u) - off for a small unsigned code u, without an int convert
+ *   fdy_load_u1(p)      one 32-bit word at p (4-byte aligned bytes)
+ *   fdy_dp4a(a, b, c)   c + the dot of the four signed bytes of a with those of b
+ *   fdy_round_away(x), fdy_rint(x)   round half away from zero / half to even, as float
+ *   fdy_round_f16(x)    x rounded to the nearest half (ties to even), as float
  * A policy may also give a GEMV dot hook (see metal/weights.metal): FDY_<NAME>_DOTF_PARTS
  * and fdy_dotf_<name>(block, part, x): the dot of part `part` of one block with x (the
  * block's BLOCK_ELEMS floats); the parts of a block together cover all its elements.
+ * and an integer one for the q8 variant (fdy_doti_calc_<name>, activations quantized on the
+ * device by the dot_type policy's fdy_actq_scale_<dt> / fdy_actq_code_<dt>).
  * Host-only code (quantizers, descriptors, SIMD) sits inside `#ifdef FDY_HOST`.
  */
 #ifndef FDY_DIALECT
@@ -104,6 +110,48 @@ FDY_FN fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p) {
     fdy_uint4 r;
     memcpy(r.v, p, sizeof r.v);
     return r;
+}
+
+/* one 32-bit word (p 4-byte aligned) */
+FDY_FN uint32_t fdy_load_u1(FDY_GLOBAL const uint8_t *p) {
+    uint32_t r;
+    memcpy(&r, p, 4);
+    return r;
+}
+
+/* c + sum over i of (signed byte i of a) * (signed byte i of b): CUDA's dp4a */
+FDY_FN int fdy_dp4a(uint32_t a, uint32_t b, int c) {
+    for (int i = 0; i < 4; i++) {
+        c += (int)(int8_t)(uint8_t)(a >> (8 * i)) * (int)(int8_t)(uint8_t)(b >> (8 * i));
+    }
+    return c;
+}
+
+/* round half away from zero (C roundf) and half to even (the default rounding mode) */
+FDY_FN float fdy_round_away(float x) {
+    return roundf(x);
+}
+
+FDY_FN float fdy_rint(float x) {
+    return nearbyintf(x);
+}
+
+/* x rounded to the nearest IEEE half, ties to even (overflow gives inf), back as float */
+FDY_FN float fdy_round_f16(float x) {
+    const uint32_t b = fdy_float_bits(x), sign = b & 0x80000000u;
+    uint32_t ax = b & 0x7fffffffu;
+    if (ax >= 0x7f800000u) {
+        return x;
+    }
+    if (ax >= 0x477ff000u) {
+        return fdy_as_float(sign | 0x7f800000u);
+    }
+    if (ax < 0x38800000u) { /* half subnormals: multiples of 2^-24 */
+        const float r = nearbyintf(fdy_as_float(ax) * 16777216.0f) * 5.9604644775390625e-08f;
+        return sign ? -r : r;
+    }
+    ax += 0x0fffu + ((ax >> 13) & 1u);
+    return fdy_as_float(sign | (ax & ~0x1fffu));
 }
 
 #endif /* FDY_DIALECT */

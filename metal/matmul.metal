@@ -180,12 +180,12 @@ FDY_UNROLL(8)
 #define FDY_GD_U 4
 #endif
 #endif
-#define FDY_GEMV_DOTF_KERNEL(NAME, R)                                                         \
+#define FDY_GEMV_HOOK_KERNEL(NAME, R, U, X1, X4, XSETUP, CALC)                                 \
     FDY_KERNEL NAME(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),                              \
-                    FDY_BUFFER(FDY_GLOBAL const float *x, 1),                                \
+                    FDY_BUFFER(X1, 1),                                                       \
                     FDY_BUFFER(FDY_GLOBAL const float *bias, 2),                             \
                     FDY_BUFFER(FDY_GLOBAL float *out, 3),                                    \
-                    FDY_BUFFER(FDY_GLOBAL const float *norm_w, 4), FDY_SCALAR(int, N, 5),    \
+                    FDY_BUFFER(X4, 4), FDY_SCALAR(int, N, 5),                                \
                     FDY_SCALAR(int, K, 6), FDY_SCALAR(int, flags, 7), FDY_SCALAR(int, act, 8), \
                     FDY_SCALAR(float, eps, 9) FDY_KERNEL_INDICES) {                          \
         FDY_SHARED float partial[FDY_GD_WARPS][R];                                           \
@@ -199,7 +199,7 @@ FDY_UNROLL(8)
         const int nblk = K / FDY_W0_BLOCK_ELEMS;                                             \
         const int bps = 32 / FDY_W0_DOTF_PARTS, part = lane % FDY_W0_DOTF_PARTS;             \
         const int wstride = FDY_GD_WARPS * bps; /* blocks the group covers per unrolled u */ \
-        FDY_GLOBAL const float *xr = x + (int64_t)m * K;                                     \
+        XSETUP                                                                               \
         FDY_GLOBAL const uint8_t *rowp[R];                                                   \
         float acc[R];                                                                        \
         FDY_UNROLL(R)                                                                        \
@@ -208,24 +208,23 @@ FDY_UNROLL(8)
             acc[r] = 0.0f;                                                                   \
         }                                                                                    \
         for (int kb0 = warp * bps + lane / FDY_W0_DOTF_PARTS; kb0 < nblk;                    \
-             kb0 += FDY_GD_U * wstride) {                                                    \
-            uint32_t raw[FDY_GD_U][R][FDY_W0_DOTF_WORDS];                                    \
-            FDY_UNROLL(FDY_GD_U)                                                             \
-            for (int u = 0; u < FDY_GD_U; u++) {                                             \
+             kb0 += (U) * wstride) {                                                    \
+            uint32_t raw[(U)][R][FDY_W0_DOTF_WORDS];                                    \
+            FDY_UNROLL(U)                                                             \
+            for (int u = 0; u < (U); u++) {                                             \
                 const int kb = kb0 + u * wstride < nblk ? kb0 + u * wstride : kb0;           \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
                     FDY_W0_DOTF_LOAD(rowp[r] + (int64_t)kb * FDY_W0_BLOCK_BYTES, part, raw[u][r]); \
                 }                                                                            \
             }                                                                                \
-            FDY_UNROLL(FDY_GD_U)                                                             \
-            for (int u = 0; u < FDY_GD_U; u++) {                                             \
+            FDY_UNROLL(U)                                                             \
+            for (int u = 0; u < (U); u++) {                                             \
                 const bool ok = kb0 + u * wstride < nblk;                                    \
                 const int kb = ok ? kb0 + u * wstride : kb0;                                 \
-                FDY_GLOBAL const float *xb = xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS;          \
                 FDY_UNROLL(R)                                                                \
                 for (int r = 0; r < (R); r++) {                                              \
-                    const float v = FDY_W0_DOTF_CALC(raw[u][r], part, xb);                   \
+                    const float v = CALC;                                                    \
                     acc[r] += ok ? v : 0.0f;                                                 \
                 }                                                                            \
             }                                                                                \
@@ -246,9 +245,37 @@ FDY_UNROLL(8)
             fdy_store_out(out, (int64_t)m * N + n0 + lane, t, bias, n0 + lane, flags, act);  \
         }                                                                                    \
     }
+#define FDY_GEMV_DOTF_KERNEL(NAME, R)                                                         \
+    FDY_GEMV_HOOK_KERNEL(NAME, R, FDY_GD_U, FDY_GLOBAL const float *x,                       \
+                         FDY_GLOBAL const float *norm_w,                                      \
+                         FDY_GLOBAL const float *xr = x + (int64_t)m * K;,                    \
+                         FDY_W0_DOTF_CALC(raw[u][r], part, xr + (int64_t)kb * FDY_W0_BLOCK_ELEMS))
 FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf1, 1)
 FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf2, 2)
 FDY_GEMV_DOTF_KERNEL(fdy_gemv_dotf4, 4)
+
+#ifdef FDY_W0_DOTI_CALC
+/* fdy_gemv_doti<R>: the q8 variant's GEMV through the policy's integer hook, the kernel above
+ * with x replaced by its device quantization (fdy_quantize_act): the codes xq (M, K) in slot 1
+ * and the group scales xd (M, K / FDY_W0_ACT_GROUP) in slot 4.  Same grid and block. */
+#ifndef FDY_GI_U
+#ifdef FDY_W0_DOTI_U
+#define FDY_GI_U FDY_W0_DOTI_U
+#else
+#define FDY_GI_U FDY_GD_U
+#endif
+#endif
+#define FDY_GEMV_DOTI_KERNEL(NAME, R)                                                         \
+    FDY_GEMV_HOOK_KERNEL(NAME, R, FDY_GI_U, FDY_GLOBAL const uint8_t *xq,                    \
+                         FDY_GLOBAL const float *xd,                                          \
+                         FDY_GLOBAL const uint8_t *xqr = xq + (int64_t)m * K;                 \
+                         FDY_GLOBAL const float *xdr = xd + (int64_t)m * (K / FDY_W0_ACT_GROUP);, \
+                         FDY_W0_DOTI_CALC(raw[u][r], part, xqr + (int64_t)kb * FDY_W0_BLOCK_ELEMS, \
+                                          xdr + (int64_t)kb * FDY_W0_BLOCK_ELEMS / FDY_W0_ACT_GROUP))
+FDY_GEMV_DOTI_KERNEL(fdy_gemv_doti1, 1)
+FDY_GEMV_DOTI_KERNEL(fdy_gemv_doti2, 2)
+FDY_GEMV_DOTI_KERNEL(fdy_gemv_doti4, 4)
+#endif
 #endif
 #else
 FDY_KERNEL fdy_gemv(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
@@ -369,3 +396,60 @@ FDY_KERNEL fdy_gemm(FDY_BUFFER(FDY_GLOBAL const uint8_t *w, 0),
         }
     }
 }
+
+#ifdef FDY_W0_ACT_GROUP
+/* fdy_quantize_act: the activations of the q8 variant, quantized on the device in the slot's
+ * dot_type (the arithmetic of the CPU quantizer: same codes, same scales).  x (M, K) gives the
+ * codes xq (M, K), the group scales xd (M, K / G) (the values the dot kernels multiply by) and,
+ * when xf is given (flags & 1), the dequantized activations xf = d * q (M, K) for kernels
+ * without an integer hook.  One SIMD group per group of G = FDY_W0_ACT_GROUP values, lane l
+ * holding values l G / 32 ... (l + 1) G / 32 - 1; the largest magnitude (the first one on ties,
+ * its sign kept) by a SIMD-group reduction.  grid (ceil(K / G / 4), M), 128 threads. */
+#define FDY_AQ_PER (FDY_W0_ACT_GROUP / 32)
+FDY_KERNEL fdy_quantize_act(FDY_BUFFER(FDY_GLOBAL const float *x, 0),
+                            FDY_BUFFER(FDY_GLOBAL uint8_t *xq, 1),
+                            FDY_BUFFER(FDY_GLOBAL float *xd, 2),
+                            FDY_BUFFER(FDY_GLOBAL float *xf, 3),
+                            FDY_SCALAR(int, K, 4), FDY_SCALAR(int, flags, 5) FDY_KERNEL_INDICES) {
+    const int m = FDY_GROUP_Y, lane = FDY_LANE;
+    const int g = FDY_GROUP_X * (FDY_GROUP_SIZE_X / 32) + FDY_SIMD_ID;
+    const int ng = K / FDY_W0_ACT_GROUP;
+    if (g >= ng) {
+        return; /* a whole SIMD group: g is the same on its lanes */
+    }
+    const int64_t base = (int64_t)m * K + (int64_t)g * FDY_W0_ACT_GROUP + lane * FDY_AQ_PER;
+    float v[FDY_AQ_PER];
+    float amax = 0.0f, vmax = 0.0f;
+    float at = (float)(lane * FDY_AQ_PER); /* index of vmax in the group */
+    for (int i = 0; i < FDY_AQ_PER; i++) {
+        v[i] = x[base + i];
+        const float a = v[i] < 0.0f ? -v[i] : v[i];
+        if (a > amax) {
+            amax = a;
+            vmax = v[i];
+            at = (float)(lane * FDY_AQ_PER + i);
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float oa = fdy_simd_shuffle_xor(amax, o), ov = fdy_simd_shuffle_xor(vmax, o);
+        const float oat = fdy_simd_shuffle_xor(at, o);
+        if (oa > amax || (oa == amax && oat < at)) {
+            amax = oa;
+            vmax = ov;
+            at = oat;
+        }
+    }
+    float id;
+    const float d = FDY_W0_ACT_SCALE(amax, vmax, &id);
+    for (int i = 0; i < FDY_AQ_PER; i++) {
+        const int q = FDY_W0_ACT_CODE(v[i], id);
+        xq[base + i] = (uint8_t)(q & 0xFF);
+        if (flags & 1) {
+            xf[base + i] = d * (float)q;
+        }
+    }
+    if (lane == 0) {
+        xd[(int64_t)m * ng + g] = d;
+    }
+}
+#endif

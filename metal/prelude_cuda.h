@@ -18,6 +18,7 @@
  *   FDY_SIMD_WIDTH, FDY_LANE, FDY_SIMD_ID   SIMD-group (warp) width, lane, index in group
  *   fdy_simd_sum / fdy_simd_max / fdy_simd_shuffle / fdy_simd_shuffle_xor
  *   fdy_half_to_float, fdy_bf16_to_float, fdy_as_float, fdy_float_bits
+ *   fdy_load_u1, fdy_dp4a, fdy_round_away, fdy_rint, fdy_round_f16   (see dialect.h)
  *   fdy_real            the widest float type the target has (double here, float on Metal)
  */
 #define FDY_DIALECT 1
@@ -108,6 +109,33 @@ FDY_FN fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p) {
     const uint4 t = *(const uint4 *)p;
     fdy_uint4 r = {{t.x, t.y, t.z, t.w}};
     return r;
+}
+
+/* one 32-bit word (p 4-byte aligned) */
+FDY_FN uint32_t fdy_load_u1(FDY_GLOBAL const uint8_t *p) {
+    return *(const uint32_t *)p;
+}
+
+/* c + the dot of the four signed bytes of a and b: one instruction (sm_61 and later) */
+FDY_FN int fdy_dp4a(uint32_t a, uint32_t b, int c) {
+    return __dp4a((int)a, (int)b, c);
+}
+
+FDY_FN float fdy_round_away(float x) {
+    return roundf(x);
+}
+
+FDY_FN float fdy_rint(float x) {
+    return rintf(x);
+}
+
+/* x rounded to the nearest half (ties to even) and back: the hardware conversions */
+FDY_FN float fdy_round_f16(float x) {
+    unsigned short h;
+    float f;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
 }
 
 /* ---- SIMD-group (warp) collectives: every lane gets the result ---- */

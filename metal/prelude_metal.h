@@ -88,6 +88,31 @@ FDY_FN fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p) {
     return r;
 }
 
+/* one 32-bit word (p 4-byte aligned) */
+FDY_FN uint32_t fdy_load_u1(FDY_GLOBAL const uint8_t *p) {
+    return *(FDY_GLOBAL const uint32_t *)p;
+}
+
+/* c + the dot of the four signed bytes of a and b */
+FDY_FN int fdy_dp4a(uint32_t a, uint32_t b, int c) {
+    const char4 x = as_type<char4>(a), y = as_type<char4>(b);
+    return c + (int)x.x * (int)y.x + (int)x.y * (int)y.y + (int)x.z * (int)y.z +
+           (int)x.w * (int)y.w;
+}
+
+FDY_FN float fdy_round_away(float x) {
+    return round(x);
+}
+
+FDY_FN float fdy_rint(float x) {
+    return rint(x);
+}
+
+/* x rounded to the nearest half (ties to even, the default conversion) and back */
+FDY_FN float fdy_round_f16(float x) {
+    return float(half(x));
+}
+
 /* ---- SIMD-group collectives: every lane gets the result ---- */
 FDY_FN float fdy_simd_sum(float v) {
     return simd_sum(v);

@@ -106,6 +106,34 @@ FDY_FN float fdy_dotf_q4_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     return fdy_dotf_calc_q4_k(r, part, x);
 }
 
+/* Integer GEMV hook (the q8 variant; activations in q8_k: codes xq of the block, scale xd[0]):
+ * the parts and raw words of the dot hook above; calc: the code dots and code sums of the two
+ * groups with dp4a, then xd * (d * sum sc * dot - dmin * sum m * csum), exact in integers. */
+#define FDY_Q4_K_DOTI 1
+FDY_FN float fdy_doti_calc_q4_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const uint8_t *xq,
+                                FDY_GLOBAL const float *xd) {
+    const int c = part >> 1, j = part & 1;
+    const fdy_uint4 al = fdy_load_u4(xq + 64 * c + 16 * j), ah = fdy_load_u4(xq + 64 * c + 32 + 16 * j);
+    int sl = 0, sh = 0, xsl = 0, xsh = 0;
+    for (int w = 0; w < 4; w++) {
+        const uint32_t lo = r[4 + w] & 0x0F0F0F0Fu, hi = (r[4 + w] >> 4) & 0x0F0F0F0Fu;
+        sl = fdy_dp4a(lo, al.v[w], sl);
+        sh = fdy_dp4a(hi, ah.v[w], sh);
+        xsl = fdy_dp4a(0x01010101u, al.v[w], xsl);
+        xsh = fdy_dp4a(0x01010101u, ah.v[w], xsh);
+    }
+    const uint32_t s0 = r[1], s1 = r[2], s2 = r[3];
+    const uint32_t sw = c < 2 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+    const uint32_t mw = c < 2 ? (s1 & 0x3F3F3F3Fu)
+                              : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+    const int sh0 = 16 * (c & 1);
+    const int sc = (int)((sw >> sh0) & 0xFFu) * sl + (int)((sw >> (sh0 + 8)) & 0xFFu) * sh;
+    const int mn = (int)((mw >> sh0) & 0xFFu) * xsl + (int)((mw >> (sh0 + 8)) & 0xFFu) * xsh;
+    const float d = fdy_half_to_float((uint16_t)(r[0] & 0xFFFFu));
+    const float dmin = fdy_half_to_float((uint16_t)(r[0] >> 16));
+    return xd[0] * (d * (float)sc - dmin * (float)mn);
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

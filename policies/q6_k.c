@@ -98,6 +98,31 @@ FDY_FN float fdy_dotf_q6_k(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     return fdy_dotf_calc_q6_k(r, part, x);
 }
 
+/* Integer GEMV hook (the q8 variant; activations in q8_k: codes xq of the block, scale xd[0]):
+ * the parts and raw words of the dot hook above; calc: the 6-bit codes rebuilt four to a word,
+ * sum (q - 32) c with dp4a per group, exact in integers, then d * xd * sum sc * dot. */
+#define FDY_Q6_K_DOTI 1
+FDY_FN float fdy_doti_calc_q6_k(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const uint8_t *xq,
+                                FDY_GLOBAL const float *xd) {
+    const int h = part >> 2, j = part & 3;
+    FDY_GLOBAL const uint8_t *xp = xq + 128 * h + 8 * j;
+    int tot = 0;
+    for (int k = 0; k < 4; k++) {
+        const int sh = 4 * (k >> 1);
+        int s = 0;
+        for (int w = 0; w < 2; w++) {
+            const uint32_t lo = (k & 1) ? r[2 + w] : r[w];
+            const uint32_t q = ((lo >> sh) & 0x0F0F0F0Fu) | (((r[4 + w] >> (2 * k)) & 0x03030303u) << 4);
+            const uint32_t xv = fdy_load_u1(xp + 32 * k + 4 * w);
+            s = fdy_dp4a(q, xv, s);
+            s -= fdy_dp4a(0x20202020u, xv, 0);
+        }
+        const int sb = 8 * (2 * (k & 1) + (j >> 1));
+        tot += (int)(int8_t)(uint8_t)((r[6 + (k >> 1)] >> sb) & 0xFFu) * s;
+    }
+    return (fdy_half_to_float((uint16_t)r[8]) * xd[0]) * (float)tot;
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

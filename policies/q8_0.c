@@ -58,6 +58,24 @@ FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     return fdy_dotf_calc_q8_0(r, part, x);
 }
 
+/* Activation quantizer of the q8 variant on a GPU (q8_0 is the dot_type of q4_0, q5_0, q8_0,
+ * iq4_nl, mxfp4, int8, nf4): the arithmetic of q8_0_quantize, split so that a kernel can find
+ * the largest magnitude with a SIMD-group reduction (metal/matmul.metal, fdy_quantize_act).
+ * fdy_actq_scale_q8_0(amax, vmax, &id): amax = max |x| of the block, vmax the value there;
+ * returns the scale the dot kernels multiply by (d rounded to f16, as stored) and sets the
+ * factor of the codes; fdy_actq_code_q8_0(x, id): one code. */
+#define FDY_Q8_0_ACT_GROUP 32
+FDY_FN float fdy_actq_scale_q8_0(float amax, float vmax, FDY_THREAD float *id) {
+    (void)vmax;
+    const float d = amax / 127.0f;
+    *id = d != 0.0f ? 1.0f / d : 0.0f;
+    return fdy_round_f16(d);
+}
+
+FDY_FN int fdy_actq_code_q8_0(float x, float id) {
+    return (int)fdy_round_away(x * id);
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

@@ -30,6 +30,21 @@ FDY_FN void fdy_decode_q8_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* Activation quantizer of the q8 variant on a GPU (q8_1 is the dot_type of q4_1, q5_1): the
+ * codes and d of q8_1_quantize, which are those of q8_0 (see q8_0.c, fdy_actq_scale_q8_0);
+ * s is not kept: the dot kernels sum the codes themselves. */
+#define FDY_Q8_1_ACT_GROUP 32
+FDY_FN float fdy_actq_scale_q8_1(float amax, float vmax, FDY_THREAD float *id) {
+    (void)vmax;
+    const float d = amax / 127.0f;
+    *id = d != 0.0f ? 1.0f / d : 0.0f;
+    return fdy_round_f16(d);
+}
+
+FDY_FN int fdy_actq_code_q8_1(float x, float id) {
+    return (int)fdy_round_away(x * id);
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_legacy.h"

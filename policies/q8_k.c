@@ -34,6 +34,26 @@ FDY_FN void fdy_decode_q8_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
     }
 }
 
+/* Activation quantizer of the q8 variant on a GPU (q8_k is the dot_type of the K-quants and
+ * the i-quants): the arithmetic of q8_k_quantize, split as in q8_0.c (fdy_actq_scale_q8_0).
+ * vmax is the value of largest magnitude (the first one on ties); an all-zero block gets
+ * d = 0 and codes 0.  The per-16 sums are not kept: the dot kernels sum the codes. */
+#define FDY_Q8_K_ACT_GROUP 256
+FDY_FN float fdy_actq_scale_q8_k(float amax, float vmax, FDY_THREAD float *id) {
+    if (amax == 0.0f) {
+        *id = 0.0f;
+        return 0.0f;
+    }
+    const float iscale = -127.0f / vmax;
+    *id = iscale;
+    return 1.0f / iscale;
+}
+
+FDY_FN int fdy_actq_code_q8_k(float x, float id) {
+    const int v = (int)fdy_rint(id * x);
+    return v < 127 ? v : 127;
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_kquants.h"

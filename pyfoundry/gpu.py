@@ -70,6 +70,49 @@ def has_dotf(policy) -> bool:
 _dotf_cache: Dict[str, bool] = {}
 
 
+def act_group(policy) -> Optional[int]:
+    """Elements per scale of the q8 variant's device activations for ``policy`` (its dot_type's
+    block: 32 for q8_0 / q8_1, 256 for q8_k), or None when the policy has no dot_type or the
+    dot_type no device quantizer (FDY_<DT>_ACT_GROUP); the q8 variant then computes as f32."""
+    p = _policy(policy)
+    key = "act:" + p.name
+    if key not in _dotf_cache:
+        g = None
+        if p.dot_type:
+            src = compose("matmul", [p.name], "cuda")
+            if f"#define FDY_W0_ACT_GROUP FDY_{p.dot_type.upper()}_ACT_GROUP" in src and \
+                    f"#define FDY_{p.dot_type.upper()}_ACT_GROUP" in src:
+                g = _policy(p.dot_type).block_elems
+        _dotf_cache[key] = g
+    return _dotf_cache[key]
+
+
+def has_doti(policy) -> bool:
+    """Whether the policy's device code has an integer GEMV hook for the q8 variant
+    (FDY_<NAME>_DOTI, fdy_doti_calc_<name>) and its dot_type a device quantizer."""
+    name = _policy(policy).name
+    key = "doti:" + name
+    if key not in _dotf_cache:
+        _dotf_cache[key] = (act_group(name) is not None and has_dotf(name) and
+                            f"#define FDY_{name.upper()}_DOTI " in compose("matmul", [name], "cuda"))
+    return _dotf_cache[key]
+
+
+def launch_quantize_act(mod, xd, xq, xs, xf, M: int, K: int, G: int) -> None:
+    """fdy_quantize_act of ``mod`` (a matmul module): x (M, K) on the device -> codes xq,
+    group scales xs and, when xf is a buffer, the dequantized activations."""
+    mod.launch("fdy_quantize_act", (_cdiv(K // G, 4), M), 128,
+               [P(xd), P(xq), P(xs), P(xf), I(K), I(1 if xf is not None else 0)])
+
+
+def launch_gemv_doti(mod, N: int, M: int, K: int, wd, xq, xs, bd, od, flags: int, act: int) -> None:
+    """One q8-variant GEMV through the policy's integer hook (codes xq, scales xs from
+    launch_quantize_act)."""
+    r = 4 if N >= 4 * 4096 else (2 if N >= 4096 else 1)
+    mod.launch(f"fdy_gemv_doti{r}", (_cdiv(N, r), M), 32 * GEMV_DOTF_WARPS,
+               [P(wd), P(xq), P(bd), P(od), P(xs), I(N), I(K), I(flags), I(act), F(0.0)])
+
+
 def launch_gemv(mod, policy, N: int, M: int, common: list, flags: int, be=None) -> None:
     """One GEMV launch (M rows of x, one grid row each): on CUDA the policy's dot-hook kernel
     when it has one and no norm is fused, else the generic fdy_gemv in the backend's geometry.
@@ -363,11 +406,30 @@ class GpuOps:
     def _pol(wt) -> Policy:
         return _policy(int(wt[0]))
 
-    def _mm(self, wt, xd, M, bd, od, nwd, eps, flags, act):
+    def _mm(self, wt, xd, M, bd, od, nwd, eps, flags, act, variant=0):
         p = self._pol(wt)
         N, K = int(wt[2]), int(wt[3])
         wd = self._weight(wt)
         mod = self._module("matmul", [p])
+        G = act_group(p) if variant else None
+        if G is not None and K % G == 0:
+            # the q8 variant: the activations (normalised first when a norm is fused) quantized
+            # on the device in the policy's dot_type, then the integer hook for M = 1 where the
+            # policy has one, else the float kernels on the dequantized activations
+            if flags & 4:
+                xn = DeviceBuffer(M * K * 4, self.be)
+                self._module("elementwise").launch("fdy_rmsnorm", (M,), 256,
+                                                   [P(xd), P(nwd), P(xn), I(K), F(eps)])
+                xd, nwd, flags = xn, None, flags & ~4
+            integer = M == 1 and self.be.name == "cuda" and has_doti(p)
+            xq = DeviceBuffer(M * K, self.be)
+            xs = DeviceBuffer(M * (K // G) * 4, self.be)
+            xf = None if integer else DeviceBuffer(M * K * 4, self.be)
+            launch_quantize_act(mod, xd, xq, xs, xf, M, K, G)
+            if integer:
+                launch_gemv_doti(mod, N, M, K, wd, xq, xs, bd, od, flags, act)
+                return
+            xd = xf
         common = [P(wd), P(xd), P(bd), P(od), P(nwd), I(N), I(K), I(flags), I(act), F(eps)]
         if M == 1:
             launch_gemv(mod, p, N, M, common, flags, self.be)
@@ -376,26 +438,27 @@ class GpuOps:
                        common + [I(M)])
 
     def matmul(self, wt, x2, M, b, o, accumulate, act, variant):
-        self._check_variant(variant)
         xd, bd, od = self._in(x2), self._in(b), self._out(o, accumulate)
         flags = (1 if b is not None else 0) | (2 if accumulate else 0)
-        self._mm(wt, xd, M, bd, od, None, 0.0, flags, act)
+        self._mm(wt, xd, M, bd, od, None, 0.0, flags, act, variant)
         od.download(o)
 
     def rmsnorm_matmul(self, x2, M, nw, eps, wt, b, o, accumulate, act, variant):
-        self._check_variant(variant)
         xd, bd, od, nwd = self._in(x2), self._in(b), self._out(o, accumulate), self._in(nw)
         flags = (1 if b is not None else 0) | (2 if accumulate else 0) | 4
-        self._mm(wt, xd, M, bd, od, nwd, eps, flags, act)
+        self._mm(wt, xd, M, bd, od, nwd, eps, flags, act, variant)
         od.download(o)
 
     def rmsnorm_qkv(self, x2, M, nw, eps, wts, bs, os_, variant):
-        self._check_variant(variant)
         xd, nwd = self._in(x2), self._in(nw)
         bds = [self._in(b) for b in bs]
         ods = [self._out(o) for o in os_]
         K = int(wts[0][3])
-        if M == 1:
+        if variant:   # the q8 variant: one quantized matmul per weight (each its own dot_type)
+            for wt, bd, od in zip(wts, bds, ods):
+                self._mm(wt, xd, M, bd, od, nwd, eps, (1 if bd is not None else 0) | 4, 0,
+                         variant)
+        elif M == 1:
             n = len(wts)
             pols = [self._pol(w) for w in wts]
             wds = [self._weight(w) for w in wts]
@@ -415,25 +478,24 @@ class GpuOps:
             od.download(o)
 
     def ffn(self, x2, M, nw, eps, g, u, d, o, variant):
-        self._check_variant(variant)
         K, F_ = int(g[3]), int(g[2])
         xd, nwd = self._in(x2), self._in(nw)
         hd = DeviceBuffer(M * F_ * 4, self.be)
         hd.poison()
-        if M == 1:
+        if M == 1 and not variant:
             self._module("ffn", [self._pol(g), self._pol(u)]).launch(
                 "fdy_gateup", (_cdiv(F_, GEMV_ROWS), M), 32 * GEMV_ROWS,
                 [P(self._weight(g)), P(self._weight(u)), P(xd), P(nwd),
                  P(hd), I(F_), I(K), F(eps)])
         else:
             gd, ud = DeviceBuffer(M * F_ * 4, self.be), DeviceBuffer(M * F_ * 4, self.be)
-            self._mm(g, xd, M, None, gd, nwd, eps, 4, 0)
-            self._mm(u, xd, M, None, ud, nwd, eps, 4, 0)
+            self._mm(g, xd, M, None, gd, nwd, eps, 4, 0, variant)
+            self._mm(u, xd, M, None, ud, nwd, eps, 4, 0, variant)
             n = M * F_
             self._module("elementwise").launch("fdy_swiglu", (_cdiv(n, 256),), 256,
                                                [P(gd), P(ud), P(hd), I(n)])
         od = DeviceBuffer.from_array(x2, self.be)  # residual: out = x + down(h)
-        self._mm(d, hd, M, None, od, None, 0.0, 2, 0)
+        self._mm(d, hd, M, None, od, None, 0.0, 2, 0, variant)
         od.download(o.reshape(x2.shape))
 
     def embedding(self, w, ids, M, o):
@@ -482,11 +544,6 @@ class GpuOps:
 
     def add(self, a, b, n, o):
         self._binary("fdy_add", a, b, n, o)
-
-    def _check_variant(self, variant):
-        if variant != 0:
-            raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
-                                             f"on {self.be.name}")
 
 
 class CudaOps(GpuOps):

@@ -387,9 +387,6 @@ def compile(op: str, policy=None, *, variant: str = "f32", backend: str = "cpu",
         if why is not None:
             raise FoundryNotImplementedError(f"backend {backend!r} is not available here: "
                                              f"{why}")
-        if variant != "f32":
-            raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
-                                             f"on {backend}")
     n_pol, defaults = OPS[op]
     unknown = set(params) - set(defaults)
     if unknown:

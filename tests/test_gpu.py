@@ -9,7 +9,8 @@ import pyfoundry as pf
 from pyfoundry.reference import stages as R
 
 from conftest import ALL_POLICIES, policy_ids
-from test_stages import U, acts, check_f32, rel_l2, weight_tensor
+from test_stages import (U, acts, check_f32, check_q8, q8_normalized_error, rel_l2,
+                         weight_tensor)
 
 pytestmark = pytest.mark.skipif(not pf.cuda_available(),
                                 reason="no CUDA device (pf.cuda_available() is False)")
@@ -152,3 +153,74 @@ def test_cuda_step_source_and_key():
     s = pf.compile("rmsnorm_qkv", policy=["q4_k", "q6_k", "q8_0"], backend="cuda")
     assert "fdy_decode_q6_k" in s.source and "fdy_qkv" in s.source
     assert s.key != pf.compile("rmsnorm_qkv", policy=["q4_k", "q6_k", "q8_0"]).key
+
+
+# ---- the q8 variant: activations quantized on the device in the policy's dot_type --------
+
+Q8_SHAPES = SHAPES + [(1, 4100, 256), (1, 16400, 256)]   # the 2- and 4-row integer kernels
+
+
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_cuda_q8_variant_matmul(p):
+    """Both bounds of the CPU's q8 variant (tests/test_stages.py check_q8): against the
+    reference on the unquantized activations within tolerances["q8"], and within 1e-5 of the
+    reference on the activations quantized and dequantized by the CPU's dot_type quantizer, so
+    the device quantizer and the integer hooks (q4_0, q4_k, q6_k at M = 1) are exact."""
+    step = pf.compile("matmul", policy=p, backend="cuda", variant="q8")
+    for i, (M, N, K) in enumerate(Q8_SHAPES):
+        w = weight_tensor(p, N, K, seed=i)
+        x = acts(M, K, seed=100 + i)
+        y = step(x[0] if M == 1 else x, w)
+        check_q8(y.reshape(M, N), x, w.dequantize(), p, f"{p.name} q8 M={M} N={N} K={K}")
+
+
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_cuda_q8_variant_bias_activation_accumulate(p):
+    N, K = 24, 512
+    w = weight_tensor(p, N, K, 3)
+    rng = np.random.default_rng(4)
+    b = rng.standard_normal(N).astype(np.float32)
+    for M in (1, 6):
+        x = acts(M, K, 5)
+        for act in ("silu", "relu"):
+            res = rng.standard_normal((M, N)).astype(np.float32)
+            y = pf.compile("matmul", policy=p, backend="cuda", variant="q8", activation=act,
+                           accumulate=True)(x, w, b, out=res.copy())
+            check_q8(y.reshape(M, N), x, w.dequantize(), p, f"{p.name} M={M} {act}",
+                     bias=b, activation=act, residual=res)
+
+
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_cuda_q8_variant_fused_stages(p):
+    """rmsnorm_matmul, rmsnorm_qkv (mixed policies, each its own dot_type) and ffn in the q8
+    variant, bounded as the CPU's (tests/test_stages.py)."""
+    K = 256
+    g = (1 + 0.1 * np.random.default_rng(13).standard_normal(K)).astype(np.float32)
+    w = weight_tensor(p, 20, K, 11)
+    for M in (1, 4):
+        x = acts(M, K, 12)
+        y = pf.compile("rmsnorm_matmul", policy=p, backend="cuda", variant="q8", eps=1e-6)(x, g, w)
+        xn64 = R.rmsnorm(x, g, eps=1e-6)
+        ref = R.rmsnorm_matmul(x, g, w.dequantize(), eps=1e-6)
+        assert q8_normalized_error(y, xn64, w.dequantize(), ref) <= p.tolerances["q8"], (p.name, M)
+    i = ALL_POLICIES.index(p)
+    ps = [p, ALL_POLICIES[(i + 1) % len(ALL_POLICIES)], ALL_POLICIES[(i + 5) % len(ALL_POLICIES)]]
+    ws = [weight_tensor(q, n, K, seed=20 + j) for j, (q, n) in enumerate(zip(ps, (32, 16, 16)))]
+    for M in (1, 3):
+        x = acts(M, K, 14)
+        outs = pf.compile("rmsnorm_qkv", policy=ps, backend="cuda", variant="q8")(x, g, *ws)
+        refs = R.rmsnorm_qkv(x, g, [q.dequantize() for q in ws])
+        xn64 = R.rmsnorm(x, g)
+        for q, o, r, wq in zip(ps, outs, refs, ws):
+            e = q8_normalized_error(o, xn64, wq.dequantize(), r)
+            assert e <= q.tolerances["q8"], (q.name, M, e)
+    F = 512
+    wg, wu, wdn = (weight_tensor(p, F, K, 40), weight_tensor(p, F, K, 41), weight_tensor(p, K, F, 42))
+    for M in (1, 3):
+        x = acts(M, K, 43)
+        y = pf.compile("ffn", policy=p, backend="cuda", variant="q8")(x, g, wg, wu, wdn)
+        ref = R.ffn(x, g, wg.dequantize(), wu.dequantize(), wdn.dequantize())
+        n = R.rmsnorm(x, g)
+        h = R.swiglu(n @ wg.dequantize().T.astype(np.float64), n @ wu.dequantize().T)
+        e = q8_normalized_error(y - x, h, wdn.dequantize(), ref - x)
+        assert e <= 3 * p.tolerances["q8"], (p.name, M, e)

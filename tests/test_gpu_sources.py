@@ -173,3 +173,79 @@ def test_dotf_hook_matches_the_dequantized_dot(p, tmp_path):
     scale = np.abs(w * x.reshape(nb, -1)).sum(axis=1) + 1e-30
     assert got.shape == want.shape
     assert np.all(np.abs(got - want) <= 1e-6 * scale), np.max(np.abs(got - want) / scale)
+
+
+DOTI_POLICIES = [p for p in DOTF_POLICIES
+                 if f"#define FDY_{p.upper()}_DOTI " in (ROOT / "policies" / f"{p}.c").read_text()]
+ACT_TYPES = sorted({pf.policy(p.name).dot_type for p in ALL_POLICIES
+                    if pf.policy(p.name).dot_type})
+
+
+def test_integer_hooks_and_activation_quantizers_are_bound():
+    """The q8 variant's device code: the formats named in the GPU notes have an integer hook,
+    every dot_type has a device quantizer, and the composer binds both to the slot (and the
+    dot_type's device part is pasted once, after the slot's policy)."""
+    assert {"q4_0", "q4_k", "q6_k"} <= set(DOTI_POLICIES)
+    assert ACT_TYPES == ["q8_0", "q8_1", "q8_k"]
+    for p in ALL_POLICIES:
+        dt = pf.policy(p.name).dot_type
+        src = gpu.compose("matmul", [p.name], "cuda")
+        if dt is None:
+            assert "#define FDY_W0_ACT_GROUP" not in src and gpu.act_group(p.name) is None
+            continue
+        assert src.count(f"(policies/{dt}.c, device part)") == 1, p.name
+        assert f"#define FDY_W0_ACT_SCALE fdy_actq_scale_{dt}" in src
+        assert gpu.act_group(p.name) == pf.policy(dt).block_elems
+        assert gpu.has_doti(p.name) == (p.name in DOTI_POLICIES), p.name
+        if p.name in DOTI_POLICIES:
+            assert f"#define FDY_W0_DOTI_CALC fdy_doti_calc_{p.name}" in src
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+@pytest.mark.parametrize("p", DOTI_POLICIES + ["q8_1", "q8_k"])
+def test_activation_quantizer_and_integer_hook_on_the_host(p, tmp_path):
+    """The device text of the q8 variant, compiled for the host: the dot_type's quantizer
+    (driven as fdy_quantize_act drives it) gives exactly the CPU quantizer's values
+    (pf.policy(dot_type).dequantize(quantize(x)), bit for bit), and the integer hook summed
+    over a block's parts equals the float64 dot of the dequantized weights with them."""
+    pol = pf.policy(p)
+    a = pf.policy(pol.dot_type)
+    exe = tmp_path / "doti"
+    hook = p in DOTI_POLICIES
+    defs = [f"-DPNAME={p if hook else a.name}", f"-DPUPPER={(p if hook else 'q4_k').upper()}",
+            f"-DANAME={a.name}", f"-DAUPPER={a.name.upper()}"]
+    if not hook:  # quantizer only: pair it with a hooked weight format of the same group
+        w_name = "q4_0" if a.block_elems == 32 else "q4_k"
+        defs[0], defs[1] = f"-DPNAME={w_name}", f"-DPUPPER={w_name.upper()}"
+        pol = pf.policy(w_name)
+    if pol.dot_type == a.name and pol.name == a.name:
+        defs.append("-DSAME_POLICY")
+    r = subprocess.run([CC, "-std=c11", "-O1", "-Wall", "-Werror", "-Wno-unused-function",
+                        *defs, f"-I{ROOT / 'policies'}", f"-I{ROOT / 'metal'}",
+                        str(ROOT / "tests" / "c" / "doti_check.c"), "-o", str(exe), "-lm"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rng = np.random.default_rng(8)
+    nb = 200
+    ne = nb * pol.block_elems
+    t = pf.testing.random_blocks(pol, 1, ne, rng)
+    raw = np.ascontiguousarray(t.raw).reshape(-1)
+    x = rng.standard_normal(ne).astype(np.float32)
+    x[5 * a.block_elems: 6 * a.block_elems] = 0.0              # an all-zero group
+    x[7 * a.block_elems + 3] = 4.0                             # a tie of magnitudes, signs differ
+    x[7 * a.block_elems + 9] = -4.0
+    x[9 * a.block_elems + 2] = -5.0
+    x[9 * a.block_elems + 11] = 5.0
+    out = subprocess.run([str(exe)], input=np.int32(nb).tobytes() + raw.tobytes() + x.tobytes(),
+                         capture_output=True, check=True).stdout
+    got = np.frombuffer(out, np.float32)
+    assert got.size == ne + nb
+    xf, sums = got[:ne], got[ne:].astype(np.float64)
+    want_x = a.dequantize(a.quantize(x.reshape(1, -1))).reshape(-1)
+    np.testing.assert_array_equal(xf, want_x)
+    if hook:
+        w = pol.dequantize(raw.reshape(nb, pol.block_bytes), (nb, pol.block_elems)).astype(np.float64)
+        xe = xf.reshape(nb, -1).astype(np.float64)
+        want = (w * xe).sum(axis=1)
+        scale = np.abs(w * xe).sum(axis=1) + 1e-30
+        assert np.all(np.abs(sums - want) <= 1e-6 * scale), np.max(np.abs(sums - want) / scale)

@@ -24,7 +24,11 @@ struct uint3 {
 };
 struct half {
     ushort bits;
+    half(float);
     operator float() const;
+};
+struct char4 {
+    signed char x, y, z, w;
 };
 
 namespace metal {
@@ -41,6 +45,8 @@ float fabs(float);
 float fmin(float, float);
 float fmax(float, float);
 float fma(float, float, float);
+float round(float);
+float rint(float);
 float tanh(float);
 float pow(float, float);
 float cos(float);

@@ -23,6 +23,11 @@ struct fdy_uint4 {
     uint32_t v[4];
 };
 fdy_uint4 fdy_load_u4(FDY_GLOBAL const uint8_t *p);
+uint32_t fdy_load_u1(FDY_GLOBAL const uint8_t *p);
+int fdy_dp4a(uint32_t a, uint32_t b, int c);
+float fdy_round_away(float x);
+float fdy_rint(float x);
+float fdy_round_f16(float x);
 // the math functions every target has (Metal: metal_stdlib, CUDA: device math)
 float fabs(float);
 float fmin(float, float);

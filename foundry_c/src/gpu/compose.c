@@ -79,6 +79,15 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
 
 #define MAX_SLOTS 4
 
+/* a policy name in capitals, as in its FDY_<NAME>_* macros */
+static void upper(const char *s, char *out, size_t cap) {
+    size_t k = 0;
+    for (; s[k] && k + 1 < cap; k++) {
+        out[k] = (char)(s[k] >= 'a' && s[k] <= 'z' ? s[k] - 32 : s[k]);
+    }
+    out[k] = 0;
+}
+
 fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *const *policies,
                            int32_t n_policies, const char *defines, char **out) {
     if (!out) {
@@ -125,23 +134,32 @@ fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *c
     }
     sb_add(&b, " */\n");
     sb_add(&b, prelude);
-    for (int i = 0; i < n_policies; i++) {
-        int seen = 0;
-        for (int j = 0; j < i; j++) {
-            seen |= pol[j] == pol[i];
+    /* the device part of each slot's policy, then of its dot_type (the q8 variant's activation
+     * quantizer), each once */
+    const fdy_policy *pasted[2 * MAX_SLOTS];
+    int n_pasted = 0;
+    for (int k = 0; k < 2 * n_policies; k++) {
+        const fdy_policy *p = k < n_policies ? pol[k] : NULL;
+        if (k >= n_policies) {
+            const char *dt = pol[k - n_policies]->dot_type;
+            p = dt ? fdy_policy_by_name(dt) : NULL;
+        }
+        int seen = p == NULL;
+        for (int j = 0; j < n_pasted && !seen; j++) {
+            seen = pasted[j] == p;
         }
         if (seen) {
             continue;
         }
-        snprintf(name, sizeof name, "policy:%s", pol[i]->name);
+        pasted[n_pasted++] = p;
+        snprintf(name, sizeof name, "policy:%s", p->name);
         const char *text = fdy_gpu_text_find(name);
         if (!text) {
             free(b.p);
-            return fdy_fail(FDY_ERR_STATE, "gpu_compose: no device code for policy %s",
-                            pol[i]->name);
+            return fdy_fail(FDY_ERR_STATE, "gpu_compose: no device code for policy %s", p->name);
         }
-        sb_printf(&b, "\n/* ---- policy %s (policies/%s.c, device part) ---- */\n",
-                  pol[i]->name, pol[i]->name);
+        sb_printf(&b, "\n/* ---- policy %s (policies/%s.c, device part) ---- */\n", p->name,
+                  p->name);
         sb_add(&b, text);
     }
     sb_add(&b, "\n/* ---- metal/common.metal ---- */\n");
@@ -153,14 +171,11 @@ fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *c
         sb_printf(&b, "#define FDY_W%d_BLOCK_ELEMS %d\n", i, (int)p->block_elems);
         sb_printf(&b, "#define FDY_W%d_BLOCK_BYTES %d\n", i, (int)p->block_bytes);
         sb_printf(&b, "#define FDY_W%d_SUB_ELEMS %d\n", i, (int)p->sub_elems);
-        {   /* the policy's optional GEMV dot hook (FDY_<NAME>_DOTF_PARTS, fdy_dotf_<name>) */
-            char up[64];
-            size_t k = 0;
-            for (; p->name[k] && k + 1 < sizeof up; k++) {
-                up[k] = (char)(p->name[k] >= 'a' && p->name[k] <= 'z' ? p->name[k] - 32
-                                                                      : p->name[k]);
-            }
-            up[k] = 0;
+        {   /* the policy's optional GEMV dot hooks (FDY_<NAME>_DOTF_PARTS, fdy_dotf_<name>; the
+             * integer one FDY_<NAME>_DOTI, fdy_doti_calc_<name>) and its dot_type's activation
+             * quantizer (FDY_<DT>_ACT_GROUP, fdy_actq_scale_<dt>, fdy_actq_code_<dt>) */
+            char up[64], dup[64];
+            upper(p->name, up, sizeof up);
             sb_printf(&b, "#ifdef FDY_%s_DOTF_PARTS\n#define FDY_W%d_DOTF_PARTS FDY_%s_DOTF_PARTS\n"
                           "#define FDY_W%d_DOTF_WORDS FDY_%s_DOTF_WORDS\n",
                       up, i, up, i, up);
@@ -169,6 +184,17 @@ fdy_status fdy_gpu_compose(const char *target, const char *kernel, const char *c
                       i, p->name, i, p->name);
             sb_printf(&b, "#ifdef FDY_%s_DOTF_U\n#define FDY_W%d_DOTF_U FDY_%s_DOTF_U\n#endif\n#endif\n",
                       up, i, up);
+            if (p->dot_type) {
+                upper(p->dot_type, dup, sizeof dup);
+                sb_printf(&b, "#ifdef FDY_%s_ACT_GROUP\n#define FDY_W%d_ACT_GROUP FDY_%s_ACT_GROUP\n"
+                              "#define FDY_W%d_ACT_SCALE fdy_actq_scale_%s\n"
+                              "#define FDY_W%d_ACT_CODE fdy_actq_code_%s\n#endif\n",
+                          dup, i, dup, i, p->dot_type, i, p->dot_type);
+                sb_printf(&b, "#if defined(FDY_%s_DOTI) && defined(FDY_W%d_DOTF_PARTS) && "
+                              "defined(FDY_W%d_ACT_GROUP)\n#define FDY_W%d_DOTI_CALC fdy_doti_calc_%s\n"
+                              "#ifdef FDY_%s_DOTI_U\n#define FDY_W%d_DOTI_U FDY_%s_DOTI_U\n#endif\n#endif\n",
+                          up, i, i, i, p->name, up, i, up);
+            }
         }
         sb_printf(&b, "#define FDY_W_DECODE FDY_W%d_DECODE\n", i);
         sb_printf(&b, "#define FDY_W_BLOCK_ELEMS FDY_W%d_BLOCK_ELEMS\n", i);
