@@ -50,6 +50,7 @@ FDY_FN void fdy_decode_q6_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #define FDY_Q6_K_DOTF_PARTS 8
 #define FDY_Q6_K_DOTF_WORDS 9
 #define FDY_Q6_K_DOTF_U 2 /* unroll depth of fdy_gemv_dotf: the sweep's best */
+#define FDY_Q6_K_DOTI_U 1 /* and of fdy_gemv_doti (bench_gpu.py --sweep, GPU_NOTES run 11) */
 FDY_FN uint32_t fdy_q6_k_u32(FDY_GLOBAL const uint8_t *p) {
     FDY_GLOBAL const uint16_t *h = (FDY_GLOBAL const uint16_t *)p;
     return (uint32_t)h[0] | ((uint32_t)h[1] << 16);

@@ -95,7 +95,11 @@ class GpuCore:
         self.vc: List[DeviceBuffer] = []
         self.n_past = 0
         self._graph = 0
+        self._graph_variant = 0
         self.use_graph = self.be.graphs
+        self.kmax = max([int(self.w[int(ins["weight"])][3]) for ins in self.prog
+                         if int(ins["op"]) == OP_MATMUL] or [0])
+        self.xq = self.xs = self.xf = None   # the q8 variant's activations (codes, scales, floats)
 
     def _mod(self, template, widx):
         key = (template, self.w[widx][0])
@@ -121,7 +125,15 @@ class GpuCore:
         self.bufs = [DeviceBuffer(cap * w * 4, self.be) for w in self.widths]
         self.ids = DeviceBuffer(cap * 4, self.be)
         self.pos = DeviceBuffer(cap * 4, self.be)
+        self.xq = self.xs = self.xf = None
         self.cap_rows = cap
+
+    def _q8_buffers(self):
+        if self.xq is None:
+            n = self.cap_rows * self.kmax
+            self.xq = DeviceBuffer(n, self.be)
+            self.xs = DeviceBuffer(n // 32 * 4 + 4, self.be)
+            self.xf = DeviceBuffer(n * 4, self.be)
 
     def _grow_kv(self, need):
         if need <= self.kv_cap:
@@ -157,9 +169,12 @@ class GpuCore:
     def _rows(self, b, r0):
         return _Ptr(self.bufs[b].ptr + r0 * self.widths[b] * 4)
 
-    def _run(self, M, last_only, caps=None, only=None):
+    def _run(self, M, last_only, caps=None, only=None, variant=0):
         """Enqueue the whole program for M rows (positions and ids already on the device);
-        ``only(ins)``, when given, selects the instructions (profiling)."""
+        ``only(ins)``, when given, selects the instructions (profiling).  variant 1 (q8): each
+        matmul's input rows are quantized on the device in its weight's dot_type first
+        (fdy_quantize_act), then the integer hook runs (rows == 1, where the policy has one)
+        or the float kernels on the dequantized rows, as the stages do (pyfoundry.gpu)."""
         for ins in self.prog:
             op = int(ins["op"])
             if only is not None and not only(ins):
@@ -187,7 +202,22 @@ class GpuCore:
                           P(self._rows(ins["out"], r0)), P(None), I(N), I(K), I(flags),
                           I(ins["act"]), F(0.0)]
                 mod = self._mod("matmul", int(ins["weight"]))
-                if rows == 1:
+                xin, out_rows = self._rows(ins["in0"], r0), self._rows(ins["out"], r0)
+                G = _gpu.act_group(int(t)) if variant else None
+                integer = False
+                if G is not None and K % G == 0:
+                    self._q8_buffers()
+                    integer = rows == 1 and self.be.name == "cuda" and _gpu.has_doti(int(t))
+                    _gpu.launch_quantize_act(mod, xin, self.xq, self.xs,
+                                             None if integer else self.xf, rows, K, G)
+                    if integer:
+                        _gpu.launch_gemv_doti(mod, N, 1, K, wd, self.xq, self.xs, bias,
+                                              out_rows, flags, int(ins["act"]))
+                    else:
+                        common[1] = P(self.xf)
+                if integer:
+                    pass
+                elif rows == 1:
                     _gpu.launch_gemv(mod, int(t), N, 1, common, flags, self.be)
                 else:
                     mod.launch("fdy_gemm", (_cdiv(N, _gpu.GEMM_TN), _cdiv(rows, _gpu.GEMM_TM)),
@@ -230,9 +260,7 @@ class GpuCore:
                 caps[c][...] = tmp.reshape(caps[c].shape)
 
     def forward(self, tokens, start_pos, variant, caps, widths, last_only, out):
-        if variant != 0:
-            raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant='f32' "
-                                             f"on {self.be.name}")
+        variant = int(variant)
         M = int(tokens.size)
         start_pos = int(start_pos)
         if start_pos < 0 or start_pos > self.n_past:
@@ -251,16 +279,19 @@ class GpuCore:
         self.n_past = start_pos
         want = any(c is not None for c in caps)
         if M == 1 and not want and self.use_graph:
+            if self._graph and self._graph_variant != variant:
+                self._drop_graph()
             if not self._graph:
+                self._q8_buffers() if variant else None    # allocated outside the capture
                 self.be.capture_begin()
                 try:
-                    self._run(1, True)
+                    self._run(1, True, variant=variant)
                 finally:
                     g = self.be.capture_end()
-                self._graph = g
+                self._graph, self._graph_variant = g, variant
             self.be.graph_launch(self._graph)
         else:
-            self._run(M, bool(last_only), caps if want else None)
+            self._run(M, bool(last_only), caps if want else None, variant=variant)
         self.n_past = start_pos + M
         lb = self.bufs[self.logits_buf]
         r = 1 if last_only else M

@@ -339,9 +339,6 @@ class Model:
             from .gpu import get_backend
             # raises FoundryNotImplementedError without a device (or, for metal, off macOS)
             get_backend(backend).init()
-            if variant != "f32":
-                raise FoundryNotImplementedError("the q8 variant is CPU-only; use variant="
-                                                 f"'f32' with backend={backend!r}")
         self.file = source if isinstance(source, GGUFFile) else _open(source)
         if isinstance(spec, (str, os.PathLike)):
             spec = load_spec(spec)

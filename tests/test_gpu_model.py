@@ -102,3 +102,27 @@ def test_cuda_smollm2_every_layer():
     print(rep.table())
     assert drift.compare(a, b).rel_l2 <= 1e-4, rep.table()
     assert rep.logits.top1_agreement == 1.0
+
+
+@cuda
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_cuda_q8_variant_model_every_layer(tmp_path_factory, p):
+    """pf.Model(backend="cuda", variant="q8") (activations quantized on the device, integer
+    hooks at M = 1) against the CPU executor's q8 variant, layer by layer: the same bound as
+    the CPU's q8 run against the reference (tests/test_model.py), the q8 tolerance per
+    quantized matmul a value has passed through; the decode step (graph) continues alike."""
+    path = synth(tmp_path_factory, "llama", p)
+    g = pf.Model(path, backend="cuda", variant="q8")
+    c = pf.Model(g.file, variant="q8")
+    a, ta = g.forward(TOKENS, capture="all")
+    b, tb = c.forward(TOKENS, capture="all")
+    rep = drift.layerwise(ta, tb, title=f"{p.name} q8 cuda vs cpu")
+    n_mm = 7 * g.n_layers + 1
+    for key, v in ta.items():
+        assert np.isfinite(v).all(), key
+    for r in rep.rows:
+        assert r.rel_l2 <= p.tolerances["q8"] * n_mm, f"{p.name}: {r.layer} {r.name}\n" + rep.table()
+    for t in (5, 77):
+        x, y = g.forward([t], logits="last"), c.forward([t], logits="last")
+        assert drift.compare(x, y).rel_l2 <= p.tolerances["q8"] * n_mm, (p.name, t)
+    assert g.n_past == len(TOKENS) + 2

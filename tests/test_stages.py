@@ -77,7 +77,7 @@ def q8_normalized_error(y, x, wd, ref):
     x2 = np.atleast_2d(x).astype(np.float64)
     norms = np.linalg.norm(x2, axis=1)[:, None] * np.linalg.norm(wd.astype(np.float64), axis=1)[None, :]
     err = np.abs(np.asarray(y, np.float64).reshape(norms.shape) - np.reshape(ref, norms.shape))
-    return float(np.max(err / norms))
+    return float(np.max(err / np.maximum(norms, 1e-30)))  # a zero row (and its exact 0) gives 0
 
 
 def check_q8(y, x, wd, p, what, **kw):
