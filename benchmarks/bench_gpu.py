@@ -4,12 +4,18 @@ the same run.  Timed with device events around graph replays of many launches (l
 excluded), rotating among weight copies so the L2 cache does not serve them.
 
     python benchmarks/bench_gpu.py [--n 8192] [--k 8192] [--formats f16,q8_0,q4_0,q4_k,q6_k]
-        [--models q4_k,q8_0] [--gguf path ...]
+        [--models q4_k,q8_0] [--gguf path ...] [--variants f32,q8] [--sweep]
+
+Kernels: 'dot hook' (the f32 variant's GEMV through the policy's float dot hook), 'staged'
+(the generic fdy_gemv), 'integer' (the q8 variant's fdy_gemv_doti through the policy's
+integer hook, on activations quantized beforehand) and 'quant+int' (the q8 variant as the
+stages run it: fdy_quantize_act then fdy_gemv_doti, both inside the timed step).  The copy
+bandwidth counts read + write; a kernel that only reads can exceed it.
 
 Then whole models on pf.Model(backend="cuda"): prefill (512 tokens, one call) and decode
 (M = 1, a replayed CUDA graph) tokens/s, beside the bandwidth bound of decode: weight bytes
 read per token (every matmul's weights, one embedding row) + the KV cache read at the mean
-position, over the copy bandwidth.  --models builds synthetic ~1B llama-shaped models
+position, over the copy bandwidth, for each of --variants.  --models builds synthetic ~1B llama-shaped models
 (dim 2048, 16 layers, 32 heads / 8 kv heads, ffn 8192, vocab 32000) in each format, in a
 temporary directory; --gguf adds real files.
 """
@@ -146,9 +152,10 @@ def model_bytes_per_token(m, pos):
     return total + 2 * m.n_layers * pos * plan.kv_width * 4
 
 
-def bench_model(path, label, bw, n_prefill=512, n_decode=128):
+def bench_model(path, label, bw, n_prefill=512, n_decode=128, variant="f32"):
     import time
-    m = pf.Model(path, backend="cuda", context_length=n_prefill + n_decode + 8)
+    m = pf.Model(path, backend="cuda", variant=variant, context_length=n_prefill + n_decode + 8)
+    label = f"{label} {variant}"
     rng = np.random.default_rng(0)
     toks = rng.integers(3, m.vocab_size, n_prefill + n_decode).tolist()
     m.forward(toks[:32], 0, logits="last")          # compile, allocate
@@ -193,7 +200,7 @@ def bench_model(path, label, bw, n_prefill=512, n_decode=128):
                 k = f"matmul {N}x{K}"
             return k == key
         _core.cuda_capture_begin()
-        core._run(1, True, only=only)
+        core._run(1, True, only=only, variant=1 if variant == "q8" else 0)
         gk = _core.cuda_capture_end()
         _core.cuda_graph_launch(gk)
         a = _core.cuda_event_record()
@@ -227,6 +234,8 @@ def main():
     ap.add_argument("--models", default="", help="synthetic ~1B llama formats, e.g. q4_k,q8_0")
     ap.add_argument("--gguf", nargs="*", default=[])
     ap.add_argument("--layers", type=int, default=16, help="layers of the synthetic models")
+    ap.add_argument("--variants", default="f32,q8",
+                    help="compute variants of the model runs (q8: integer hooks at decode)")
     ap.add_argument("--sweep", action="store_true",
                     help="also time the dot-hook GEMV for unroll depths U x rows per warp R")
     ap.add_argument("--sweep-warps", default="4",
@@ -277,15 +286,19 @@ def main():
     if a.models or a.gguf:
         import tempfile
         print("\nmodels (pf.Model backend='cuda'):")
+        variants = a.variants.split(",")
         for path in a.gguf:
-            models.append(bench_model(path, os.path.basename(path), bw))
+            for v in variants:
+                models.append(bench_model(path, os.path.basename(path), bw, variant=v))
         with tempfile.TemporaryDirectory() as d:
             for fmt in filter(None, a.models.split(",")):
                 path = os.path.join(d, f"llama1b-{fmt}.gguf")
                 pf.testing.synthetic_model(path, "llama", fmt, dim=2048, n_layers=a.layers,
                                            n_heads=32, n_kv_heads=8, ffn_dim=8192,
                                            vocab_size=32000, context_length=4096)
-                models.append(bench_model(path, f"synthetic-{a.layers}L-{fmt}", bw))
+                for v in variants:
+                    models.append(bench_model(path, f"synthetic-{a.layers}L-{fmt}", bw,
+                                              variant=v))
                 os.remove(path)
     if a.json:
         with open(a.json, "w") as f:
