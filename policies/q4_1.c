@@ -69,6 +69,20 @@ FDY_FN float fdy_dotf_q4_1(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     return fdy_dotf_calc_q4_1(r, part, x);
 }
 
+/* Integer GEMV hook (the q8 variant; activations in q8_1 codes xq of the block, scale xd[0]):
+ * the parts and raw words of the dot hook above; calc: xd * (d * sum q c + m * sum c), the
+ * sums with dp4a (the code sum computed here, as the CPU kernels do, not q8_1's stored s). */
+#define FDY_Q4_1_DOTI 1
+FDY_FN float fdy_doti_calc_q4_1(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const uint8_t *xq,
+                                FDY_GLOBAL const float *xd) {
+    const uint32_t lo = r[0] & 0x0F0F0F0Fu, hi = (r[0] >> 4) & 0x0F0F0F0Fu;
+    const uint32_t xl = fdy_load_u1(xq + 4 * part), xh = fdy_load_u1(xq + 16 + 4 * part);
+    const int s = fdy_dp4a(lo, xl, fdy_dp4a(hi, xh, 0));
+    const int sx = fdy_dp4a(0x01010101u, xl, fdy_dp4a(0x01010101u, xh, 0));
+    return xd[0] * fdy_fma(fdy_half_to_float((uint16_t)(r[1] & 0xFFFFu)), (float)s,
+                           fdy_half_to_float((uint16_t)(r[1] >> 16)) * (float)sx);
+}
+
 #ifdef FDY_HOST
 #include "policy.h"
 #include "simd_dequant.h"

@@ -58,6 +58,15 @@ FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
     return fdy_dotf_calc_q8_0(r, part, x);
 }
 
+/* Integer GEMV hook (the q8 variant; activations in q8_0: codes xq of the block, scale xd[0]):
+ * the parts and raw words of the dot hook above; calc: d * xd * (two dp4a of the codes). */
+#define FDY_Q8_0_DOTI 1
+FDY_FN float fdy_doti_calc_q8_0(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const uint8_t *xq,
+                                FDY_GLOBAL const float *xd) {
+    const int s = fdy_dp4a(r[0], fdy_load_u1(xq + 8 * part), fdy_dp4a(r[1], fdy_load_u1(xq + 8 * part + 4), 0));
+    return (fdy_half_to_float((uint16_t)r[2]) * xd[0]) * (float)s;
+}
+
 /* Activation quantizer of the q8 variant on a GPU (q8_0 is the dot_type of q4_0, q5_0, q8_0,
  * iq4_nl, mxfp4, int8, nf4): the arithmetic of q8_0_quantize, split so that a kernel can find
  * the largest magnitude with a SIMD-group reduction (metal/matmul.metal, fdy_quantize_act).

@@ -185,7 +185,7 @@ def test_integer_hooks_and_activation_quantizers_are_bound():
     """The q8 variant's device code: the formats named in the GPU notes have an integer hook,
     every dot_type has a device quantizer, and the composer binds both to the slot (and the
     dot_type's device part is pasted once, after the slot's policy)."""
-    assert {"q4_0", "q4_k", "q6_k"} <= set(DOTI_POLICIES)
+    assert {"q4_0", "q4_1", "q8_0", "q4_k", "q6_k"} <= set(DOTI_POLICIES)
     assert ACT_TYPES == ["q8_0", "q8_1", "q8_k"]
     for p in ALL_POLICIES:
         dt = pf.policy(p.name).dot_type
