@@ -42,6 +42,10 @@ that names the argument.
 Compute variants: ``"f32"`` (default) dequantizes weights and accumulates in float;
 ``"q8"`` quantizes activations to the policy's ``dot_type`` (Q8_0, Q8_1 or Q8_K, as
 llama.cpp's CPU backend pairs them) and uses integer dot products where the policy has them.
+On a GPU backend the activations are quantized on the device (the same values as the CPU's
+quantizer) and the GEMV (M = 1) runs the policy's integer hook where it has one (q4_0, q4_1,
+q8_0, q4_k, q6_k: ``pyfoundry.gpu.has_doti``); otherwise the float kernels run on the
+dequantized activations, so every policy computes the same function as on the CPU.
 """
 from __future__ import annotations
 
