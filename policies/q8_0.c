@@ -61,6 +61,7 @@ FDY_FN float fdy_dotf_q8_0(FDY_GLOBAL const uint8_t *blk, int part, FDY_GLOBAL c
 /* Integer GEMV hook (the q8 variant; activations in q8_0: codes xq of the block, scale xd[0]):
  * the parts and raw words of the dot hook above; calc: d * xd * (two dp4a of the codes). */
 #define FDY_Q8_0_DOTI 1
+#define FDY_Q8_0_DOTI_U 1 /* unroll depth of fdy_gemv_doti (GPU_NOTES run 11 sweep: U1R2 120%, U4R2 90%) */
 FDY_FN float fdy_doti_calc_q8_0(FDY_THREAD const uint32_t *r, int part, FDY_GLOBAL const uint8_t *xq,
                                 FDY_GLOBAL const float *xd) {
     const int s = fdy_dp4a(r[0], fdy_load_u1(xq + 8 * part), fdy_dp4a(r[1], fdy_load_u1(xq + 8 * part + 4), 0));
