@@ -38,12 +38,18 @@ class Policy:
     has_vec_dot_rows : bool    the ``q8`` variant's decode GEMV (M = 1) runs a row-range kernel
                                that computes the activation's terms once per 64 rows (the same
                                bits as the one-row kernel)
+    pack_rows : int            rows per group of the format's interleaved layout for the ``q8``
+                               variant's decode GEMV (0: none).  pf.Model makes the interleaved
+                               copy of each matmul weight at its first ``q8`` forward, on CPUs
+                               whose legacy kernels run their AVX2 tier (not with AVX-512), and
+                               the decode GEMV streams it: the same integer block sums, float
+                               accumulation in block order
     tolerances : dict          test tolerances (relative L2): roundtrip, f32, q8
     """
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
                  "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
-                 "has_to_i8", "has_vec_dot_f32", "has_vec_dot_rows", "tolerances")
+                 "has_to_i8", "has_vec_dot_f32", "has_vec_dot_rows", "pack_rows", "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -59,6 +65,7 @@ class Policy:
         self.has_to_i8 = info["has_to_i8"]
         self.has_vec_dot_f32 = info["has_vec_dot_f32"]
         self.has_vec_dot_rows = info["has_vec_dot_rows"]
+        self.pack_rows = info["pack_rows"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
                            "q8": info["tol_q8"]}
 

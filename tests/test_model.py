@@ -119,6 +119,31 @@ def test_prefill_in_one_call_chunks_or_tokens_gives_same_logits(tmp_path_factory
         assert m.n_past == 40
 
 
+def test_q8_decode_with_interleaved_weights_matches_plain_kernels(tmp_path_factory, monkeypatch):
+    """The q8 decode GEMV on the interleaved copies (pack_rows formats, made at the first q8
+    forward where the CPU runs the legacy kernels' AVX2 tier) against the plain kernels
+    (PYFOUNDRY_NO_PACK=1) and against the one-call prefill: the same integer sums, only the
+    float accumulation order differs.  The model's matrices have row counts that are and are
+    not multiples of 8 (vocab 509), so whole groups and leftover rows both run."""
+    for name in [n for n in pf.policies if pf.policy(n).pack_rows]:
+        path = synth(tmp_path_factory, "llama", pf.policy(name), vocab_size=509)
+        tokens = list(np.random.default_rng(1).integers(3, 500, 12))
+        monkeypatch.delenv("PYFOUNDRY_NO_PACK", raising=False)
+        packed = pf.Model(path, variant="q8")
+        full = packed.forward(tokens, 0)
+        packed.reset()
+        a = np.stack([packed.forward([t], logits="last") for t in tokens])
+        monkeypatch.setenv("PYFOUNDRY_NO_PACK", "1")
+        plain = pf.Model(path, variant="q8")
+        b = np.stack([plain.forward([t], logits="last") for t in tokens])
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max())
+        np.testing.assert_allclose(a, full, rtol=2e-5, atol=2e-5 * np.abs(full).max())
+        assert (a.argmax(axis=1) == b.argmax(axis=1)).all()
+        feats = set(pf.cpu_features()["enabled"])
+        if {"avx2", "fma", "f16c"} <= feats and "avx512" not in feats:
+            assert not np.array_equal(a, b), "the interleaved kernels did not run"
+
+
 def test_kv_cache_grows_on_demand_up_to_the_context_length(tmp_path):
     path = pf.testing.synthetic_model(tmp_path / "m.gguf", "llama", "q8_0", n_layers=1,
                                       context_length=300)

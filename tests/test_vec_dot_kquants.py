@@ -210,6 +210,9 @@ struct fdy_policy {
     void (*quantize_act)(const float *, void *, int64_t);
     void *to_i8; void *vec_dot_f32;
     void (*vec_dot_rows)(const void *, size_t, const void *, int64_t, float *, int64_t);
+    int32_t pack_rows;
+    void (*pack)(const void *, size_t, void *, int64_t);
+    void (*vec_dot_packed)(const void *, size_t, const void *, int64_t, float *, int64_t);
 };
 """
 
@@ -379,3 +382,61 @@ def test_vec_dot_rows_equals_vec_dot_bit_for_bit(lib, name):
             assert np.isfinite(out).all()
     finally:
         C.fdy_cpu_set_feature_mask(0xFFFFFFFF)
+
+
+PACK_POLICIES = ["q4_0"]
+
+
+def test_pack_hooks_are_the_listed_formats():
+    assert sorted(p.name for p in pf.policies if p.pack_rows) == PACK_POLICIES
+    assert all(pf.policy(n).pack_rows == 8 for n in PACK_POLICIES)
+
+
+@pytest.mark.parametrize("name", PACK_POLICIES)
+def test_vec_dot_packed_matches_vec_dot_row_by_row(lib, name):
+    """the interleaved layout (pack) and its kernel (vec_dot_packed) against the one-row
+    vec_dot, row by row: the same integer block sums, so equal up to the float accumulation
+    order (a bound of a few ulps of the sum of |terms|); the same bits on every tier this CPU
+    has (portable and AVX2 accumulate alike); several groups per call, a row length past the
+    kernel's precomputed blocks too (long rows), and -128 nowhere (q8_0 codes are >= -127)"""
+    ffi, C = lib
+    p = c_policy(lib, name)
+    assert p.pack != ffi.NULL and p.vec_dot_packed != ffi.NULL and p.pack_rows == 8
+    d = c_policy(lib, ffi.string(p.dot_type).decode())
+    for K in (p.block_elems * 18, p.block_elems * 300):
+        G, R = 5, 8
+        rng = np.random.default_rng(K)
+        w = (rng.standard_normal((G * R, K)) * rng.uniform(0.1, 10, (G * R, 1))).astype(np.float32)
+        rb = K // p.block_elems * p.block_bytes
+        wq = np.zeros((G * R, rb), np.uint8)
+        for r in range(G * R):
+            p.quantize(ffi.from_buffer("float[]", w[r]), ffi.from_buffer(wq[r]), K)
+        packed = np.zeros_like(wq)
+        for g in range(G):
+            p.pack(ffi.from_buffer(wq[g * R]), rb, ffi.from_buffer(packed[g * R]), K)
+        assert not np.array_equal(packed, wq)
+        x = rng.standard_normal(K).astype(np.float32)
+        xq = np.zeros(K // d.block_elems * d.block_bytes, np.uint8)
+        d.quantize(ffi.from_buffer("float[]", x), ffi.from_buffer(xq), K)
+        one = np.array([p.vec_dot(ffi.from_buffer(wq[r]), ffi.from_buffer(xq), K)
+                        for r in range(G * R)], np.float64)
+        # the sum of |d_w d_a block sum| bounds the accumulation's rounding
+        wd = pf.policy(name).dequantize(wq, (G * R, K)).astype(np.float64)
+        xd = pf.policy(ffi.string(p.dot_type).decode()).dequantize(
+            xq, (1, K)).astype(np.float64)[0]
+        mag = np.abs(wd * xd).sum(axis=1)
+        outs = {}
+        try:
+            for tier in tiers():
+                set_tier(lib, tier)
+                out = np.full(G * R, np.nan, np.float32)
+                p.vec_dot_packed(ffi.from_buffer(packed), R * rb, ffi.from_buffer(xq), K,
+                                 ffi.from_buffer("float[]", out), G)
+                assert np.isfinite(out).all(), (name, tier)
+                assert (np.abs(out - one) <= 1e-6 * mag).all(), (name, K, tier)
+                outs[tier] = out
+        finally:
+            C.fdy_cpu_set_feature_mask(0xFFFFFFFF)
+        first = next(iter(outs.values()))
+        for tier, out in outs.items():
+            assert np.array_equal(out.view(np.uint32), first.view(np.uint32)), (name, tier)

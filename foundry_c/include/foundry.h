@@ -198,7 +198,14 @@ typedef struct fdy_weight {
     const void *data;  /* rows * row_bytes(cols) bytes */
     int64_t rows;      /* N: output features */
     int64_t cols;      /* K: input features */
+    /* optional: rows 0 .. rows / R * R - 1 again in the policy's interleaved layout (R =
+     * its pack_rows; see fdy_weight_pack), used by the q8 decode GEMV; NULL: none */
+    const void *packed;
 } fdy_weight;
+/* a malloc'ed copy of w's whole groups of rows in its policy's interleaved layout, or NULL
+ * when the policy has none, this CPU would not use it, or w has fewer rows than one group;
+ * free it with free() */
+void *fdy_weight_pack(const fdy_weight *w);
 
 /* out (M, N) = act(x (M, K) @ w.T + bias (N)), or out += that when accumulate != 0 */
 fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const float *bias,

@@ -60,6 +60,7 @@ struct fdy_model {
     double *rope_base[FDY_MAX_ROPE_CFG];
     fdy_buf rope_cs[FDY_MAX_ROPE_CFG]; /* (M, rot_dims / 2, 2) cos / sin of this call */
     fdy_mm_ws ws;              /* quantized activations of the matmul groups */
+    int packed_done;           /* the q8 variant's interleaved weight copies are made */
     /* buffers */
     float **bufs;              /* (n_bufs) each (cap_rows, width) */
     int64_t cap_rows;
@@ -90,6 +91,9 @@ void fdy_model_free(fdy_model *m) {
         fdy_buf_free(&m->rope_cs[i]);
     }
     fdy_mm_ws_free(&m->ws);
+    for (int32_t i = 0; m->weights && i < m->n_weights; i++) {
+        free((void *)m->weights[i].packed);
+    }
     free(m->steps);
     free(m->rope_cfg);
     free(m->bufs);
@@ -321,6 +325,9 @@ fdy_status fdy_model_create(const fdy_instr *prog, int32_t n_instr, const fdy_we
     }
     memcpy(m->prog, prog, (size_t)n_instr * sizeof *prog);
     memcpy(m->weights, weights, (size_t)n_weights * sizeof *weights);
+    for (int32_t i = 0; i < n_weights; i++) {
+        m->weights[i].packed = NULL; /* made by the first q8 forward (pack_weights) */
+    }
     memcpy(m->widths, widths, (size_t)n_bufs * sizeof *widths);
     m->n_instr = n_instr;
     m->n_weights = n_weights;
@@ -520,6 +527,26 @@ static fdy_status run_fused(fdy_model *m, const int32_t *tokens, int64_t start_p
     return FDY_OK;
 }
 
+/* the interleaved copies of the matmul weights whose policy has one (fdy_weight_pack), made
+ * once, at the first q8 forward: the decode GEMV streams them (memory: one more copy of those
+ * weights' bytes).  A weight that cannot be packed
+ * (no layout, or not worth it on this CPU, or no memory) keeps the plain kernels. */
+static void pack_weights(fdy_model *m) {
+    m->packed_done = 1;
+    /* PYFOUNDRY_NO_PACK=1: the plain kernels only (a debugging and timing switch) */
+    const char *np = getenv("PYFOUNDRY_NO_PACK");
+    if (np && *np && *np != '0') {
+        return;
+    }
+    for (int32_t i = 0; i < m->n_instr; i++) {
+        const fdy_instr *in = &m->prog[i];
+        if (in->op != FDY_I_MATMUL || m->weights[in->weight].packed) {
+            continue;
+        }
+        m->weights[in->weight].packed = fdy_weight_pack(&m->weights[in->weight]);
+    }
+}
+
 fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int64_t start_pos,
                              int variant, float *const *captures, int32_t n_captures,
                              int last_only, float *logits) {
@@ -541,6 +568,9 @@ fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int
     fdy_status s;
     if ((s = grow_rows(m, M)) || (s = grow_kv(m, start_pos + M))) {
         return s;
+    }
+    if (variant == FDY_VARIANT_Q8 && !m->packed_done) {
+        pack_weights(m);
     }
     for (int64_t t = 0; t < M; t++) {
         m->positions[t] = (int32_t)(start_pos + t);

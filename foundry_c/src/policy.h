@@ -50,6 +50,16 @@ typedef void (*fdy_to_i8_fn)(const void *src, int8_t *q, float *scale, float *mi
  * with n floats x: the f32 variant's fused decode + multiply-add GEMV kernel.  Equal to
  * dequantize + float dot up to float rounding (within the float32 dot-product bound). */
 typedef float (*fdy_vec_dot_f32_fn)(const void *w, const float *x, int64_t n);
+/* the optional row-interleaved layout of the q8 decode GEMV.  pack writes pack_rows
+ * consecutive rows (row_bytes apart, n elements each) as one group of pack_rows * row_bytes
+ * bytes in the policy's own interleaved order; vec_dot_packed computes the dots of n_groups
+ * consecutive groups (group_bytes apart) with one activation row in the dot_type, out[g *
+ * pack_rows + r] for row r of group g: the same integer block sums as vec_dot, the float
+ * accumulation in block order (equal to vec_dot up to float rounding), the same bits on every
+ * CPU tier */
+typedef void (*fdy_pack_fn)(const void *src, size_t row_bytes, void *dst, int64_t n);
+typedef void (*fdy_vec_dot_packed_fn)(const void *groups, size_t group_bytes, const void *a,
+                                      int64_t n, float *out, int64_t n_groups);
 
 struct fdy_policy {
     const char *name;        /* lower case, as users type it: "q4_k" */
@@ -75,6 +85,9 @@ struct fdy_policy {
     fdy_to_i8_fn to_i8;          /* optional: rows as int8 codes + per-16 scale and min */
     fdy_vec_dot_f32_fn vec_dot_f32; /* optional f32-variant GEMV kernel: weight row x floats */
     fdy_vec_dot_rows_fn vec_dot_rows; /* optional: vec_dot over consecutive rows */
+    int32_t pack_rows;                /* rows per group of the interleaved layout, 0: none */
+    fdy_pack_fn pack;                 /* optional, with vec_dot_packed */
+    fdy_vec_dot_packed_fn vec_dot_packed;
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \
@@ -94,6 +107,8 @@ fdy_status fdy_policy_to_i8(const fdy_policy *p, const void *src, int8_t *q, flo
 int fdy_policy_has_vec_dot_f32(const fdy_policy *p);
 /* whether the policy has the vec_dot_rows hook (the q8 decode GEMV's row-range kernel) */
 int fdy_policy_has_vec_dot_rows(const fdy_policy *p);
+/* rows per group of the policy's interleaved decode layout (pack / vec_dot_packed), 0: none */
+int fdy_policy_pack_rows(const fdy_policy *p);
 fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
                                   float *out);
 

@@ -59,6 +59,7 @@ static int model_init(ModelObject *self, PyObject *args, PyObject *kwds) {
         if (!PyArg_ParseTuple(PyList_GET_ITEM(wlist, i), "iOLL", &type, &data, &rows, &cols)) {
             goto done;
         }
+        memset(&ws[i], 0, sizeof ws[i]);
         ws[i].policy = fdy_policy_by_type(type);
         if (!ws[i].policy || rows <= 0 || cols <= 0) {
             PyErr_Format(st->ShapeError, "weight %zd: bad type or shape", i);

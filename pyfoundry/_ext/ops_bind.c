@@ -54,6 +54,7 @@ static int get_weight(fdy_module_state *st, bufs *B, PyObject *obj, fdy_weight *
     if (!PyArg_ParseTuple(obj, "iOLL", &type, &data, &rows, &cols)) {
         return -1;
     }
+    memset(w, 0, sizeof *w);
     w->policy = fdy_policy_by_type(type);
     if (!w->policy) {
         PyErr_Format(st->ShapeError, "%s: unknown policy type id %d", name, type);

@@ -208,7 +208,45 @@ static void mm_task_f32(void *vctx, int64_t task, int thread) {
 
 /* rows r0 .. r1 of the q8 variant: one activation row through the policy's vec_dot_rows (64
  * rows per call, the same bits as vec_dot), else vec_dot row by row and token by token */
+static void mm_rows_q8_plain(const mm_ctx *c, int64_t r0, int64_t r1);
+
+/* rows r0 .. r1 of the q8 variant (M = 1) from the interleaved copy: the whole groups through
+ * the policy's vec_dot_packed, the rows before and after them the plain way */
+static void mm_rows_q8_packed(const mm_ctx *c, int64_t r0, int64_t r1) {
+    const fdy_policy *p = c->w->policy;
+    const int64_t R = p->pack_rows;
+    const int64_t g0 = (r0 + R - 1) / R, g1 = r1 / R;
+    if (g1 <= g0) {
+        mm_rows_q8_plain(c, r0, r1);
+        return;
+    }
+    if (r0 < g0 * R) {
+        mm_rows_q8_plain(c, r0, g0 * R);
+    }
+    const size_t gb = (size_t)(R * c->w_row);
+    float v[64];
+    const int64_t step = 64 / R;
+    for (int64_t g = g0; g < g1; g += step) {
+        const int64_t ng = g1 - g < step ? g1 - g : step;
+        p->vec_dot_packed((const uint8_t *)c->w->packed + (size_t)g * gb, gb, c->xq, c->K, v, ng);
+        for (int64_t i = 0; i < ng * R; i++) {
+            mm_store(c, 0, g * R + i, v[i]);
+        }
+    }
+    if (g1 * R < r1) {
+        mm_rows_q8_plain(c, g1 * R, r1);
+    }
+}
+
 static void mm_rows_q8(const mm_ctx *c, int64_t r0, int64_t r1) {
+    if (c->M == 1 && c->w->packed && c->w->policy->vec_dot_packed) {
+        mm_rows_q8_packed(c, r0, r1);
+        return;
+    }
+    mm_rows_q8_plain(c, r0, r1);
+}
+
+static void mm_rows_q8_plain(const mm_ctx *c, int64_t r0, int64_t r1) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
     const fdy_vec_dot_rows_fn vr = c->w->policy->vec_dot_rows;
     if (c->M == 1 && vr) {
@@ -236,6 +274,44 @@ static void mm_task_q8(void *vctx, int64_t task, int thread) {
     int64_t r0 = task * c->rows_per_task;
     int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
     mm_rows_q8(c, r0, r1);
+}
+
+void *fdy_weight_pack(const fdy_weight *w) {
+    if (!w || !w->policy || !w->data || !w->policy->pack || !w->policy->vec_dot_packed ||
+        w->policy->pack_rows <= 0 || w->rows < w->policy->pack_rows) {
+        return NULL;
+    }
+    /* only where the legacy kernels run their AVX2 tier: with AVX-512 the plain rows kernels
+     * take two blocks per vector and the packed layout was not measured against them */
+    const uint32_t f = fdy_cpu_features_enabled();
+    const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
+    if ((f & base) != base || (f & FDY_CPU_AVX512)) {
+        return NULL;
+    }
+    const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
+    const int64_t R = w->policy->pack_rows, ng = w->rows / R;
+    if (rb <= 0 || ng <= 0) {
+        return NULL;
+    }
+    uint8_t *dst = (uint8_t *)malloc((size_t)(ng * R * rb));
+    if (!dst) {
+        return NULL;
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        w->policy->pack((const uint8_t *)w->data + (size_t)(g * R * rb), (size_t)rb,
+                        dst + (size_t)(g * R * rb), w->cols);
+    }
+    return dst;
+}
+
+/* rows per task of a matmul: a multiple of the packed group when the weight has one */
+static int64_t rows_per_task(const fdy_weight *w, int64_t N, int64_t n_tasks) {
+    int64_t r = (N + n_tasks - 1) / n_tasks;
+    if (w->packed && w->policy->pack_rows > 1) {
+        const int64_t R = w->policy->pack_rows;
+        r = (r + R - 1) / R * R;
+    }
+    return r;
 }
 
 /* quantize activation rows to the policy's dot_type into the grown buffer buf */
@@ -289,7 +365,7 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
     if (n_tasks > c.N) {
         n_tasks = c.N;
     }
-    c.rows_per_task = (c.N + n_tasks - 1) / n_tasks;
+    c.rows_per_task = rows_per_task(w, c.N, n_tasks);
     n_tasks = (c.N + c.rows_per_task - 1) / c.rows_per_task;
 
     const fdy_policy *dot = NULL;
@@ -481,6 +557,12 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
     const int threads = fdy_get_num_threads();
     int64_t rpt = (total_rows + (int64_t)threads * 8 - 1) / ((int64_t)threads * 8);
     rpt = rpt < 1 ? 1 : rpt;
+    for (int i = 0; i < n_parts; i++) { /* whole groups of an interleaved copy per task */
+        if (parts[i].w->packed && parts[i].w->policy->pack_rows > 1) {
+            const int64_t R = parts[i].w->policy->pack_rows;
+            rpt = (rpt + R - 1) / R * R;
+        }
+    }
     const int task_parts = swiglu_out ? 1 : n_parts;
     g.first_task[0] = 0;
     for (int i = 0; i < task_parts; i++) {
