@@ -149,142 +149,8 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q4_0_ops512(const fdy_block_q4_0 *x,
 
 FDY_LEG_KERNELS(q4_0, fdy_block_q4_0, fdy_leg_q8_0, 8, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
 
-/* ---- the interleaved layout of the q8 decode GEMV (pack / vec_dot_packed) ----
- * A group holds 8 consecutive rows, block by block: for block b, 144 bytes
- *   | d of rows 0, 1, 4, 5, 2, 3, 6, 7 (8 x f16) | qs: for chunk c = 0, 1 (bytes 8c .. 8c+7 of
- *   each row's qs), for half h = 0, 1 (rows 4h .. 4h+3), for row 4h + k: its 8 bytes |
- * so one 32-byte load holds one chunk of four rows (a row per 64-bit lane), the low nibbles
- * are elements 8c .. 8c+7 and the high ones 16 + 8c .. 16 + 8c+7 of each, and the byte dots
- * with the activation's 8 matching codes broadcast to every lane give per-row sums in the
- * lanes.  The scale order is that of the lanes after combining the two halves
- * (_mm256_hadd_epi32), so the block's 8 products need no permute; the results are put back in
- * row order once per group. */
-#define Q4_0_PACK_ROWS 8
-#define Q4_0_PACK_BLOCK (8 * FDY_Q4_0_BLOCK_BYTES)
-static const int q4_0_pack_slot_row[8] = {0, 1, 4, 5, 2, 3, 6, 7}; /* its own inverse */
-
-static void q4_0_pack(const void *src, size_t row_bytes, void *dst, int64_t n) {
-    const uint8_t *s = (const uint8_t *)src;
-    uint8_t *g = (uint8_t *)dst;
-    for (int64_t b = 0; b < n / 32; b++, g += Q4_0_PACK_BLOCK) {
-        for (int slot = 0; slot < 8; slot++) {
-            const fdy_block_q4_0 *x =
-                (const fdy_block_q4_0 *)(s + (size_t)q4_0_pack_slot_row[slot] * row_bytes) + b;
-            memcpy(g + 2 * slot, &x->d, 2);
-        }
-        for (int r = 0; r < 8; r++) {
-            const fdy_block_q4_0 *x = (const fdy_block_q4_0 *)(s + (size_t)r * row_bytes) + b;
-            for (int c = 0; c < 2; c++) {
-                memcpy(g + 16 + 64 * c + 32 * (r / 4) + 8 * (r % 4), x->qs + 8 * c, 8);
-            }
-        }
-    }
-}
-
-/* the activation's terms of block b: 8 * (sum of its codes) and its scale */
-static inline int q4_0_pack_off(const fdy_leg_q8_0 *y) {
-    int t = 0;
-    for (int j = 0; j < 32; j++) {
-        t += y->qs[j];
-    }
-    return 8 * t;
-}
-
-/* one group, portable: per row, acc = fma(float(block sum), d_w * d_a, acc) in block order */
-static void q4_0_packed_group_portable(const uint8_t *g, const fdy_leg_q8_0 *y, int64_t nb,
-                                       float *out) {
-    float acc[8] = {0};
-    for (int64_t b = 0; b < nb; b++, g += Q4_0_PACK_BLOCK) {
-        const float da = fdy_half_to_float(y[b].d);
-        const int off = q4_0_pack_off(&y[b]);
-        for (int slot = 0; slot < 8; slot++) {
-            const int r = q4_0_pack_slot_row[slot];
-            uint16_t dh;
-            memcpy(&dh, g + 2 * slot, 2);
-            int sum = 0;
-            for (int c = 0; c < 2; c++) {
-                const uint8_t *q = g + 16 + 64 * c + 32 * (r / 4) + 8 * (r % 4);
-                for (int j = 0; j < 8; j++) {
-                    sum += (q[j] & 0x0F) * y[b].qs[8 * c + j] + (q[j] >> 4) * y[b].qs[16 + 8 * c + j];
-                }
-            }
-            acc[slot] = fmaf((float)(sum - off), fdy_half_to_float(dh) * da, acc[slot]);
-        }
-    }
-    for (int slot = 0; slot < 8; slot++) {
-        out[q4_0_pack_slot_row[slot]] = acc[slot];
-    }
-}
-
-#if defined(__x86_64__)
-FDY_TARGET_AVX2 static void q4_0_packed_avx2(const void *groups, size_t group_bytes,
-                                             const void *a, int64_t n, float *out,
-                                             int64_t n_groups) {
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    const int64_t nb = n / 32;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    int off[FDY_LEG_PRE_MAX];
-    float da[FDY_LEG_PRE_MAX];
-    const int pre = nb <= FDY_LEG_PRE_MAX;
-    for (int64_t b = 0; pre && b < nb; b++) {
-        off[b] = q4_0_pack_off(&y[b]);
-        da[b] = _cvtsh_ss(y[b].d);
-    }
-    for (int64_t gi = 0; gi < n_groups; gi++) {
-        const uint8_t *g = (const uint8_t *)groups + (size_t)gi * group_bytes;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++, g += Q4_0_PACK_BLOCK) {
-            const int8_t *aq = y[b].qs;
-            int64_t t0, t1, t2, t3;
-            memcpy(&t0, aq, 8);
-            memcpy(&t1, aq + 8, 8);
-            memcpy(&t2, aq + 16, 8);
-            memcpy(&t3, aq + 24, 8);
-            const __m256i al0 = _mm256_set1_epi64x(t0), al1 = _mm256_set1_epi64x(t1);
-            const __m256i ah0 = _mm256_set1_epi64x(t2), ah1 = _mm256_set1_epi64x(t3);
-            __m256i h[2];
-            for (int k = 0; k < 2; k++) { /* rows 4k .. 4k+3 */
-                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * k));
-                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(g + 80 + 32 * k));
-                __m256i t = _mm256_maddubs_epi16(_mm256_and_si256(v0, m4), al0);
-                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(
-                                            _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4), ah0));
-                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(_mm256_and_si256(v1, m4), al1));
-                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(
-                                            _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4), ah1));
-                h[k] = _mm256_madd_epi16(t, ones);
-            }
-            const int ob = pre ? off[b] : q4_0_pack_off(&y[b]);
-            const float db = pre ? da[b] : _cvtsh_ss(y[b].d);
-            const __m256i sum = _mm256_sub_epi32(_mm256_hadd_epi32(h[0], h[1]),
-                                                 _mm256_set1_epi32(ob));
-            const __m256 d = _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g)), _mm256_set1_ps(db));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc);
-        }
-        float t[8];
-        _mm256_storeu_ps(t, acc);
-        float *o = out + 8 * gi;
-        for (int slot = 0; slot < 8; slot++) {
-            o[q4_0_pack_slot_row[slot]] = t[slot];
-        }
-    }
-}
-#endif
-
-static void q4_0_vec_dot_packed(const void *groups, size_t group_bytes, const void *a,
-                                int64_t n, float *out, int64_t n_groups) {
-#if defined(__x86_64__)
-    if (fdy_leg_tier() != FDY_LEG_PORTABLE) {
-        q4_0_packed_avx2(groups, group_bytes, a, n, out, n_groups);
-        return;
-    }
-#endif
-    for (int64_t gi = 0; gi < n_groups; gi++) {
-        q4_0_packed_group_portable((const uint8_t *)groups + (size_t)gi * group_bytes,
-                                   (const fdy_leg_q8_0 *)a, n / 32, out + 8 * gi);
-    }
-}
+/* the 8-row interleaved layout of the decode GEMV (simd_legacy.h): no min, zero point 8 */
+FDY_PACK8_NIB_KERNELS(q4_0, fdy_block_q4_0, -1, 8, fdy_leg_q8_0)
 
 /* ---- to_i8 (prefill GEMM): q = nibble - 8, scale = d, min = 0; bit-exact (decode's d * q) */
 static void q4_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,
@@ -321,6 +187,6 @@ FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .decode = fdy_decode_q4_0, .dequantize_fast = q4_0_dequantize,
                   .quantize = q4_0_quantize, .vec_dot = q4_0_vec_dot, .vec_dot_rows = q4_0_vec_dot_rows,
                   .to_i8 = q4_0_to_i8, .vec_dot_f32 = q4_0_vec_dot_f32,
-                  .pack_rows = Q4_0_PACK_ROWS, .pack = q4_0_pack,
+                  .pack_rows = 8, .pack = q4_0_pack,
                   .vec_dot_packed = q4_0_vec_dot_packed);
 #endif

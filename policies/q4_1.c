@@ -185,11 +185,15 @@ FDY_DF_PORTABLE_DECODE(q4_1, fdy_decode_q4_1, FDY_Q4_1_BLOCK_ELEMS, FDY_Q4_1_BLO
 FDY_DF_NIB_KERNELS(q4_1, fdy_block_q4_1, 0, 1, NULL, 0, FDY_DF_NO_QH, Q4_1_DF_M)
 FDY_DF_DISPATCH(q4_1)
 
+/* the 8-row interleaved layout of the decode GEMV (simd_legacy.h): with the min, no zero point */
+FDY_PACK8_NIB_KERNELS(q4_1, fdy_block_q4_1, (int)offsetof(fdy_block_q4_1, m), 0, fdy_leg_q8_1)
+
 FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_1_BLOCK_BYTES, .sub_elems = FDY_Q4_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
                   .tol_roundtrip = 0.10f /* measured 0.0782 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q4_1, .dequantize_fast = q4_1_dequantize,
                   .quantize = q4_1_quantize, .vec_dot = q4_1_vec_dot, .vec_dot_rows = q4_1_vec_dot_rows,
-                  .to_i8 = q4_1_to_i8, .vec_dot_f32 = q4_1_vec_dot_f32);
+                  .to_i8 = q4_1_to_i8, .vec_dot_f32 = q4_1_vec_dot_f32,
+                  .pack_rows = 8, .pack = q4_1_pack, .vec_dot_packed = q4_1_vec_dot_packed);
 #endif

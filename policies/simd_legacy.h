@@ -744,5 +744,199 @@ FDY_TARGET_AVX512 static inline float fdy_quant_block_avx512(const float *x, int
     FDY_LEG_VEC_DOT(F)
 
 #endif /* __x86_64__ */
+
+/* ---- the 8-row interleaved layout of the nibble formats' q8 decode GEMV (q4_0, q4_1) ----
+ * A group holds 8 consecutive rows, block by block: for block b, 8 * block_bytes bytes
+ *   | d of rows 0, 1, 4, 5, 2, 3, 6, 7 (8 x f16) | (q4_1: m of the same rows, 8 x f16) |
+ *   qs: for chunk c = 0, 1 (bytes 8c .. 8c+7 of each row's 16 code bytes), for half h = 0, 1
+ *   (rows 4h .. 4h+3), for row 4h + k: its 8 bytes |
+ * so one 32-byte load holds one chunk of four rows (a row per 64-bit lane): the low nibbles are
+ * elements 8c .. 8c+7 and the high ones 16 + 8c .. 16 + 8c+7 of each, and byte dots with the
+ * activation's 8 matching codes broadcast to every lane give per-row sums in the lanes.  The
+ * scale order is that of the lanes after combining the two halves (_mm256_hadd_epi32), so a
+ * block's 8 products need no permute; results go back to row order once per group.
+ * Per row: acc = fma(float(sum q a - zero * sum a), d * d_a, acc) (+ fma(m, d_a * sum a, acc)
+ * with a min), block by block: the integer sums of vec_dot, the float accumulation in block
+ * order; the portable and AVX2 kernels give the same bits. */
+static const int fdy_pack8_slot_row[8] = {0, 1, 4, 5, 2, 3, 6, 7}; /* its own inverse */
+
+/* where row r's 8 code bytes of chunk c sit in a group block */
+static inline int fdy_pack8_qs_at(int head, int r, int c) {
+    return head + 64 * c + 32 * (r / 4) + 8 * (r % 4);
+}
+
+/* pack 8 rows of a nibble format (d at d_off, m at m_off or -1, 16 code bytes at qs_off) */
+static inline void fdy_pack8_nib(const void *src, size_t row_bytes, void *dst, int64_t n,
+                                 int block_bytes, int d_off, int m_off, int qs_off) {
+    const uint8_t *s = (const uint8_t *)src;
+    uint8_t *g = (uint8_t *)dst;
+    const int head = m_off >= 0 ? 32 : 16;
+    for (int64_t b = 0; b < n / 32; b++, g += 8 * block_bytes) {
+        for (int slot = 0; slot < 8; slot++) {
+            const uint8_t *x = s + (size_t)fdy_pack8_slot_row[slot] * row_bytes + b * block_bytes;
+            memcpy(g + 2 * slot, x + d_off, 2);
+            if (m_off >= 0) {
+                memcpy(g + 16 + 2 * slot, x + m_off, 2);
+            }
+        }
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *x = s + (size_t)r * row_bytes + b * block_bytes + qs_off;
+            for (int c = 0; c < 2; c++) {
+                memcpy(g + fdy_pack8_qs_at(head, r, c), x + 8 * c, 8);
+            }
+        }
+    }
+}
+
+static inline int fdy_pack8_asum(const int8_t *q) {
+    int t = 0;
+    for (int j = 0; j < 32; j++) {
+        t += q[j];
+    }
+    return t;
+}
+
+/* the activation block b of a q8_0 / q8_1 row (astride bytes each, d first, codes at aqs) */
+#define FDY_PACK8_ACT(a, b) ((const uint8_t *)(a) + (size_t)(b) * astride)
+
+static inline void fdy_pack8_nib_portable(const void *groups, size_t group_bytes, const void *a,
+                                          int64_t n, float *out, int64_t n_groups,
+                                          int block_bytes, int has_m, int zero, int astride,
+                                          int aqs) {
+    const int head = has_m ? 32 : 16;
+    for (int64_t gi = 0; gi < n_groups; gi++) {
+        const uint8_t *g = (const uint8_t *)groups + (size_t)gi * group_bytes;
+        float acc[8] = {0};
+        for (int64_t b = 0; b < n / 32; b++, g += 8 * block_bytes) {
+            const uint8_t *y = FDY_PACK8_ACT(a, b);
+            const int8_t *aq = (const int8_t *)(y + aqs);
+            uint16_t dah;
+            memcpy(&dah, y, 2);
+            const float da = fdy_half_to_float(dah);
+            const int asum = fdy_pack8_asum(aq);
+            for (int slot = 0; slot < 8; slot++) {
+                const int r = fdy_pack8_slot_row[slot];
+                int sum = 0;
+                for (int c = 0; c < 2; c++) {
+                    const uint8_t *q = g + fdy_pack8_qs_at(head, r, c);
+                    for (int j = 0; j < 8; j++) {
+                        sum += (q[j] & 0x0F) * aq[8 * c + j] + (q[j] >> 4) * aq[16 + 8 * c + j];
+                    }
+                }
+                uint16_t h;
+                memcpy(&h, g + 2 * slot, 2);
+                acc[slot] = fmaf((float)(sum - zero * asum), fdy_half_to_float(h) * da, acc[slot]);
+                if (has_m) {
+                    memcpy(&h, g + 16 + 2 * slot, 2);
+                    acc[slot] = fmaf(fdy_half_to_float(h), da * (float)asum, acc[slot]);
+                }
+            }
+        }
+        for (int slot = 0; slot < 8; slot++) {
+            out[8 * gi + fdy_pack8_slot_row[slot]] = acc[slot];
+        }
+    }
+}
+
+#if defined(__x86_64__)
+FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t group_bytes,
+                                                      const void *a, int64_t n, float *out,
+                                                      int64_t n_groups, int block_bytes,
+                                                      int has_m, int zero, int astride,
+                                                      int aqs) {
+    const int64_t nb = n / 32;
+    const int head = has_m ? 32 : 16;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    /* the activation's terms, once per call (rows up to FDY_LEG_PRE_MAX blocks) */
+    int asum[FDY_LEG_PRE_MAX];
+    float da[FDY_LEG_PRE_MAX];
+    const int pre = nb <= FDY_LEG_PRE_MAX;
+    for (int64_t b = 0; pre && b < nb; b++) {
+        const uint8_t *y = FDY_PACK8_ACT(a, b);
+        uint16_t h;
+        memcpy(&h, y, 2);
+        asum[b] = fdy_pack8_asum((const int8_t *)(y + aqs));
+        da[b] = _cvtsh_ss(h);
+    }
+    for (int64_t gi = 0; gi < n_groups; gi++) {
+        const uint8_t *g = (const uint8_t *)groups + (size_t)gi * group_bytes;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++, g += 8 * block_bytes) {
+            const uint8_t *y = FDY_PACK8_ACT(a, b);
+            int64_t t0, t1, t2, t3;
+            memcpy(&t0, y + aqs, 8);
+            memcpy(&t1, y + aqs + 8, 8);
+            memcpy(&t2, y + aqs + 16, 8);
+            memcpy(&t3, y + aqs + 24, 8);
+            const __m256i al0 = _mm256_set1_epi64x(t0), al1 = _mm256_set1_epi64x(t1);
+            const __m256i ah0 = _mm256_set1_epi64x(t2), ah1 = _mm256_set1_epi64x(t3);
+            __m256i hs[2];
+            for (int k = 0; k < 2; k++) { /* rows 4k .. 4k+3 */
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(g + head + 32 * k));
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(g + head + 64 + 32 * k));
+                __m256i t = _mm256_maddubs_epi16(_mm256_and_si256(v0, m4), al0);
+                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(
+                                            _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4), ah0));
+                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(_mm256_and_si256(v1, m4), al1));
+                t = _mm256_add_epi16(t, _mm256_maddubs_epi16(
+                                            _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4), ah1));
+                hs[k] = _mm256_madd_epi16(t, ones);
+            }
+            int as;
+            float db;
+            if (pre) {
+                as = asum[b];
+                db = da[b];
+            } else {
+                uint16_t h;
+                memcpy(&h, y, 2);
+                as = fdy_pack8_asum((const int8_t *)(y + aqs));
+                db = _cvtsh_ss(h);
+            }
+            __m256i sum = _mm256_hadd_epi32(hs[0], hs[1]);
+            if (zero) {
+                sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(zero * as));
+            }
+            const __m256 d = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g)), _mm256_set1_ps(db));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc);
+            if (has_m) {
+                acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + 16))),
+                                      _mm256_set1_ps(db * (float)as), acc);
+            }
+        }
+        float t[8];
+        _mm256_storeu_ps(t, acc);
+        for (int slot = 0; slot < 8; slot++) {
+            out[8 * gi + fdy_pack8_slot_row[slot]] = t[slot];
+        }
+    }
+}
+#endif
+
+/* NAME_pack and NAME_vec_dot_packed of a nibble format (see above) */
+#define FDY_PACK8_NIB_KERNELS(NAME, BT, M_OFF, ZERO, AT)                                      \
+    static void NAME##_pack(const void *src, size_t row_bytes, void *dst, int64_t n) {       \
+        fdy_pack8_nib(src, row_bytes, dst, n, (int)sizeof(BT), (int)offsetof(BT, d), M_OFF,   \
+                      (int)offsetof(BT, qs));                                                 \
+    }                                                                                         \
+    static void NAME##_vec_dot_packed(const void *groups, size_t group_bytes, const void *a,  \
+                                      int64_t n, float *out, int64_t n_groups) {              \
+        FDY_PACK8_DISPATCH(groups, group_bytes, a, n, out, n_groups, (int)sizeof(BT),         \
+                           (M_OFF) >= 0, ZERO, (int)sizeof(AT), (int)offsetof(AT, qs));       \
+    }
+#if defined(__x86_64__)
+#define FDY_PACK8_DISPATCH(...)                                                               \
+    do {                                                                                      \
+        if (fdy_leg_tier() != FDY_LEG_PORTABLE) {                                             \
+            fdy_pack8_nib_avx2(__VA_ARGS__);                                                  \
+        } else {                                                                              \
+            fdy_pack8_nib_portable(__VA_ARGS__);                                              \
+        }                                                                                     \
+    } while (0)
+#else
+#define FDY_PACK8_DISPATCH(...) fdy_pack8_nib_portable(__VA_ARGS__)
+#endif
+
 #endif /* FDY_HOST */
 #endif
