@@ -384,7 +384,7 @@ def test_vec_dot_rows_equals_vec_dot_bit_for_bit(lib, name):
         C.fdy_cpu_set_feature_mask(0xFFFFFFFF)
 
 
-PACK_POLICIES = ["q4_0", "q4_1"]
+PACK_POLICIES = ["q4_0", "q4_1", "q8_0"]
 
 
 def test_pack_hooks_are_the_listed_formats():
