@@ -145,7 +145,11 @@ def test_cli_chat_ctrl_c_stops_the_reply_not_the_program(tmp_path):
     import time
     path = pf.testing.synthetic_model(tmp_path / "big.gguf", "llama", "q8_0", n_layers=2,
                                       context_length=100000)
-    p = subprocess.Popen([sys.executable, "-m", "pyfoundry.cli", "chat", path, "-n", "90000",
+    # the reply must still be running when the signal comes: end-of-generation ids are
+    # switched off, so a synthetic model's greedy text cannot stop by itself early
+    runner = ("import sys; import pyfoundry.session as s; s.Session.eog_ids = lambda self: set(); "
+              "from pyfoundry.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.Popen([sys.executable, "-c", runner, "chat", path, "-n", "90000",
                           "--temp", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     p.stdin.write("talk forever\n")
