@@ -765,9 +765,11 @@ static inline int fdy_pack8_qs_at(int head, int r, int c) {
     return head + 64 * c + 32 * (r / 4) + 8 * (r % 4);
 }
 
-/* pack 8 rows of a nibble format (d at d_off, m at m_off or -1, 16 code bytes at qs_off) */
-static inline void fdy_pack8_nib(const void *src, size_t row_bytes, void *dst, int64_t n,
-                                 int block_bytes, int d_off, int m_off, int qs_off) {
+/* pack 8 rows (d at d_off, m at m_off or -1, qs_bytes code bytes at qs_off: 16 for the nibble
+ * formats, 32 for q8_0) into the layout above */
+static inline void fdy_pack8_rows(const void *src, size_t row_bytes, void *dst, int64_t n,
+                                  int block_bytes, int d_off, int m_off, int qs_off,
+                                  int qs_bytes) {
     const uint8_t *s = (const uint8_t *)src;
     uint8_t *g = (uint8_t *)dst;
     const int head = m_off >= 0 ? 32 : 16;
@@ -781,10 +783,17 @@ static inline void fdy_pack8_nib(const void *src, size_t row_bytes, void *dst, i
         }
         for (int r = 0; r < 8; r++) {
             const uint8_t *x = s + (size_t)r * row_bytes + b * block_bytes + qs_off;
-            for (int c = 0; c < 2; c++) {
+            for (int c = 0; c < qs_bytes / 8; c++) {
                 memcpy(g + fdy_pack8_qs_at(head, r, c), x + 8 * c, 8);
             }
         }
+    }
+}
+
+/* a group's 8 results, in slot order, to out in row order */
+static inline void fdy_pack8_unslot(const float *acc, float *out) {
+    for (int slot = 0; slot < 8; slot++) {
+        out[fdy_pack8_slot_row[slot]] = acc[slot];
     }
 }
 
@@ -832,9 +841,7 @@ static inline void fdy_pack8_nib_portable(const void *groups, size_t group_bytes
                 }
             }
         }
-        for (int slot = 0; slot < 8; slot++) {
-            out[8 * gi + fdy_pack8_slot_row[slot]] = acc[slot];
-        }
+        fdy_pack8_unslot(acc, out + 8 * gi);
     }
 }
 
@@ -872,8 +879,8 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t
             const __m256i ah0 = _mm256_set1_epi64x(t2), ah1 = _mm256_set1_epi64x(t3);
             __m256i hs[2];
             for (int k = 0; k < 2; k++) { /* rows 4k .. 4k+3 */
-                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(g + head + 32 * k));
-                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(g + head + 64 + 32 * k));
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(g + fdy_pack8_qs_at(head, 4 * k, 0)));
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(g + fdy_pack8_qs_at(head, 4 * k, 1)));
                 __m256i t = _mm256_maddubs_epi16(_mm256_and_si256(v0, m4), al0);
                 t = _mm256_add_epi16(t, _mm256_maddubs_epi16(
                                             _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4), ah0));
@@ -907,9 +914,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t
         }
         float t[8];
         _mm256_storeu_ps(t, acc);
-        for (int slot = 0; slot < 8; slot++) {
-            out[8 * gi + fdy_pack8_slot_row[slot]] = t[slot];
-        }
+        fdy_pack8_unslot(t, out + 8 * gi);
     }
 }
 #endif
@@ -922,19 +927,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t
  * and the byte dots take |w| and a * sign(w) (vpmaddubsw is unsigned x signed).  Per row:
  * acc = fma(float(sum w a), d * d_a, acc), block by block. */
 static inline void fdy_pack8_q8_0(const void *src, size_t row_bytes, void *dst, int64_t n) {
-    const uint8_t *s = (const uint8_t *)src;
-    uint8_t *g = (uint8_t *)dst;
-    for (int64_t b = 0; b < n / 32; b++, g += 8 * 34) {
-        for (int slot = 0; slot < 8; slot++) {
-            memcpy(g + 2 * slot, s + (size_t)fdy_pack8_slot_row[slot] * row_bytes + b * 34, 2);
-        }
-        for (int r = 0; r < 8; r++) {
-            for (int c = 0; c < 4; c++) {
-                memcpy(g + 16 + 64 * c + 32 * (r / 4) + 8 * (r % 4),
-                       s + (size_t)r * row_bytes + b * 34 + 2 + 8 * c, 8);
-            }
-        }
-    }
+    fdy_pack8_rows(src, row_bytes, dst, n, 34, 0, -1, 2, 32);
 }
 
 static inline void fdy_pack8_q8_0_portable(const void *groups, size_t group_bytes,
@@ -950,7 +943,7 @@ static inline void fdy_pack8_q8_0_portable(const void *groups, size_t group_byte
                 const int r = fdy_pack8_slot_row[slot];
                 int sum = 0;
                 for (int c = 0; c < 4; c++) {
-                    const int8_t *q = (const int8_t *)(g + 16 + 64 * c + 32 * (r / 4) + 8 * (r % 4));
+                    const int8_t *q = (const int8_t *)(g + fdy_pack8_qs_at(16, r, c));
                     for (int j = 0; j < 8; j++) {
                         sum += q[j] * y[b].qs[8 * c + j];
                     }
@@ -960,9 +953,7 @@ static inline void fdy_pack8_q8_0_portable(const void *groups, size_t group_byte
                 acc[slot] = fmaf((float)sum, fdy_half_to_float(h) * da, acc[slot]);
             }
         }
-        for (int slot = 0; slot < 8; slot++) {
-            out[8 * gi + fdy_pack8_slot_row[slot]] = acc[slot];
-        }
+        fdy_pack8_unslot(acc, out + 8 * gi);
     }
 }
 
@@ -992,7 +983,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_q8_0_avx2(const void *groups, size_
             for (int k = 0; k < 2; k++) { /* rows 4k .. 4k+3 */
                 __m256i sk = _mm256_setzero_si256();
                 for (int c = 0; c < 4; c++) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(g + 16 + 64 * c + 32 * k));
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(g + fdy_pack8_qs_at(16, 4 * k, c)));
                     const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(v),
                                                            _mm256_sign_epi8(ac[c], v));
                     sk = _mm256_add_epi32(sk, _mm256_madd_epi16(p, ones));
@@ -1006,9 +997,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_q8_0_avx2(const void *groups, size_
         }
         float t[8];
         _mm256_storeu_ps(t, acc);
-        for (int slot = 0; slot < 8; slot++) {
-            out[8 * gi + fdy_pack8_slot_row[slot]] = t[slot];
-        }
+        fdy_pack8_unslot(t, out + 8 * gi);
     }
 }
 #endif
@@ -1016,8 +1005,8 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_q8_0_avx2(const void *groups, size_
 /* NAME_pack and NAME_vec_dot_packed of a nibble format (see above) */
 #define FDY_PACK8_NIB_KERNELS(NAME, BT, M_OFF, ZERO, AT)                                      \
     static void NAME##_pack(const void *src, size_t row_bytes, void *dst, int64_t n) {       \
-        fdy_pack8_nib(src, row_bytes, dst, n, (int)sizeof(BT), (int)offsetof(BT, d), M_OFF,   \
-                      (int)offsetof(BT, qs));                                                 \
+        fdy_pack8_rows(src, row_bytes, dst, n, (int)sizeof(BT), (int)offsetof(BT, d), M_OFF,  \
+                       (int)offsetof(BT, qs), 16);                                            \
     }                                                                                         \
     static void NAME##_vec_dot_packed(const void *groups, size_t group_bytes, const void *a,  \
                                       int64_t n, float *out, int64_t n_groups) {              \
