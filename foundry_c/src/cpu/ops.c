@@ -304,9 +304,9 @@ void *fdy_weight_pack(const fdy_weight *w) {
     return dst;
 }
 
-/* rows per task of a matmul: a multiple of the packed group when the weight has one */
-static int64_t rows_per_task(const fdy_weight *w, int64_t N, int64_t n_tasks) {
-    int64_t r = (N + n_tasks - 1) / n_tasks;
+/* r rows rounded up to whole groups of w's interleaved copy (r itself when it has none), so
+ * that a task's rows are whole groups */
+static int64_t whole_groups(const fdy_weight *w, int64_t r) {
     if (w->packed && w->policy->pack_rows > 1) {
         const int64_t R = w->policy->pack_rows;
         r = (r + R - 1) / R * R;
@@ -365,7 +365,7 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
     if (n_tasks > c.N) {
         n_tasks = c.N;
     }
-    c.rows_per_task = rows_per_task(w, c.N, n_tasks);
+    c.rows_per_task = whole_groups(w, (c.N + n_tasks - 1) / n_tasks);
     n_tasks = (c.N + c.rows_per_task - 1) / c.rows_per_task;
 
     const fdy_policy *dot = NULL;
@@ -557,11 +557,8 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
     const int threads = fdy_get_num_threads();
     int64_t rpt = (total_rows + (int64_t)threads * 8 - 1) / ((int64_t)threads * 8);
     rpt = rpt < 1 ? 1 : rpt;
-    for (int i = 0; i < n_parts; i++) { /* whole groups of an interleaved copy per task */
-        if (parts[i].w->packed && parts[i].w->policy->pack_rows > 1) {
-            const int64_t R = parts[i].w->policy->pack_rows;
-            rpt = (rpt + R - 1) / R * R;
-        }
+    for (int i = 0; i < n_parts; i++) {
+        rpt = whole_groups(parts[i].w, rpt);
     }
     const int task_parts = swiglu_out ? 1 : n_parts;
     g.first_task[0] = 0;
