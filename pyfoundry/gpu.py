@@ -57,17 +57,21 @@ NAN_BITS = 0x7FC00000
 GEMV_DOTF_WARPS = 4                     # CUDA fdy_gemv_dotf<R>: 4 warps (split K) x R rows
 
 
+def _matmul_source(name: str) -> str:
+    """The CUDA matmul composition of one policy (what the hook queries below read), kept."""
+    src = _matmul_sources.get(name)
+    if src is None:
+        src = _matmul_sources[name] = compose("matmul", [name], "cuda")
+    return src
+
+
+_matmul_sources: Dict[str, str] = {}
+
+
 def has_dotf(policy) -> bool:
     """Whether the policy's device code has a GEMV dot hook (FDY_<NAME>_DOTF_PARTS)."""
     name = _policy(policy).name
-    v = _dotf_cache.get(name)
-    if v is None:
-        v = f"#define FDY_{name.upper()}_DOTF_PARTS" in compose("matmul", [name], "cuda")
-        _dotf_cache[name] = v
-    return v
-
-
-_dotf_cache: Dict[str, bool] = {}
+    return f"#define FDY_{name.upper()}_DOTF_PARTS" in _matmul_source(name)
 
 
 def act_group(policy) -> Optional[int]:
@@ -75,27 +79,33 @@ def act_group(policy) -> Optional[int]:
     block: 32 for q8_0 / q8_1, 256 for q8_k), or None when the policy has no dot_type or the
     dot_type no device quantizer (FDY_<DT>_ACT_GROUP); the q8 variant then computes as f32."""
     p = _policy(policy)
-    key = "act:" + p.name
-    if key not in _dotf_cache:
-        g = None
-        if p.dot_type:
-            src = compose("matmul", [p.name], "cuda")
-            if f"#define FDY_W0_ACT_GROUP FDY_{p.dot_type.upper()}_ACT_GROUP" in src and \
-                    f"#define FDY_{p.dot_type.upper()}_ACT_GROUP" in src:
-                g = _policy(p.dot_type).block_elems
-        _dotf_cache[key] = g
-    return _dotf_cache[key]
+    if not p.dot_type:
+        return None
+    src, dt = _matmul_source(p.name), p.dot_type.upper()
+    if f"#define FDY_W0_ACT_GROUP FDY_{dt}_ACT_GROUP" in src and \
+            f"#define FDY_{dt}_ACT_GROUP" in src:
+        return _policy(p.dot_type).block_elems
+    return None
 
 
 def has_doti(policy) -> bool:
     """Whether the policy's device code has an integer GEMV hook for the q8 variant
     (FDY_<NAME>_DOTI, fdy_doti_calc_<name>) and its dot_type a device quantizer."""
     name = _policy(policy).name
-    key = "doti:" + name
-    if key not in _dotf_cache:
-        _dotf_cache[key] = (act_group(name) is not None and has_dotf(name) and
-                            f"#define FDY_{name.upper()}_DOTI " in compose("matmul", [name], "cuda"))
-    return _dotf_cache[key]
+    return (act_group(name) is not None and has_dotf(name) and
+            f"#define FDY_{name.upper()}_DOTI " in _matmul_source(name))
+
+
+def integer_gemv(be, policy, M: int) -> bool:
+    """Whether a q8-variant matmul of M rows runs the integer GEMV (fdy_gemv_doti): one row,
+    on CUDA, for a policy with an integer hook; otherwise the float kernels run on the
+    dequantized activations."""
+    return M == 1 and be.name == "cuda" and has_doti(policy)
+
+
+def _hook_rows(N: int) -> int:
+    """Rows per block of the dot-hook GEMV kernels (fdy_gemv_dotf<R>, fdy_gemv_doti<R>)."""
+    return 4 if N >= 4 * 4096 else (2 if N >= 4096 else 1)
 
 
 def launch_quantize_act(mod, xd, xq, xs, xf, M: int, K: int, G: int) -> None:
@@ -108,7 +118,7 @@ def launch_quantize_act(mod, xd, xq, xs, xf, M: int, K: int, G: int) -> None:
 def launch_gemv_doti(mod, N: int, M: int, K: int, wd, xq, xs, bd, od, flags: int, act: int) -> None:
     """One q8-variant GEMV through the policy's integer hook (codes xq, scales xs from
     launch_quantize_act)."""
-    r = 4 if N >= 4 * 4096 else (2 if N >= 4096 else 1)
+    r = _hook_rows(N)
     mod.launch(f"fdy_gemv_doti{r}", (_cdiv(N, r), M), 32 * GEMV_DOTF_WARPS,
                [P(wd), P(xq), P(bd), P(od), P(xs), I(N), I(K), I(flags), I(act), F(0.0)])
 
@@ -123,7 +133,7 @@ def launch_gemv(mod, policy, N: int, M: int, common: list, flags: int, be=None) 
         mod.launch("fdy_gemv", (gx, M), threads, common)
         return
     if not (flags & 4) and has_dotf(policy):
-        r = 4 if N >= 4 * 4096 else (2 if N >= 4096 else 1)
+        r = _hook_rows(N)
         common[7] = I(flags)
         mod.launch(f"fdy_gemv_dotf{r}", (_cdiv(N, r), M), 32 * GEMV_DOTF_WARPS, common)
         return
@@ -421,7 +431,7 @@ class GpuOps:
                 self._module("elementwise").launch("fdy_rmsnorm", (M,), 256,
                                                    [P(xd), P(nwd), P(xn), I(K), F(eps)])
                 xd, nwd, flags = xn, None, flags & ~4
-            integer = M == 1 and self.be.name == "cuda" and has_doti(p)
+            integer = integer_gemv(self.be, p, M)
             xq = DeviceBuffer(M * K, self.be)
             xs = DeviceBuffer(M * (K // G) * 4, self.be)
             xf = None if integer else DeviceBuffer(M * K * 4, self.be)

@@ -198,16 +198,15 @@ class GpuCore:
                 t, wd, N, K = self.w[ins["weight"]]
                 bias = self.w[ins["bias"]][1] if ins["bias"] >= 0 else None
                 flags = (1 if bias is not None else 0) | (2 if ins["accumulate"] else 0)
-                common = [P(wd), P(self._rows(ins["in0"], r0)), P(bias),
-                          P(self._rows(ins["out"], r0)), P(None), I(N), I(K), I(flags),
+                xin, out_rows = self._rows(ins["in0"], r0), self._rows(ins["out"], r0)
+                common = [P(wd), P(xin), P(bias), P(out_rows), P(None), I(N), I(K), I(flags),
                           I(ins["act"]), F(0.0)]
                 mod = self._mod("matmul", int(ins["weight"]))
-                xin, out_rows = self._rows(ins["in0"], r0), self._rows(ins["out"], r0)
                 G = _gpu.act_group(int(t)) if variant else None
                 integer = False
                 if G is not None and K % G == 0:
                     self._q8_buffers()
-                    integer = rows == 1 and self.be.name == "cuda" and _gpu.has_doti(int(t))
+                    integer = _gpu.integer_gemv(self.be, int(t), rows)
                     _gpu.launch_quantize_act(mod, xin, self.xq, self.xs,
                                              None if integer else self.xf, rows, K, G)
                     if integer:
