@@ -179,6 +179,7 @@ static float q4_0_dotf_portable(const void *w, const float *x, int64_t n) {
 
 FDY_DF_NIB_KERNELS(q4_0, fdy_block_q4_0, 0, 0, NULL, 8, FDY_DF_NO_QH, FDY_DF_NO_M)
 FDY_DF_DISPATCH(q4_0)
+FDY_DF_ROWS_Q4S(q4_0, fdy_block_q4_0)
 
 FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_0_BLOCK_BYTES, .sub_elems = FDY_Q4_0_SUB_ELEMS,
@@ -188,5 +189,6 @@ FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .quantize = q4_0_quantize, .vec_dot = q4_0_vec_dot, .vec_dot_rows = q4_0_vec_dot_rows,
                   .to_i8 = q4_0_to_i8, .vec_dot_f32 = q4_0_vec_dot_f32,
                   .pack_rows = 8, .pack = q4_0_pack,
-                  .vec_dot_packed = q4_0_vec_dot_packed);
+                  .vec_dot_packed = q4_0_vec_dot_packed,
+                  .vec_dot_f32_rows = q4_0_vec_dot_f32_rows);
 #endif

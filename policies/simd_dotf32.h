@@ -22,6 +22,7 @@
 #define FDY_SIMD_DOTF32_H
 #ifdef FDY_HOST
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -312,12 +313,175 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
                                                   _mm512_add_ps(a2, a3)));                    \
     }
 
+/* ---- vec_dot_f32_rows of a 32-element nibble format with w = d * (code - 8) (q4_0): AVX2 ----
+ * The activation is rearranged once per call, so that the codes need no widening shuffle.
+ * The 32 code bytes of two blocks, as eight 32-bit lanes (lanes 0..3: block i, 4..7: block
+ * i + 1), hold in lane l at bits 4t .. 4t+3 (t = 0..7) the code of element 4 (l % 4) + t / 2 +
+ * 16 (t % 2) of its block.  XOR 0x88 turns every code into code - 8 as a 4-bit two's
+ * complement value; a byte shuffle puts the nibble of t at bits 28..31 of each lane with zeros
+ * below (of the codes shifted up by 4 for even t, of the high nibbles in place for odd t), so
+ * the lane is the integer (code - 8) * 2^28 and converts to float exactly.  The rearranged
+ * activation holds, per pair of blocks and t, the 8 matching x * 2^-28: a multiply-add forms
+ * the exact product (code - 8) * x, as the one-row kernel does (x * 2^-28 is exact for |x| >=
+ * 2^-98; below it is subnormal and the product may be off by at most 2^-119 d).
+ * Per row: two chains of four products per pair of blocks (even t, odd t), their sum times
+ * the pair's scales (block i's d in lanes 0..3, block i + 1's in 4..7) added into one
+ * accumulator pair by pair, the lanes summed at the end as fdy_df_hsum256 does.  The
+ * activation is rearranged FDY_DF_ROWS_SPAN elements at a time (one span for rows up to that
+ * long); two rows per pass share its loads, and the kernel prefetches both rows' streams. */
+#define FDY_DF_ROWS_SPAN 8192
+#define FDY_DF_ROWS_BATCH 64
+/* software prefetch distance of the two rows' streams, in bytes: read from memory, the kernel
+ * ran at 230-316 ns per 2048-wide row without it and 164-184 ns with it (the one-row kernel
+ * streams its single row without help) */
+#define FDY_DF_ROWS_PREFETCH 1536
+
+/* the rearranged activation of the pair of blocks at x (both = 0: one block, zeros for the
+ * second): xp[8 t + l] = x * 2^-28 of lane l's element for t */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_prep(const float *x, int both, float *xp) {
+    const __m256 sc = _mm256_set1_ps(0x1p-28f);
+    for (int h = 0; h < 2; h++) { /* h = t % 2: x + 16 h holds the elements of odd t */
+        __m256 R[4];
+        for (int k = 0; k < 4; k++) {
+            const __m128 lo = _mm_loadu_ps(x + 16 * h + 4 * k);
+            const __m128 hi = both ? _mm_loadu_ps(x + 32 + 16 * h + 4 * k) : _mm_setzero_ps();
+            R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+        }
+        /* a 4 x 4 transpose in each 128-bit half: column u is t = 2 u + h */
+        const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
+        const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
+        _mm256_store_ps(xp + 8 * (0 + h), _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), sc));
+        _mm256_store_ps(xp + 8 * (2 + h), _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xEE), sc));
+        _mm256_store_ps(xp + 8 * (4 + h), _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), sc));
+        _mm256_store_ps(xp + 8 * (6 + h), _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xEE), sc));
+    }
+}
+
+/* the code bytes of the pair of blocks at b (block bytes bb, codes at qs), XOR 0x88 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256i fdy_df_q4s_codes(const uint8_t *b, int bb, int qs,
+                                                         int both) {
+    const __m128i lo = _mm_loadu_si128((const __m128i *)(b + qs));
+    const __m128i hi = both ? _mm_loadu_si128((const __m128i *)(b + bb + qs)) : _mm_setzero_si128();
+    return _mm256_xor_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1),
+                            _mm256_set1_epi8((char)0x88));
+}
+
+/* the pair's scales: d (f16 at offset 0) of block i in lanes 0..3, of block i + 1 in 4..7 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_q4s_scales(const uint8_t *b, int bb, int both) {
+    uint16_t d0, d1 = 0;
+    memcpy(&d0, b, 2);
+    if (both) {
+        memcpy(&d1, b + bb, 2);
+    }
+    const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)d0 | (uint32_t)d1 << 16)));
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d),
+                                    _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
+/* byte u of each 32-bit lane to bits 24..31, zeros below */
+#define FDY_DF_Q4S_SEL(u)                                                                  \
+    _mm256_setr_epi8(-128, -128, -128, (u), -128, -128, -128, 4 + (u), -128, -128, -128,    \
+                     8 + (u), -128, -128, -128, 12 + (u), -128, -128, -128, (u), -128, -128, \
+                     -128, 4 + (u), -128, -128, -128, 8 + (u), -128, -128, -128, 12 + (u))
+
+/* one pair of blocks of two rows (codes v, u, scales dv, du) into a0, a1 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_pair2(__m256i v, __m256i u, __m256 dv,
+                                                       __m256 du, const float *xp, __m256 *a0,
+                                                       __m256 *a1) {
+    const __m256i hm = _mm256_set1_epi8((char)0xF0);
+    const __m256i vl = _mm256_and_si256(_mm256_slli_epi32(v, 4), hm), vh = _mm256_and_si256(v, hm);
+    const __m256i ul = _mm256_and_si256(_mm256_slli_epi32(u, 4), hm), uh = _mm256_and_si256(u, hm);
+    __m256 sv[2], su[2];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) {
+        const __m256i sel = t < 2 ? FDY_DF_Q4S_SEL(0) : t < 4 ? FDY_DF_Q4S_SEL(1)
+                            : t < 6 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
+        const __m256 X = _mm256_load_ps(xp + 8 * t);
+        const __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel));
+        const __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel));
+        if (t < 2) {
+            sv[t] = _mm256_mul_ps(qv, X);
+            su[t] = _mm256_mul_ps(qu, X);
+        } else {
+            sv[t & 1] = _mm256_fmadd_ps(qv, X, sv[t & 1]);
+            su[t & 1] = _mm256_fmadd_ps(qu, X, su[t & 1]);
+        }
+    }
+    *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), dv, *a0);
+    *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), du, *a1);
+}
+
+FDY_DF_TARGET_AVX2 static void fdy_df_q4s_rows_avx2(const uint8_t *w, size_t row_bytes,
+                                                    const float *x, int64_t n, float *out,
+                                                    int64_t rows, int bb, int qs) {
+    _Alignas(32) float xp[FDY_DF_ROWS_SPAN];
+    __m256 acc[FDY_DF_ROWS_BATCH];
+    for (int64_t r0 = 0; r0 < rows; r0 += FDY_DF_ROWS_BATCH) {
+        const int64_t nr = rows - r0 < FDY_DF_ROWS_BATCH ? rows - r0 : FDY_DF_ROWS_BATCH;
+        for (int64_t k0 = 0; k0 < n; k0 += FDY_DF_ROWS_SPAN) {
+            const int64_t nb = (n - k0 < FDY_DF_ROWS_SPAN ? n - k0 : FDY_DF_ROWS_SPAN) / 32;
+            if (r0 == 0 || n > FDY_DF_ROWS_SPAN) {
+                for (int64_t p = 0; 2 * p < nb; p++) {
+                    fdy_df_q4s_prep(x + k0 + 64 * p, 2 * p + 1 < nb, xp + 64 * p);
+                }
+            }
+            for (int64_t r = 0; r < nr; r += 2) {
+                const int64_t r1 = r + 1 < nr ? r + 1 : r; /* an odd last row: twice */
+                const uint8_t *b0 = w + (size_t)(r0 + r) * row_bytes + (size_t)(k0 / 32 * bb);
+                const uint8_t *b1 = w + (size_t)(r0 + r1) * row_bytes + (size_t)(k0 / 32 * bb);
+                __m256 a0 = k0 ? acc[r] : _mm256_setzero_ps();
+                __m256 a1 = k0 ? acc[r1] : _mm256_setzero_ps();
+                int64_t p = 0;
+                for (; 2 * p + 1 < nb; p++, b0 += 2 * bb, b1 += 2 * bb) {
+                    _mm_prefetch((const char *)(b0 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(b1 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0);
+                    fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, 1), fdy_df_q4s_codes(b1, bb, qs, 1),
+                                     fdy_df_q4s_scales(b0, bb, 1), fdy_df_q4s_scales(b1, bb, 1),
+                                     xp + 64 * p, &a0, &a1);
+                }
+                if (2 * p < nb) { /* an odd last block */
+                    fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, 0), fdy_df_q4s_codes(b1, bb, qs, 0),
+                                     fdy_df_q4s_scales(b0, bb, 0), fdy_df_q4s_scales(b1, bb, 0),
+                                     xp + 64 * p, &a0, &a1);
+                }
+                acc[r] = a0;
+                acc[r1] = a1;
+            }
+        }
+        for (int64_t r = 0; r < nr; r++) {
+            out[r0 + r] = fdy_df_hsum256(acc[r]);
+        }
+    }
+}
+
+/* F_vec_dot_f32_rows of such a format (block type BT, fields d first and qs): the kernel above
+ * on the AVX2 tier, F_vec_dot_f32 row by row on the others */
+#define FDY_DF_ROWS_Q4S(F, BT)                                                                \
+    static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
+                                     int64_t n, float *out, int64_t rows) {                   \
+        if (fdy_df_tier() == FDY_DF_AVX2) {                                                   \
+            fdy_df_q4s_rows_avx2((const uint8_t *)w, row_bytes, x, n, out, rows,              \
+                                 (int)sizeof(BT), (int)offsetof(BT, qs));                     \
+            return;                                                                           \
+        }                                                                                     \
+        for (int64_t r = 0; r < rows; r++) {                                                  \
+            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
+        }                                                                                     \
+    }
+
 #else
 #define FDY_DF_DISPATCH(F)                                                     \
     static float F##_vec_dot_f32(const void *w, const float *x, int64_t n) {   \
         return F##_dotf_portable(w, x, n);                                     \
     }
 #define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)
+#define FDY_DF_ROWS_Q4S(F, BT)                                                                \
+    static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
+                                     int64_t n, float *out, int64_t rows) {                   \
+        for (int64_t r = 0; r < rows; r++) {                                                  \
+            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
+        }                                                                                     \
+    }
 #endif /* __x86_64__ */
 
 /* QH / M arguments of FDY_DF_NIB_KERNELS */

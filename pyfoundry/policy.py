@@ -35,6 +35,9 @@ class Policy:
                                prefill GEMM of the ``q8`` variant uses it)
     has_vec_dot_f32 : bool     the ``f32`` variant's GEMV (M <= 4) runs a fused decode + dot
                                kernel for this format (see :meth:`vec_dot_f32`)
+    has_vec_dot_f32_rows : bool  the ``f32`` variant's GEMV runs a row-range kernel that
+                               rearranges the activation once per call (see
+                               :meth:`vec_dot_f32_rows`)
     has_vec_dot_rows : bool    the ``q8`` variant's decode GEMV (M = 1) runs a row-range kernel
                                that computes the activation's terms once per 64 rows (the same
                                bits as the one-row kernel)
@@ -49,7 +52,8 @@ class Policy:
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
                  "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
-                 "has_to_i8", "has_vec_dot_f32", "has_vec_dot_rows", "pack_rows", "tolerances")
+                 "has_to_i8", "has_vec_dot_f32", "has_vec_dot_f32_rows", "has_vec_dot_rows",
+                 "pack_rows", "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -64,6 +68,7 @@ class Policy:
         self.dot_type = info["dot_type"]
         self.has_to_i8 = info["has_to_i8"]
         self.has_vec_dot_f32 = info["has_vec_dot_f32"]
+        self.has_vec_dot_f32_rows = info["has_vec_dot_f32_rows"]
         self.has_vec_dot_rows = info["has_vec_dot_rows"]
         self.pack_rows = info["pack_rows"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
@@ -115,6 +120,21 @@ class Policy:
         buf = np.ascontiguousarray(np.asarray(raw).view(np.uint8)).reshape(-1)
         self.row_bytes(x.size)
         return _core.vec_dot_f32(self.gguf_type, buf, x)
+
+    def vec_dot_f32_rows(self, raw, x) -> np.ndarray:
+        """The f32-variant GEMV over several weight rows, as the matmul stages run it for up to
+        4 activation rows: ``raw`` holds one row of ``len(x)`` weights per leading index (shape
+        ``(rows, row_bytes)`` or anything reshapeable to it), ``x`` is converted to float32.
+        Runs the format's row-range kernel (``has_vec_dot_f32_rows``), else
+        :meth:`vec_dot_f32` row by row; raises FoundryNotImplementedError when the format has
+        neither.  Returns float32 of shape ``(rows,)``.  For tests and benchmarks."""
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1))
+        rb = self.row_bytes(x.size)
+        buf = np.ascontiguousarray(np.asarray(raw).view(np.uint8))
+        if rb == 0 or buf.size % rb:
+            raise ShapeError(f"{self.name}: {buf.size} bytes are not whole rows of {rb} bytes "
+                             f"({x.size} elements)")
+        return _core.vec_dot_f32_rows(self.gguf_type, buf.reshape(-1, rb), x)
 
     def dequantize(self, raw, shape=None) -> np.ndarray:
         """Decode blocks to float32.

@@ -7,6 +7,10 @@ weight row against float x), on every CPU path (portable, AVX2, all detected fea
   one extra rounding, covered by the +2), for quantized Gaussian rows and for random blocks
   (any code pattern), with K not a multiple of 256 where the block allows; and the relative
   L2 error over many rows within the policy's tolerances["f32"].
+* Policy.vec_dot_f32_rows (the row-range form the matmul stages run: the format's own kernel
+  where it has one, which rearranges x once per call) against the same bound, with rows past
+  the kernel's batch of 64 and its span of 8192 elements, and each row's result independent of
+  the other rows of the call.
 * the f32-variant matmul stage for M <= 4 (the fused path) and M = 5 (dequantize + dot)
   against the reference, as tests/test_stages.py.
 """
@@ -73,6 +77,66 @@ def test_vec_dot_f32_matches_float64_dot(p, kind, path):
         assert (err <= bound).all(), f"{p.name} {kind} K={K} {path}: err/bound {np.max(err / bound):.3g}"
         rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
         assert rel <= p.tolerances["f32"], f"{p.name} {kind} K={K} {path}: rel L2 {rel:.3g}"
+
+
+ROWS_HOOKED = {"q4_0"}
+
+
+def test_row_range_kernels_are_the_listed_formats():
+    assert {p.name for p in pf.policies if p.has_vec_dot_f32_rows} == ROWS_HOOKED
+    assert all(p.has_vec_dot_f32 for p in pf.policies if p.has_vec_dot_f32_rows)
+
+
+def rows_ks(p):
+    be = p.block_elems
+    out = {be, 9 * be, 2048, 8192 + 3 * be, 16384}  # odd block counts, one and three spans
+    return sorted(k for k in out if k % be == 0 and k <= 16384)
+
+
+@pytest.mark.parametrize("kind", ["quantized", "random"])
+@pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
+def test_vec_dot_f32_rows_matches_float64_dot(p, kind, path):
+    rng = np.random.default_rng(hash((p.name, kind, "rows")) % 2**32)
+    for K in rows_ks(p):
+        rows = 67 if K <= 2048 else 5  # past one batch of 64, an odd last row
+        raw, wd = rows_for(p, rows, K, rng, kind)
+        x = rng.standard_normal(K).astype(np.float32)
+        x[::7] = 0.0
+        x[3::11] *= np.float32(1e-20)  # small, still scaled exactly
+        y = p.vec_dot_f32_rows(raw, x).astype(np.float64)
+        assert y.shape == (rows,)
+        ref = wd @ x.astype(np.float64)
+        mag = np.abs(wd) @ np.abs(x.astype(np.float64))
+        bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
+        err = np.abs(y - ref)
+        assert (err <= bound).all(), f"{p.name} {kind} K={K} {path}: err/bound {np.max(err / bound):.3g}"
+        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert rel <= p.tolerances["f32"], f"{p.name} {kind} K={K} {path}: rel L2 {rel:.3g}"
+
+
+@pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
+def test_vec_dot_f32_rows_a_row_does_not_depend_on_the_call(p, path):
+    """the bits of a row's result are the same alone, in any slice of rows and in any pairing
+    (the kernels run two rows per pass and 64 per batch)"""
+    rng = np.random.default_rng(3)
+    K = 4 * max(p.block_elems, 64)
+    raw, _ = rows_for(p, 70, K, rng, "random")
+    x = rng.standard_normal(K).astype(np.float32)
+    y = p.vec_dot_f32_rows(raw, x)
+    for r in (0, 1, 63, 64, 69):
+        assert p.vec_dot_f32_rows(raw[r:r + 1], x)[0] == y[r]
+    assert np.array_equal(p.vec_dot_f32_rows(raw[1:], x), y[1:])
+    assert np.array_equal(p.vec_dot_f32_rows(raw[5:68], x), y[5:68])
+
+
+@pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
+def test_vec_dot_f32_rows_rejects_bad_sizes(p):
+    K = 2 * p.block_elems
+    with pytest.raises(pf.ShapeError):
+        p.vec_dot_f32_rows(np.zeros(3 * p.block_bytes, np.uint8), np.zeros(K, np.float32))
+    with pytest.raises(pf.ShapeError):
+        p.vec_dot_f32_rows(np.zeros((2, 2 * p.block_bytes), np.uint8),
+                           np.zeros(K + 1, np.float32))
 
 
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])

@@ -213,6 +213,7 @@ struct fdy_policy {
     int32_t pack_rows;
     void (*pack)(const void *, size_t, void *, int64_t);
     void (*vec_dot_packed)(const void *, size_t, const void *, int64_t, float *, int64_t);
+    void (*vec_dot_f32_rows)(const void *, size_t, const float *, int64_t, float *, int64_t);
 };
 """
 

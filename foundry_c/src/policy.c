@@ -204,3 +204,31 @@ fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const floa
     *out = p->vec_dot_f32(w, x, n);
     return FDY_OK;
 }
+
+int fdy_policy_has_vec_dot_f32_rows(const fdy_policy *p) {
+    return p->vec_dot_f32_rows != NULL;
+}
+
+fdy_status fdy_policy_vec_dot_f32_rows(const fdy_policy *p, const void *w, size_t row_bytes,
+                                       const float *x, int64_t n, float *out, int64_t rows) {
+    if (!p->vec_dot_f32) {
+        return fdy_fail(FDY_ERR_UNSUPPORTED, "%s has no fused f32 dot (vec_dot_f32)", p->name);
+    }
+    const int64_t rb = fdy_policy_row_bytes(p, n);
+    if (rb < 0) {
+        return FDY_ERR_INVALID;
+    }
+    if (rows < 0 || row_bytes < (size_t)rb) {
+        return fdy_fail(FDY_ERR_INVALID, "%s: %lld rows of %zu bytes, a row of %lld elements "
+                        "needs %lld", p->name, (long long)rows, row_bytes, (long long)n,
+                        (long long)rb);
+    }
+    if (p->vec_dot_f32_rows) {
+        p->vec_dot_f32_rows(w, row_bytes, x, n, out, rows);
+        return FDY_OK;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        out[r] = p->vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);
+    }
+    return FDY_OK;
+}

@@ -50,6 +50,13 @@ typedef void (*fdy_to_i8_fn)(const void *src, int8_t *q, float *scale, float *mi
  * with n floats x: the f32 variant's fused decode + multiply-add GEMV kernel.  Equal to
  * dequantize + float dot up to float rounding (within the float32 dot-product bound). */
 typedef float (*fdy_vec_dot_f32_fn)(const void *w, const float *x, int64_t n);
+/* vec_dot_f32 over `rows` consecutive weight rows (row_bytes apart) with one float row x:
+ * out[r] within the same float32 dot-product bound as vec_dot_f32 (each weight formed as the
+ * decode forms it), but not necessarily its bits: a kernel may rearrange x once per call and
+ * sum in another order.  A row's result depends only on the row, x, n and the CPU tier, never
+ * on the other rows of the call */
+typedef void (*fdy_vec_dot_f32_rows_fn)(const void *w, size_t row_bytes, const float *x,
+                                        int64_t n, float *out, int64_t rows);
 /* the optional row-interleaved layout of the q8 decode GEMV.  pack writes pack_rows
  * consecutive rows (row_bytes apart, n elements each) as one group of pack_rows * row_bytes
  * bytes in the policy's own interleaved order; vec_dot_packed computes the dots of n_groups
@@ -88,6 +95,7 @@ struct fdy_policy {
     int32_t pack_rows;                /* rows per group of the interleaved layout, 0: none */
     fdy_pack_fn pack;                 /* optional, with vec_dot_packed */
     fdy_vec_dot_packed_fn vec_dot_packed;
+    fdy_vec_dot_f32_rows_fn vec_dot_f32_rows; /* optional: the f32 GEMV over a row range */
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \
@@ -111,6 +119,12 @@ int fdy_policy_has_vec_dot_rows(const fdy_policy *p);
 int fdy_policy_pack_rows(const fdy_policy *p);
 fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
                                   float *out);
+/* whether the policy has the vec_dot_f32_rows hook (the f32 decode GEMV's row-range kernel) */
+int fdy_policy_has_vec_dot_f32_rows(const fdy_policy *p);
+/* the f32 GEMV over `rows` rows as the matmul stages run it: the policy's vec_dot_f32_rows,
+ * else vec_dot_f32 row by row (FDY_ERR_UNSUPPORTED when it has neither) */
+fdy_status fdy_policy_vec_dot_f32_rows(const fdy_policy *p, const void *w, size_t row_bytes,
+                                       const float *x, int64_t n, float *out, int64_t rows);
 
 /* ---- helpers for host-side quantizers (reference rounding of llama.cpp and gguf-py) ---- */
 #ifdef FDY_HOST

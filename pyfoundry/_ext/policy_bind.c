@@ -32,7 +32,7 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
         const fdy_policy *p = fdy_policy_at(i);
         const char *dot = fdy_policy_dot_type(p);
         PyObject *d = Py_BuildValue(
-            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O,s:O,s:O,s:i}", "name", fdy_policy_name(p),
+            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O,s:O,s:O,s:i,s:O}", "name", fdy_policy_name(p),
             "type", (int)fdy_policy_type(p), "block_elems", (long long)fdy_policy_block_elems(p),
             "block_bytes", (long long)fdy_policy_block_bytes(p), "sub_elems",
             (long long)fdy_policy_sub_elems(p), "bits_per_weight", fdy_policy_bits_per_weight(p),
@@ -44,7 +44,8 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
             fdy_policy_has_to_i8(p) ? Py_True : Py_False, "has_vec_dot_f32",
             fdy_policy_has_vec_dot_f32(p) ? Py_True : Py_False, "has_vec_dot_rows",
             fdy_policy_has_vec_dot_rows(p) ? Py_True : Py_False, "pack_rows",
-            (int)fdy_policy_pack_rows(p));
+            (int)fdy_policy_pack_rows(p), "has_vec_dot_f32_rows",
+            fdy_policy_has_vec_dot_f32_rows(p) ? Py_True : Py_False);
         if (!d) {
             Py_DECREF(list);
             return NULL;
@@ -249,6 +250,60 @@ static PyObject *vec_dot_f32(PyObject *module, PyObject *args) {
     return PyFloat_FromDouble((double)out);
 }
 
+/* vec_dot_f32_rows(type_id, raw, x) -> float32 array: the f32 GEMV over the rows of raw (a
+ * C-contiguous 2-D uint8 array, one weight row of len(x) weights per row) as the matmul stages
+ * run it (the policy's row-range kernel, else vec_dot_f32 row by row), for tests */
+static PyObject *vec_dot_f32_rows(PyObject *module, PyObject *args) {
+    fdy_module_state *st = fdy_state_from_module(module);
+    PyObject *type_obj, *raw_obj, *x_obj, *out = NULL;
+    PyArrayObject *x = NULL, *raw = NULL;
+    if (!PyArg_ParseTuple(args, "OOO:vec_dot_f32_rows", &type_obj, &raw_obj, &x_obj)) {
+        return NULL;
+    }
+    const fdy_policy *p = policy_arg(st, type_obj);
+    if (!p) {
+        return NULL;
+    }
+    x = (PyArrayObject *)PyArray_FROMANY(x_obj, NPY_FLOAT32, 1, 1, NPY_ARRAY_IN_ARRAY);
+    raw = (PyArrayObject *)PyArray_FROMANY(raw_obj, NPY_UINT8, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!x || !raw) {
+        goto done;
+    }
+    const int64_t n = (int64_t)PyArray_SIZE(x);
+    const int64_t need = fdy_policy_row_bytes(p, n);
+    if (need < 0) {
+        fdy_raise(st, FDY_ERR_INVALID);
+        goto done;
+    }
+    const int64_t rows = (int64_t)PyArray_DIM(raw, 0);
+    if ((int64_t)PyArray_DIM(raw, 1) != need) {
+        PyErr_Format(st->ShapeError,
+                     "vec_dot_f32_rows(%s): rows of %lld bytes, %lld elements need %lld",
+                     fdy_policy_name(p), (long long)PyArray_DIM(raw, 1), (long long)n,
+                     (long long)need);
+        goto done;
+    }
+    npy_intp dims[1] = {(npy_intp)rows};
+    out = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (!out) {
+        goto done;
+    }
+    fdy_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = fdy_policy_vec_dot_f32_rows(p, PyArray_DATA(raw), (size_t)need,
+                                    (const float *)PyArray_DATA(x), n,
+                                    (float *)PyArray_DATA((PyArrayObject *)out), rows);
+    Py_END_ALLOW_THREADS
+    if (s) {
+        Py_CLEAR(out);
+        fdy_raise(st, s);
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(raw);
+    return out;
+}
+
 static PyMethodDef policy_methods[] = {
     {"policy_info", policy_info, METH_NOARGS, "policy_info() -> list of descriptor dicts"},
     {"dequantize", dequantize, METH_VARARGS,
@@ -259,6 +314,8 @@ static PyMethodDef policy_methods[] = {
      "to_i8(type_id, raw, n) -> (int8 codes, float32 scale per 16, float32 min per 16)"},
     {"vec_dot_f32", vec_dot_f32, METH_VARARGS,
      "vec_dot_f32(type_id, raw, float32 x) -> float: the fused f32 GEMV kernel on one row"},
+    {"vec_dot_f32_rows", vec_dot_f32_rows, METH_VARARGS,
+     "vec_dot_f32_rows(type_id, raw rows, float32 x) -> float32 array: the f32 GEMV over rows"},
     {NULL, NULL, 0, NULL},
 };
 

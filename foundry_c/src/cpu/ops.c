@@ -183,27 +183,51 @@ static float *thread_buf(size_t which, size_t bytes, fdy_status *s) {
 }
 #define THREAD_BUF(field, bytes, s) thread_buf(offsetof(thread_bufs, field), (bytes), (s))
 
-static void mm_task_f32(void *vctx, int64_t task, int thread) {
-    const mm_ctx *c = (const mm_ctx *)vctx;
-    float *row = (float *)fdy_scratch(thread);
-    int64_t r0 = task * c->rows_per_task;
-    int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
+/* rows r0 .. r1 of the f32 variant: up to FDY_VEC_DOT_F32_MAX_M activation rows through the
+ * policy's fused kernels (vec_dot_f32_rows over 64 rows per call, else vec_dot_f32 row by
+ * row), more through one dequantized weight row (row: K floats of scratch) per token set */
+static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *row) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
-    const fdy_vec_dot_f32_fn vdf = c->w->policy->vec_dot_f32;
-    if (vdf && c->M <= FDY_VEC_DOT_F32_MAX_M) {
+    const fdy_policy *p = c->w->policy;
+    if (p->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
+        if (p->vec_dot_f32_rows) {
+            float v[64];
+            for (int64_t n = r0; n < r1; n += 64) {
+                const int64_t nr = r1 - n < 64 ? r1 - n : 64;
+                for (int64_t m = 0; m < c->M; m++) {
+                    p->vec_dot_f32_rows(wd + n * c->w_row, (size_t)c->w_row, c->x + m * c->K,
+                                        c->K, v, nr);
+                    for (int64_t i = 0; i < nr; i++) {
+                        mm_store(c, m, n + i, v[i]);
+                    }
+                }
+            }
+            return;
+        }
         for (int64_t n = r0; n < r1; n++) {
             for (int64_t m = 0; m < c->M; m++) {
-                mm_store(c, m, n, vdf(wd + n * c->w_row, c->x + m * c->K, c->K));
+                mm_store(c, m, n, p->vec_dot_f32(wd + n * c->w_row, c->x + m * c->K, c->K));
             }
         }
         return;
     }
     for (int64_t n = r0; n < r1; n++) {
-        fdy_policy_dequantize(c->w->policy, wd + n * c->w_row, row, c->K);
+        if (p->dequantize_fast) { /* the row length is checked */
+            p->dequantize_fast(wd + n * c->w_row, row, c->K);
+        } else {
+            fdy_policy_dequantize(p, wd + n * c->w_row, row, c->K);
+        }
         for (int64_t m = 0; m < c->M; m++) {
             mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
         }
     }
+}
+
+static void mm_task_f32(void *vctx, int64_t task, int thread) {
+    const mm_ctx *c = (const mm_ctx *)vctx;
+    int64_t r0 = task * c->rows_per_task;
+    int64_t r1 = r0 + c->rows_per_task < c->N ? r0 + c->rows_per_task : c->N;
+    mm_rows_f32(c, r0, r1, (float *)fdy_scratch(thread));
 }
 
 /* rows r0 .. r1 of the q8 variant: one activation row through the policy's vec_dot_rows (64
@@ -440,30 +464,11 @@ static void group_task(void *vctx, int64_t task, int thread) {
     /* part by part over the task's rows: one weight stream at a time */
     for (int i = 0; i < np; i++) {
         const mm_ctx *c = &g->part[p + i];
-        const int q8 = g->q8[p + i];
-        const uint8_t *wd = (const uint8_t *)c->w->data;
-        if (q8) {
+        if (g->q8[p + i]) {
             mm_rows_q8(c, r0, r1);
             continue;
         }
-        for (int64_t n = r0; n < r1; n++) {
-            const uint8_t *wr = wd + n * c->w_row;
-            if (c->w->policy->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
-                /* fused decode + dot, as mm_task_f32 (the same bits as the plain path) */
-                for (int64_t m = 0; m < c->M; m++) {
-                    mm_store(c, m, n, c->w->policy->vec_dot_f32(wr, c->x + m * c->K, c->K));
-                }
-            } else {
-                if (c->w->policy->dequantize_fast) { /* the row length is checked */
-                    c->w->policy->dequantize_fast(wr, row, c->K);
-                } else {
-                    fdy_policy_dequantize(c->w->policy, wr, row, c->K);
-                }
-                for (int64_t m = 0; m < c->M; m++) {
-                    mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
-                }
-            }
-        }
+        mm_rows_f32(c, r0, r1, row);
     }
     if (g->swiglu_out) { /* the swiglu stage's arithmetic on the stored gate and up rows */
         const mm_ctx *cg = &g->part[0], *cu = &g->part[1];
