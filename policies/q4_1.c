@@ -184,6 +184,7 @@ FDY_DF_PORTABLE_DECODE(q4_1, fdy_decode_q4_1, FDY_Q4_1_BLOCK_ELEMS, FDY_Q4_1_BLO
 #endif
 FDY_DF_NIB_KERNELS(q4_1, fdy_block_q4_1, 0, 1, NULL, 0, FDY_DF_NO_QH, Q4_1_DF_M)
 FDY_DF_DISPATCH(q4_1)
+FDY_DF_ROWS(q4_1, fdy_block_q4_1, 1)
 
 /* the 8-row interleaved layout of the decode GEMV (simd_legacy.h): with the min, no zero point */
 FDY_PACK8_NIB_KERNELS(q4_1, fdy_block_q4_1, (int)offsetof(fdy_block_q4_1, m), 0, fdy_leg_q8_1)
@@ -195,5 +196,6 @@ FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
                   .decode = fdy_decode_q4_1, .dequantize_fast = q4_1_dequantize,
                   .quantize = q4_1_quantize, .vec_dot = q4_1_vec_dot, .vec_dot_rows = q4_1_vec_dot_rows,
                   .to_i8 = q4_1_to_i8, .vec_dot_f32 = q4_1_vec_dot_f32,
-                  .pack_rows = 8, .pack = q4_1_pack, .vec_dot_packed = q4_1_vec_dot_packed);
+                  .pack_rows = 8, .pack = q4_1_pack, .vec_dot_packed = q4_1_vec_dot_packed,
+                  .vec_dot_f32_rows = q4_1_vec_dot_f32_rows);
 #endif

@@ -253,6 +253,7 @@ FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x
 }
 #endif
 FDY_DF_DISPATCH(q8_0)
+FDY_DF_ROWS(q8_0, fdy_block_q8_0, 2)
 
 /* the 8-row interleaved layout of the decode GEMV (simd_legacy.h) */
 static void q8_0_vec_dot_packed(const void *groups, size_t group_bytes, const void *a, int64_t n,
@@ -273,5 +274,6 @@ FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
                   .vec_dot = q8_0_vec_dot, .vec_dot_rows = q8_0_vec_dot_rows, .quantize_act = q8_0_quantize_act,
                   .to_i8 = q8_0_to_i8, .vec_dot_f32 = q8_0_vec_dot_f32,
-                  .pack_rows = 8, .pack = fdy_pack8_q8_0, .vec_dot_packed = q8_0_vec_dot_packed);
+                  .pack_rows = 8, .pack = fdy_pack8_q8_0, .vec_dot_packed = q8_0_vec_dot_packed,
+                  .vec_dot_f32_rows = q8_0_vec_dot_f32_rows);
 #endif

@@ -1,6 +1,7 @@
 /* simd_dotf32.h - host-only helpers of the f32 variant's fused GEMV kernels (vec_dot_f32):
  * the float dot product of one encoded weight row of n elements with a float row x, decoding
- * the weights in registers instead of writing them to a scratch row first.
+ * the weights in registers instead of writing them to a scratch row first; and the row-range
+ * form vec_dot_f32_rows of q4_0, q4_1 and q8_0 (FDY_DF_ROWS), which rearranges x once per call.
  *
  * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
@@ -337,9 +338,10 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
 #define FDY_DF_ROWS_PREFETCH 1536
 
 /* the rearranged activation of the pair of blocks at x (both = 0: one block, zeros for the
- * second): xp[8 t + l] = x * 2^-28 of lane l's element for t */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_prep(const float *x, int both, float *xp) {
-    const __m256 sc = _mm256_set1_ps(0x1p-28f);
+ * second): xp[8 t + l] = x * scale of lane l's element for t (scale: a power of two) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_prep(const float *x, int both, float scale,
+                                                     float *xp) {
+    const __m256 sc = _mm256_set1_ps(scale);
     for (int h = 0; h < 2; h++) { /* h = t % 2: x + 16 h holds the elements of odd t */
         __m256 R[4];
         for (int k = 0; k < 4; k++) {
@@ -357,13 +359,14 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_prep(const float *x, int both, 
     }
 }
 
-/* the code bytes of the pair of blocks at b (block bytes bb, codes at qs), XOR 0x88 */
+/* the code bytes of the pair of blocks at b (block bytes bb, codes at qs), XOR x (0x88 for
+ * code - 8 as 4-bit two's complement values, 0 for the codes as they are) */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256i fdy_df_q4s_codes(const uint8_t *b, int bb, int qs,
-                                                         int both) {
+                                                         int both, int x) {
     const __m128i lo = _mm_loadu_si128((const __m128i *)(b + qs));
     const __m128i hi = both ? _mm_loadu_si128((const __m128i *)(b + bb + qs)) : _mm_setzero_si128();
     return _mm256_xor_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1),
-                            _mm256_set1_epi8((char)0x88));
+                            _mm256_set1_epi8((char)x));
 }
 
 /* the pair's scales: d (f16 at offset 0) of block i in lanes 0..3, of block i + 1 in 4..7 */
@@ -411,9 +414,134 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_pair2(__m256i v, __m256i u, __m
     *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), du, *a1);
 }
 
-FDY_DF_TARGET_AVX2 static void fdy_df_q4s_rows_avx2(const uint8_t *w, size_t row_bytes,
-                                                    const float *x, int64_t n, float *out,
-                                                    int64_t rows, int bb, int qs) {
+
+/* q4_1 (w = d * code + m): the pair's d * 2^-24 and m (f16 at offsets 0 and 2), block i's in
+ * lanes 0..3, block i + 1's in 4..7 (zeros for a missing second block) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_scales(const uint8_t *b, int bb, int both,
+                                                        __m256 *d, __m256 *m) {
+    uint32_t h0, h1 = 0;
+    memcpy(&h0, b, 4);
+    if (both) {
+        memcpy(&h1, b + bb, 4);
+    }
+    const __m256 dm = _mm256_castps128_ps256(
+        _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)h0), (int)h1, 1))); /* d0 m0 d1 m1 */
+    *d = _mm256_mul_ps(_mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)),
+                       _mm256_set1_ps(0x1p-24f));
+    *m = _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
+}
+
+/* q4_1: one pair of blocks of two rows (codes v, u as they are; scales from fdy_df_q4m_scales).
+ * The byte shuffle puts the code of t at bits 24..27 with zeros below: the lane is code *
+ * 2^24, and fma(code * 2^24, d * 2^-24, m) is the weight fma(code, d, m) of the one-row
+ * kernel exactly (d * 2^-24 is exact: d >= 2^-24 as an f16); x is rearranged unscaled. */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_pair2(__m256i v, __m256i u, __m256 dv,
+                                                       __m256 mv, __m256 du, __m256 mu,
+                                                       const float *xp, __m256 *a0,
+                                                       __m256 *a1) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i vl = _mm256_and_si256(v, m4), vh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    const __m256i ul = _mm256_and_si256(u, m4), uh = _mm256_and_si256(_mm256_srli_epi16(u, 4), m4);
+    __m256 sv[2], su[2];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) {
+        const __m256i sel = t < 2 ? FDY_DF_Q4S_SEL(0) : t < 4 ? FDY_DF_Q4S_SEL(1)
+                            : t < 6 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
+        const __m256 X = _mm256_load_ps(xp + 8 * t);
+        const __m256 wv = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel)), dv, mv);
+        const __m256 wu = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel)), du, mu);
+        if (t < 2) {
+            sv[t] = _mm256_mul_ps(wv, X);
+            su[t] = _mm256_mul_ps(wu, X);
+        } else {
+            sv[t & 1] = _mm256_fmadd_ps(wv, X, sv[t & 1]);
+            su[t & 1] = _mm256_fmadd_ps(wu, X, su[t & 1]);
+        }
+    }
+    *a0 = _mm256_add_ps(_mm256_add_ps(sv[0], sv[1]), *a0);
+    *a1 = _mm256_add_ps(_mm256_add_ps(su[0], su[1]), *a1);
+}
+
+/* ---- q8_0 (w = d * code, 32 signed code bytes after the f16 d): one block is eight 32-bit
+ * lanes of 4 codes; the byte shuffle puts code u of each lane (element 4 l + u) at bits
+ * 24..31 with zeros below, the integer code * 2^24, and x is rearranged as x * 2^-24 (exact
+ * for |x| >= 2^-102).  Per row: two chains of two products per block, their sum times d
+ * added into the accumulator block by block ---- */
+
+/* the rearranged activation of the block at x: xp[8 u + l] = x[4 l + u] * 2^-24 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_prep(const float *x, float *xp) {
+    const __m256 sc = _mm256_set1_ps(0x1p-24f);
+    __m256 R[4];
+    for (int k = 0; k < 4; k++) {
+        R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x + 4 * k)),
+                                    _mm_loadu_ps(x + 16 + 4 * k), 1);
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
+    _mm256_store_ps(xp, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), sc));
+    _mm256_store_ps(xp + 8, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xEE), sc));
+    _mm256_store_ps(xp + 16, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), sc));
+    _mm256_store_ps(xp + 24, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xEE), sc));
+}
+
+/* q8_0: one block of two rows at b0, b1 (d at offset 0, codes at qs) into a0, a1 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_step2(const uint8_t *b0, const uint8_t *b1,
+                                                       int qs, const float *xp, __m256 *a0,
+                                                       __m256 *a1) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(b0 + qs));
+    const __m256i u = _mm256_loadu_si256((const __m256i *)(b1 + qs));
+    __m256 sv[2], su[2];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) {
+        const __m256i sel = t == 0 ? FDY_DF_Q4S_SEL(0) : t == 1 ? FDY_DF_Q4S_SEL(1)
+                            : t == 2 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
+        const __m256 X = _mm256_load_ps(xp + 8 * t);
+        const __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel));
+        const __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(u, sel));
+        if (t < 2) {
+            sv[t] = _mm256_mul_ps(qv, X);
+            su[t] = _mm256_mul_ps(qu, X);
+        } else {
+            sv[t & 1] = _mm256_fmadd_ps(qv, X, sv[t & 1]);
+            su[t & 1] = _mm256_fmadd_ps(qu, X, su[t & 1]);
+        }
+    }
+    uint16_t h0, h1;
+    memcpy(&h0, b0, 2);
+    memcpy(&h1, b1, 2);
+    *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), _mm256_set1_ps(fdy_df_half(h0)), *a0);
+    *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), _mm256_set1_ps(fdy_df_half(h1)), *a1);
+}
+
+/* one unit of two rows at b0, b1: a pair of blocks of q4_0 (kind 0) or q4_1 (kind 1), one
+ * block of q8_0 (kind 2) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_rows_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int both, int kind,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    if (kind == 2) {
+        fdy_df_q8s_step2(b0, b1, qs, xp, a0, a1);
+    } else if (kind == 1) {
+        __m256 d0, m0, d1, m1;
+        fdy_df_q4m_scales(b0, bb, both, &d0, &m0);
+        fdy_df_q4m_scales(b1, bb, both, &d1, &m1);
+        fdy_df_q4m_pair2(fdy_df_q4s_codes(b0, bb, qs, both, 0),
+                         fdy_df_q4s_codes(b1, bb, qs, both, 0), d0, m0, d1, m1, xp, a0, a1);
+    } else {
+        fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, both, 0x88),
+                         fdy_df_q4s_codes(b1, bb, qs, both, 0x88), fdy_df_q4s_scales(b0, bb, both),
+                         fdy_df_q4s_scales(b1, bb, both), xp, a0, a1);
+    }
+}
+
+/* the driver of the three: rows in batches of 64, two per pass (an odd last row twice), x
+ * rearranged once per span; upb: blocks per unit (2 for the pairs, 1 for q8_0) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_rows_avx2(const uint8_t *w, size_t row_bytes,
+                                                       const float *x, int64_t n, float *out,
+                                                       int64_t rows, int bb, int qs, int kind) {
+    const int upb = kind == 2 ? 1 : 2;
     _Alignas(32) float xp[FDY_DF_ROWS_SPAN];
     __m256 acc[FDY_DF_ROWS_BATCH];
     for (int64_t r0 = 0; r0 < rows; r0 += FDY_DF_ROWS_BATCH) {
@@ -421,8 +549,14 @@ FDY_DF_TARGET_AVX2 static void fdy_df_q4s_rows_avx2(const uint8_t *w, size_t row
         for (int64_t k0 = 0; k0 < n; k0 += FDY_DF_ROWS_SPAN) {
             const int64_t nb = (n - k0 < FDY_DF_ROWS_SPAN ? n - k0 : FDY_DF_ROWS_SPAN) / 32;
             if (r0 == 0 || n > FDY_DF_ROWS_SPAN) {
-                for (int64_t p = 0; 2 * p < nb; p++) {
-                    fdy_df_q4s_prep(x + k0 + 64 * p, 2 * p + 1 < nb, xp + 64 * p);
+                for (int64_t p = 0; upb * p < nb; p++) {
+                    const float *xu = x + k0 + 32 * upb * p;
+                    if (kind == 2) {
+                        fdy_df_q8s_prep(xu, xp + 32 * p);
+                    } else {
+                        fdy_df_q4s_prep(xu, 2 * p + 1 < nb, kind == 1 ? 1.0f : 0x1p-28f,
+                                        xp + 64 * p);
+                    }
                 }
             }
             for (int64_t r = 0; r < nr; r += 2) {
@@ -432,17 +566,13 @@ FDY_DF_TARGET_AVX2 static void fdy_df_q4s_rows_avx2(const uint8_t *w, size_t row
                 __m256 a0 = k0 ? acc[r] : _mm256_setzero_ps();
                 __m256 a1 = k0 ? acc[r1] : _mm256_setzero_ps();
                 int64_t p = 0;
-                for (; 2 * p + 1 < nb; p++, b0 += 2 * bb, b1 += 2 * bb) {
+                for (; upb * (p + 1) <= nb; p++, b0 += upb * bb, b1 += upb * bb) {
                     _mm_prefetch((const char *)(b0 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0);
                     _mm_prefetch((const char *)(b1 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0);
-                    fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, 1), fdy_df_q4s_codes(b1, bb, qs, 1),
-                                     fdy_df_q4s_scales(b0, bb, 1), fdy_df_q4s_scales(b1, bb, 1),
-                                     xp + 64 * p, &a0, &a1);
+                    fdy_df_rows_step2(b0, b1, bb, qs, 1, kind, xp + 32 * upb * p, &a0, &a1);
                 }
-                if (2 * p < nb) { /* an odd last block */
-                    fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, 0), fdy_df_q4s_codes(b1, bb, qs, 0),
-                                     fdy_df_q4s_scales(b0, bb, 0), fdy_df_q4s_scales(b1, bb, 0),
-                                     xp + 64 * p, &a0, &a1);
+                if (upb * p < nb) { /* a pair format's odd last block */
+                    fdy_df_rows_step2(b0, b1, bb, qs, 0, kind, xp + 32 * upb * p, &a0, &a1);
                 }
                 acc[r] = a0;
                 acc[r1] = a1;
@@ -454,14 +584,20 @@ FDY_DF_TARGET_AVX2 static void fdy_df_q4s_rows_avx2(const uint8_t *w, size_t row
     }
 }
 
-/* F_vec_dot_f32_rows of such a format (block type BT, fields d first and qs): the kernel above
- * on the AVX2 tier, F_vec_dot_f32 row by row on the others */
-#define FDY_DF_ROWS_Q4S(F, BT)                                                                \
+/* F_vec_dot_f32_rows of such a format (block type BT, fields d first, then m for q4_1, and
+ * qs; KIND as fdy_df_rows_step2): the kernels above on the AVX2 tier, F_vec_dot_f32 row by
+ * row on the others */
+#define FDY_DF_ROWS(F, BT, KIND)                                                          \
+    FDY_DF_TARGET_AVX2 static void F##_dotf_rows_avx2(const void *w, size_t row_bytes,        \
+                                                      const float *x, int64_t n, float *out,  \
+                                                      int64_t rows) {                         \
+        fdy_df_rows_avx2((const uint8_t *)w, row_bytes, x, n, out, rows, (int)sizeof(BT),     \
+                         (int)offsetof(BT, qs), KIND);                                        \
+    }                                                                                         \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
         if (fdy_df_tier() == FDY_DF_AVX2) {                                                   \
-            fdy_df_q4s_rows_avx2((const uint8_t *)w, row_bytes, x, n, out, rows,              \
-                                 (int)sizeof(BT), (int)offsetof(BT, qs));                     \
+            F##_dotf_rows_avx2(w, row_bytes, x, n, out, rows);                                \
             return;                                                                           \
         }                                                                                     \
         for (int64_t r = 0; r < rows; r++) {                                                  \
@@ -475,7 +611,7 @@ FDY_DF_TARGET_AVX2 static void fdy_df_q4s_rows_avx2(const uint8_t *w, size_t row
         return F##_dotf_portable(w, x, n);                                     \
     }
 #define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)
-#define FDY_DF_ROWS_Q4S(F, BT)                                                                \
+#define FDY_DF_ROWS(F, BT, KIND)                                                              \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
         for (int64_t r = 0; r < rows; r++) {                                                  \

@@ -79,7 +79,7 @@ def test_vec_dot_f32_matches_float64_dot(p, kind, path):
         assert rel <= p.tolerances["f32"], f"{p.name} {kind} K={K} {path}: rel L2 {rel:.3g}"
 
 
-ROWS_HOOKED = {"q4_0"}
+ROWS_HOOKED = {"q4_0", "q4_1", "q8_0"}
 
 
 def test_row_range_kernels_are_the_listed_formats():
