@@ -253,7 +253,7 @@ FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x
 }
 #endif
 FDY_DF_DISPATCH(q8_0)
-FDY_DF_ROWS(q8_0, fdy_block_q8_0, 2)
+FDY_DF_ROWS(q8_0, fdy_block_q8_0, 32, 1)
 
 /* the 8-row interleaved layout of the decode GEMV (simd_legacy.h) */
 static void q8_0_vec_dot_packed(const void *groups, size_t group_bytes, const void *a, int64_t n,

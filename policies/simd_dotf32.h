@@ -431,14 +431,16 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_scales(const uint8_t *b, int bb
     *m = _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
 }
 
-/* q4_1: one pair of blocks of two rows (codes v, u as they are; scales from fdy_df_q4m_scales).
+/* q4_1: one pair of blocks of two rows (codes v, u as they are; scales from fdy_df_q4m_scales,
+ * dv[t % 2] and mv[t % 2] for code t: the same twice for q4_1, two groups' for a format
+ * whose odd codes belong to another group).
  * The byte shuffle puts the code of t at bits 24..27 with zeros below: the lane is code *
  * 2^24, and fma(code * 2^24, d * 2^-24, m) is the weight fma(code, d, m) of the one-row
  * kernel exactly (d * 2^-24 is exact: d >= 2^-24 as an f16); x is rearranged unscaled. */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_pair2(__m256i v, __m256i u, __m256 dv,
-                                                       __m256 mv, __m256 du, __m256 mu,
-                                                       const float *xp, __m256 *a0,
-                                                       __m256 *a1) {
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_pair2(__m256i v, __m256i u, const __m256 *dv,
+                                                       const __m256 *mv, const __m256 *du,
+                                                       const __m256 *mu, const float *xp,
+                                                       __m256 *a0, __m256 *a1) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i vl = _mm256_and_si256(v, m4), vh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
     const __m256i ul = _mm256_and_si256(u, m4), uh = _mm256_and_si256(_mm256_srli_epi16(u, 4), m4);
@@ -449,9 +451,9 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_pair2(__m256i v, __m256i u, __m
                             : t < 6 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
         const __m256 X = _mm256_load_ps(xp + 8 * t);
         const __m256 wv = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel)), dv, mv);
+            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel)), dv[t & 1], mv[t & 1]);
         const __m256 wu = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel)), du, mu);
+            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel)), du[t & 1], mu[t & 1]);
         if (t < 2) {
             sv[t] = _mm256_mul_ps(wv, X);
             su[t] = _mm256_mul_ps(wu, X);
@@ -515,85 +517,105 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_step2(const uint8_t *b0, const 
     *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), _mm256_set1_ps(fdy_df_half(h1)), *a1);
 }
 
-/* one unit of two rows at b0, b1: a pair of blocks of q4_0 (kind 0) or q4_1 (kind 1), one
- * block of q8_0 (kind 2) */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_rows_step2(const uint8_t *b0, const uint8_t *b1,
-                                                        int bb, int qs, int both, int kind,
+/* the one-unit steps and activation rearrangements of q4_0, q4_1 and q8_0, in the form of
+ * FDY_DF_ROWS_DRIVER (full = 0: a pair's odd last block) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_0_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
                                                         const float *xp, __m256 *a0,
                                                         __m256 *a1) {
-    if (kind == 2) {
-        fdy_df_q8s_step2(b0, b1, qs, xp, a0, a1);
-    } else if (kind == 1) {
-        __m256 d0, m0, d1, m1;
-        fdy_df_q4m_scales(b0, bb, both, &d0, &m0);
-        fdy_df_q4m_scales(b1, bb, both, &d1, &m1);
-        fdy_df_q4m_pair2(fdy_df_q4s_codes(b0, bb, qs, both, 0),
-                         fdy_df_q4s_codes(b1, bb, qs, both, 0), d0, m0, d1, m1, xp, a0, a1);
-    } else {
-        fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, both, 0x88),
-                         fdy_df_q4s_codes(b1, bb, qs, both, 0x88), fdy_df_q4s_scales(b0, bb, both),
-                         fdy_df_q4s_scales(b1, bb, both), xp, a0, a1);
-    }
+    fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, full, 0x88),
+                     fdy_df_q4s_codes(b1, bb, qs, full, 0x88), fdy_df_q4s_scales(b0, bb, full),
+                     fdy_df_q4s_scales(b1, bb, full), xp, a0, a1);
 }
 
-/* the driver of the three: rows in batches of 64, two per pass (an odd last row twice), x
- * rearranged once per span; upb: blocks per unit (2 for the pairs, 1 for q8_0) */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_rows_avx2(const uint8_t *w, size_t row_bytes,
-                                                       const float *x, int64_t n, float *out,
-                                                       int64_t rows, int bb, int qs, int kind) {
-    const int upb = kind == 2 ? 1 : 2;
-    _Alignas(32) float xp[FDY_DF_ROWS_SPAN];
-    __m256 acc[FDY_DF_ROWS_BATCH];
-    for (int64_t r0 = 0; r0 < rows; r0 += FDY_DF_ROWS_BATCH) {
-        const int64_t nr = rows - r0 < FDY_DF_ROWS_BATCH ? rows - r0 : FDY_DF_ROWS_BATCH;
-        for (int64_t k0 = 0; k0 < n; k0 += FDY_DF_ROWS_SPAN) {
-            const int64_t nb = (n - k0 < FDY_DF_ROWS_SPAN ? n - k0 : FDY_DF_ROWS_SPAN) / 32;
-            if (r0 == 0 || n > FDY_DF_ROWS_SPAN) {
-                for (int64_t p = 0; upb * p < nb; p++) {
-                    const float *xu = x + k0 + 32 * upb * p;
-                    if (kind == 2) {
-                        fdy_df_q8s_prep(xu, xp + 32 * p);
-                    } else {
-                        fdy_df_q4s_prep(xu, 2 * p + 1 < nb, kind == 1 ? 1.0f : 0x1p-28f,
-                                        xp + 64 * p);
-                    }
-                }
-            }
-            for (int64_t r = 0; r < nr; r += 2) {
-                const int64_t r1 = r + 1 < nr ? r + 1 : r; /* an odd last row: twice */
-                const uint8_t *b0 = w + (size_t)(r0 + r) * row_bytes + (size_t)(k0 / 32 * bb);
-                const uint8_t *b1 = w + (size_t)(r0 + r1) * row_bytes + (size_t)(k0 / 32 * bb);
-                __m256 a0 = k0 ? acc[r] : _mm256_setzero_ps();
-                __m256 a1 = k0 ? acc[r1] : _mm256_setzero_ps();
-                int64_t p = 0;
-                for (; upb * (p + 1) <= nb; p++, b0 += upb * bb, b1 += upb * bb) {
-                    _mm_prefetch((const char *)(b0 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(b1 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0);
-                    fdy_df_rows_step2(b0, b1, bb, qs, 1, kind, xp + 32 * upb * p, &a0, &a1);
-                }
-                if (upb * p < nb) { /* a pair format's odd last block */
-                    fdy_df_rows_step2(b0, b1, bb, qs, 0, kind, xp + 32 * upb * p, &a0, &a1);
-                }
-                acc[r] = a0;
-                acc[r1] = a1;
-            }
-        }
-        for (int64_t r = 0; r < nr; r++) {
-            out[r0 + r] = fdy_df_hsum256(acc[r]);
-        }
-    }
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_1_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    __m256 d0[2], m0[2], d1[2], m1[2];
+    fdy_df_q4m_scales(b0, bb, full, &d0[0], &m0[0]);
+    fdy_df_q4m_scales(b1, bb, full, &d1[0], &m1[0]);
+    d0[1] = d0[0], m0[1] = m0[0], d1[1] = d1[0], m1[1] = m1[0];
+    fdy_df_q4m_pair2(fdy_df_q4s_codes(b0, bb, qs, full, 0), fdy_df_q4s_codes(b1, bb, qs, full, 0),
+                     d0, m0, d1, m1, xp, a0, a1);
 }
 
-/* F_vec_dot_f32_rows of such a format (block type BT, fields d first, then m for q4_1, and
- * qs; KIND as fdy_df_rows_step2): the kernels above on the AVX2 tier, F_vec_dot_f32 row by
- * row on the others */
-#define FDY_DF_ROWS(F, BT, KIND)                                                          \
-    FDY_DF_TARGET_AVX2 static void F##_dotf_rows_avx2(const void *w, size_t row_bytes,        \
-                                                      const float *x, int64_t n, float *out,  \
-                                                      int64_t rows) {                         \
-        fdy_df_rows_avx2((const uint8_t *)w, row_bytes, x, n, out, rows, (int)sizeof(BT),     \
-                         (int)offsetof(BT, qs), KIND);                                        \
-    }                                                                                         \
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    (void)bb;
+    (void)full;
+    fdy_df_q8s_step2(b0, b1, qs, xp, a0, a1);
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_0_prep(const float *x, int full, float *xp) {
+    fdy_df_q4s_prep(x, full, 0x1p-28f, xp);
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_1_prep(const float *x, int full, float *xp) {
+    fdy_df_q4s_prep(x, full, 1.0f, xp);
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full, float *xp) {
+    (void)full;
+    fdy_df_q8s_prep(x, xp);
+}
+
+/* NAME(w, row_bytes, x, n, out, rows), the AVX2 row-range kernel of a format with blocks of
+ * BB bytes and BE elements (codes at QS): rows in batches of 64, two per pass (an odd last row
+ * twice), x rearranged once per span by PREP(x, full, xp) one unit (UPB blocks, UPB * BE
+ * floats) at a time, STEP(b0, b1, BB, QS, full, xp, &a0, &a1) adding one unit of two rows into
+ * their accumulators (full = 0: a last unit with fewer blocks), the lanes summed at the end */
+#define FDY_DF_ROWS_DRIVER(NAME, BB, BE, QS, UPB, PREP, STEP)                                 \
+    FDY_DF_TARGET_AVX2 static void NAME(const void *wv, size_t row_bytes, const float *x,     \
+                                        int64_t n, float *out, int64_t rows) {                \
+        const uint8_t *w = (const uint8_t *)wv;                                               \
+        _Alignas(32) float xp[FDY_DF_ROWS_SPAN];                                              \
+        __m256 acc[FDY_DF_ROWS_BATCH];                                                        \
+        for (int64_t r0 = 0; r0 < rows; r0 += FDY_DF_ROWS_BATCH) {                            \
+            const int64_t nr = rows - r0 < FDY_DF_ROWS_BATCH ? rows - r0 : FDY_DF_ROWS_BATCH; \
+            for (int64_t k0 = 0; k0 < n; k0 += FDY_DF_ROWS_SPAN) {                            \
+                const int64_t nb =                                                            \
+                    (n - k0 < FDY_DF_ROWS_SPAN ? n - k0 : FDY_DF_ROWS_SPAN) / (BE);           \
+                if (r0 == 0 || n > FDY_DF_ROWS_SPAN) {                                        \
+                    for (int64_t p = 0; (UPB) * p < nb; p++) {                                \
+                        PREP(x + k0 + (BE) * (UPB) * p, (UPB) * (p + 1) <= nb,                \
+                             xp + (BE) * (UPB) * p);                                          \
+                    }                                                                         \
+                }                                                                             \
+                for (int64_t r = 0; r < nr; r += 2) {                                         \
+                    const int64_t r1 = r + 1 < nr ? r + 1 : r;                                \
+                    const size_t off = (size_t)(k0 / (BE) * (BB));                            \
+                    const uint8_t *b0 = w + (size_t)(r0 + r) * row_bytes + off;               \
+                    const uint8_t *b1 = w + (size_t)(r0 + r1) * row_bytes + off;              \
+                    __m256 a0 = k0 ? acc[r] : _mm256_setzero_ps();                            \
+                    __m256 a1 = k0 ? acc[r1] : _mm256_setzero_ps();                           \
+                    int64_t p = 0;                                                            \
+                    for (; (UPB) * (p + 1) <= nb; p++, b0 += (UPB) * (BB), b1 += (UPB) * (BB)) { \
+                        _mm_prefetch((const char *)(b0 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0); \
+                        _mm_prefetch((const char *)(b1 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0); \
+                        STEP(b0, b1, BB, QS, 1, xp + (BE) * (UPB) * p, &a0, &a1);             \
+                    }                                                                         \
+                    if ((UPB) * p < nb) {                                                     \
+                        STEP(b0, b1, BB, QS, 0, xp + (BE) * (UPB) * p, &a0, &a1);             \
+                    }                                                                         \
+                    acc[r] = a0;                                                              \
+                    acc[r1] = a1;                                                             \
+                }                                                                             \
+            }                                                                                 \
+            for (int64_t r = 0; r < nr; r++) {                                                \
+                out[r0 + r] = fdy_df_hsum256(acc[r]);                                         \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+/* F_vec_dot_f32_rows of F (block type BT with field qs; F in q4_0, q4_1, q8_0 uses the steps
+ * above, another format would define fdy_df_F_prep / fdy_df_F_step2 first): the driver on the AVX2
+ * tier, F_vec_dot_f32 row by row on the others; UPB: blocks per unit */
+#define FDY_DF_ROWS(F, BT, BE, UPB)                                                           \
+    FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, (int)sizeof(BT), BE, (int)offsetof(BT, qs), UPB,  \
+                       fdy_df_##F##_prep, fdy_df_##F##_step2)                                 \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
         if (fdy_df_tier() == FDY_DF_AVX2) {                                                   \
@@ -611,7 +633,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_rows_avx2(const uint8_t *w, size_t 
         return F##_dotf_portable(w, x, n);                                     \
     }
 #define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)
-#define FDY_DF_ROWS(F, BT, KIND)                                                              \
+#define FDY_DF_ROWS(F, BT, BE, UPB)                                                           \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
         for (int64_t r = 0; r < rows; r++) {                                                  \
