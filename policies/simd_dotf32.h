@@ -329,13 +329,16 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
  * the pair's scales (block i's d in lanes 0..3, block i + 1's in 4..7) added into one
  * accumulator pair by pair, the lanes summed at the end as fdy_df_hsum256 does.  The
  * activation is rearranged FDY_DF_ROWS_SPAN elements at a time (one span for rows up to that
- * long); two rows per pass share its loads, and the kernel prefetches both rows' streams. */
+ * long); two rows per pass share its loads, and the kernel prefetches both rows' streams
+ * (FDY_DF_ROWS_PREFETCH). */
 #define FDY_DF_ROWS_SPAN 8192
 #define FDY_DF_ROWS_BATCH 64
-/* software prefetch distance of the two rows' streams, in bytes: read from memory, the kernel
- * ran at 230-316 ns per 2048-wide row without it and 164-184 ns with it (the one-row kernel
- * streams its single row without help) */
-#define FDY_DF_ROWS_PREFETCH 1536
+/* software prefetch distance of the two rows' streams, in bytes, for rows of rb bytes: two
+ * rows ahead (the next pass's pair at the same offset), at least 1536.  Read from memory with
+ * one thread, the q4_0 kernel ran at 230-316 ns per 2048-wide row without prefetch and 164-184
+ * ns with 1536 bytes; 4096-wide rows of q4_0 and q8_0 gained another 1.2-1.4x from two rows
+ * ahead over 1536 bytes (docs/CPU_NOTES.md item 27) */
+#define FDY_DF_ROWS_PREFETCH(rb) ((rb) > 768 ? 2 * (rb) : 1536)
 
 /* the rearranged activation of the pair of blocks at x (both = 0: one block, zeros for the
  * second): xp[8 t + l] = x * scale of lane l's element for t (scale: a power of two) */
@@ -571,6 +574,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
     FDY_DF_TARGET_AVX2 static void NAME(const void *wv, size_t row_bytes, const float *x,     \
                                         int64_t n, float *out, int64_t rows) {                \
         const uint8_t *w = (const uint8_t *)wv;                                               \
+        const size_t pf = FDY_DF_ROWS_PREFETCH(row_bytes);                                  \
         _Alignas(32) float xp[FDY_DF_ROWS_SPAN];                                              \
         __m256 acc[FDY_DF_ROWS_BATCH];                                                        \
         for (int64_t r0 = 0; r0 < rows; r0 += FDY_DF_ROWS_BATCH) {                            \
@@ -593,8 +597,8 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
                     __m256 a1 = k0 ? acc[r1] : _mm256_setzero_ps();                           \
                     int64_t p = 0;                                                            \
                     for (; (UPB) * (p + 1) <= nb; p++, b0 += (UPB) * (BB), b1 += (UPB) * (BB)) { \
-                        _mm_prefetch((const char *)(b0 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0); \
-                        _mm_prefetch((const char *)(b1 + FDY_DF_ROWS_PREFETCH), _MM_HINT_T0); \
+                        _mm_prefetch((const char *)(b0 + pf), _MM_HINT_T0);                   \
+                        _mm_prefetch((const char *)(b1 + pf), _MM_HINT_T0);                   \
                         STEP(b0, b1, BB, QS, 1, xp + (BE) * (UPB) * p, &a0, &a1);             \
                     }                                                                         \
                     if ((UPB) * p < nb) {                                                     \
