@@ -390,34 +390,6 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_q4s_scales(const uint8_t *b, int 
                      8 + (u), -128, -128, -128, 12 + (u), -128, -128, -128, (u), -128, -128, \
                      -128, 4 + (u), -128, -128, -128, 8 + (u), -128, -128, -128, 12 + (u))
 
-/* one pair of blocks of two rows (codes v, u, scales dv, du) into a0, a1 */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_pair2(__m256i v, __m256i u, __m256 dv,
-                                                       __m256 du, const float *xp, __m256 *a0,
-                                                       __m256 *a1) {
-    const __m256i hm = _mm256_set1_epi8((char)0xF0);
-    const __m256i vl = _mm256_and_si256(_mm256_slli_epi32(v, 4), hm), vh = _mm256_and_si256(v, hm);
-    const __m256i ul = _mm256_and_si256(_mm256_slli_epi32(u, 4), hm), uh = _mm256_and_si256(u, hm);
-    __m256 sv[2], su[2];
-#pragma GCC unroll 8
-    for (int t = 0; t < 8; t++) {
-        const __m256i sel = t < 2 ? FDY_DF_Q4S_SEL(0) : t < 4 ? FDY_DF_Q4S_SEL(1)
-                            : t < 6 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
-        const __m256 X = _mm256_load_ps(xp + 8 * t);
-        const __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel));
-        const __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel));
-        if (t < 2) {
-            sv[t] = _mm256_mul_ps(qv, X);
-            su[t] = _mm256_mul_ps(qu, X);
-        } else {
-            sv[t & 1] = _mm256_fmadd_ps(qv, X, sv[t & 1]);
-            su[t & 1] = _mm256_fmadd_ps(qu, X, su[t & 1]);
-        }
-    }
-    *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), dv, *a0);
-    *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), du, *a1);
-}
-
-
 /* q4_1 (w = d * code + m): the pair's d * 2^-24 and m (f16 at offsets 0 and 2), block i's in
  * lanes 0..3, block i + 1's in 4..7 (zeros for a missing second block) */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_scales(const uint8_t *b, int bb, int both,
@@ -434,29 +406,39 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_scales(const uint8_t *b, int bb
     *m = _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
 }
 
-/* q4_1: one pair of blocks of two rows (codes v, u as they are; scales from fdy_df_q4m_scales,
- * dv[t % 2] and mv[t % 2] for code t: the same twice for q4_1, two groups' for a format
- * whose odd codes belong to another group).
- * The byte shuffle puts the code of t at bits 24..27 with zeros below: the lane is code *
- * 2^24, and fma(code * 2^24, d * 2^-24, m) is the weight fma(code, d, m) of the one-row
- * kernel exactly (d * 2^-24 is exact: d >= 2^-24 as an f16); x is rearranged unscaled. */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_pair2(__m256i v, __m256i u, const __m256 *dv,
-                                                       const __m256 *mv, const __m256 *du,
-                                                       const __m256 *mu, const float *xp,
-                                                       __m256 *a0, __m256 *a1) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i vl = _mm256_and_si256(v, m4), vh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    const __m256i ul = _mm256_and_si256(u, m4), uh = _mm256_and_si256(_mm256_srli_epi16(u, 4), m4);
+/* one pair of blocks of two rows, codes v, u (from fdy_df_q4s_codes) into a0, a1.
+ * q4_0 (hasm = 0): codes XOR 0x88; the byte shuffle of the codes shifted up by 4 (even t) or
+ * of the high nibbles in place (odd t) puts code - 8 at bits 28..31 with zeros below, the
+ * integer (code - 8) * 2^28; the products with x * 2^-28 are summed and the sum times the
+ * pair's scales dv[0], du[0] (fdy_df_q4s_scales) added into the accumulator.
+ * q4_1 (hasm = 1): codes as they are; the shuffle of the low or high nibbles puts the code at
+ * bits 24..27, the integer code * 2^24, and fma(code * 2^24, d * 2^-24, m) (dv[t % 2], mv[t %
+ * 2] from fdy_df_q4m_scales) is the one-row kernel's weight fma(code, d, m) exactly (d *
+ * 2^-24 is exact: d >= 2^-24 as an f16); x is rearranged unscaled and the products are added
+ * into the accumulator.  Two chains per row: even t and odd t. */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_pair2(__m256i v, __m256i u, int hasm,
+                                                       const __m256 *dv, const __m256 *mv,
+                                                       const __m256 *du, const __m256 *mu,
+                                                       const float *xp, __m256 *a0,
+                                                       __m256 *a1) {
+    const __m256i mask = _mm256_set1_epi8(hasm ? 0x0F : (char)0xF0);
+    /* code t's nibble in the selected byte: even t from lo, odd t from hi */
+    const __m256i vl = _mm256_and_si256(hasm ? v : _mm256_slli_epi32(v, 4), mask);
+    const __m256i vh = _mm256_and_si256(hasm ? _mm256_srli_epi16(v, 4) : v, mask);
+    const __m256i ul = _mm256_and_si256(hasm ? u : _mm256_slli_epi32(u, 4), mask);
+    const __m256i uh = _mm256_and_si256(hasm ? _mm256_srli_epi16(u, 4) : u, mask);
     __m256 sv[2], su[2];
 #pragma GCC unroll 8
     for (int t = 0; t < 8; t++) {
         const __m256i sel = t < 2 ? FDY_DF_Q4S_SEL(0) : t < 4 ? FDY_DF_Q4S_SEL(1)
                             : t < 6 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
         const __m256 X = _mm256_load_ps(xp + 8 * t);
-        const __m256 wv = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel)), dv[t & 1], mv[t & 1]);
-        const __m256 wu = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel)), du[t & 1], mu[t & 1]);
+        __m256 wv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel));
+        __m256 wu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel));
+        if (hasm) {
+            wv = _mm256_fmadd_ps(wv, dv[t & 1], mv[t & 1]);
+            wu = _mm256_fmadd_ps(wu, du[t & 1], mu[t & 1]);
+        }
         if (t < 2) {
             sv[t] = _mm256_mul_ps(wv, X);
             su[t] = _mm256_mul_ps(wu, X);
@@ -465,9 +447,15 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_pair2(__m256i v, __m256i u, con
             su[t & 1] = _mm256_fmadd_ps(wu, X, su[t & 1]);
         }
     }
-    *a0 = _mm256_add_ps(_mm256_add_ps(sv[0], sv[1]), *a0);
-    *a1 = _mm256_add_ps(_mm256_add_ps(su[0], su[1]), *a1);
+    if (hasm) {
+        *a0 = _mm256_add_ps(_mm256_add_ps(sv[0], sv[1]), *a0);
+        *a1 = _mm256_add_ps(_mm256_add_ps(su[0], su[1]), *a1);
+    } else {
+        *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), dv[0], *a0);
+        *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), du[0], *a1);
+    }
 }
+
 
 /* ---- q8_0 (w = d * code, 32 signed code bytes after the f16 d): one block is eight 32-bit
  * lanes of 4 codes; the byte shuffle puts code u of each lane (element 4 l + u) at bits
@@ -526,9 +514,10 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_0_step2(const uint8_t *b0, const
                                                         int bb, int qs, int full,
                                                         const float *xp, __m256 *a0,
                                                         __m256 *a1) {
-    fdy_df_q4s_pair2(fdy_df_q4s_codes(b0, bb, qs, full, 0x88),
-                     fdy_df_q4s_codes(b1, bb, qs, full, 0x88), fdy_df_q4s_scales(b0, bb, full),
-                     fdy_df_q4s_scales(b1, bb, full), xp, a0, a1);
+    const __m256 d0 = fdy_df_q4s_scales(b0, bb, full), d1 = fdy_df_q4s_scales(b1, bb, full);
+    fdy_df_nib_pair2(fdy_df_q4s_codes(b0, bb, qs, full, 0x88),
+                     fdy_df_q4s_codes(b1, bb, qs, full, 0x88), 0, &d0, NULL, &d1, NULL, xp, a0,
+                     a1);
 }
 
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_1_step2(const uint8_t *b0, const uint8_t *b1,
@@ -539,8 +528,8 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_1_step2(const uint8_t *b0, const
     fdy_df_q4m_scales(b0, bb, full, &d0[0], &m0[0]);
     fdy_df_q4m_scales(b1, bb, full, &d1[0], &m1[0]);
     d0[1] = d0[0], m0[1] = m0[0], d1[1] = d1[0], m1[1] = m1[0];
-    fdy_df_q4m_pair2(fdy_df_q4s_codes(b0, bb, qs, full, 0), fdy_df_q4s_codes(b1, bb, qs, full, 0),
-                     d0, m0, d1, m1, xp, a0, a1);
+    fdy_df_nib_pair2(fdy_df_q4s_codes(b0, bb, qs, full, 0), fdy_df_q4s_codes(b1, bb, qs, full, 0),
+                     1, d0, m0, d1, m1, xp, a0, a1);
 }
 
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_step2(const uint8_t *b0, const uint8_t *b1,

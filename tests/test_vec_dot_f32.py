@@ -52,6 +52,18 @@ def test_required_formats_have_the_hook():
     assert REQUIRED <= {p.name for p in HOOKED}
 
 
+def assert_within_f32_bound(p, y, wd, x, what):
+    """y (one dot per row of wd) within the float32 dot-product bound of the float64 wd @ x,
+    and within the policy's f32 tolerance (relative L2)"""
+    ref = wd @ x.astype(np.float64)
+    mag = np.abs(wd) @ np.abs(x.astype(np.float64))
+    bound = gamma(wd.shape[1] + 2) * mag + 4 * U * np.abs(ref) + 1e-30
+    err = np.abs(np.asarray(y, np.float64) - ref)
+    assert (err <= bound).all(), f"{p.name} {what}: err/bound {np.max(err / bound):.3g}"
+    rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert rel <= p.tolerances["f32"], f"{p.name} {what}: rel L2 {rel:.3g}"
+
+
 def rows_for(p, rows, K, rng, kind):
     if kind == "quantized" and p.can_quantize:
         raw = p.quantize(rng.standard_normal((rows, K)).astype(np.float32))
@@ -70,13 +82,7 @@ def test_vec_dot_f32_matches_float64_dot(p, kind, path):
         raw, wd = rows_for(p, rows, K, rng, kind)
         x = rng.standard_normal(K).astype(np.float32)
         y = np.array([p.vec_dot_f32(raw[r], x) for r in range(rows)])
-        ref = wd @ x.astype(np.float64)
-        mag = np.abs(wd) @ np.abs(x.astype(np.float64))
-        bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
-        err = np.abs(y - ref)
-        assert (err <= bound).all(), f"{p.name} {kind} K={K} {path}: err/bound {np.max(err / bound):.3g}"
-        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
-        assert rel <= p.tolerances["f32"], f"{p.name} {kind} K={K} {path}: rel L2 {rel:.3g}"
+        assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {path}")
 
 
 ROWS_HOOKED = {"q4_0", "q4_1", "q8_0"}
@@ -105,13 +111,7 @@ def test_vec_dot_f32_rows_matches_float64_dot(p, kind, path):
         x[3::11] *= np.float32(1e-20)  # small, still scaled exactly
         y = p.vec_dot_f32_rows(raw, x).astype(np.float64)
         assert y.shape == (rows,)
-        ref = wd @ x.astype(np.float64)
-        mag = np.abs(wd) @ np.abs(x.astype(np.float64))
-        bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
-        err = np.abs(y - ref)
-        assert (err <= bound).all(), f"{p.name} {kind} K={K} {path}: err/bound {np.max(err / bound):.3g}"
-        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
-        assert rel <= p.tolerances["f32"], f"{p.name} {kind} K={K} {path}: rel L2 {rel:.3g}"
+        assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {path}")
 
 
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
