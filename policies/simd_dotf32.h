@@ -340,25 +340,32 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
  * ahead over 1536 bytes (docs/CPU_NOTES.md item 27) */
 #define FDY_DF_ROWS_PREFETCH(rb) ((rb) > 768 ? 2 * (rb) : 1536)
 
+/* a 4 x 4 transpose in each 128-bit half: rows k = 0..3 are lo[4k .. 4k+3] (lanes 0..3) and
+ * hi[4k .. 4k+3] (lanes 4..7; zeros when hi is NULL); column u, times sc, is stored at xp +
+ * stride * u */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_cols4(const float *lo, const float *hi, __m256 sc,
+                                                  float *xp, int stride) {
+    __m256 R[4];
+    for (int k = 0; k < 4; k++) {
+        R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo + 4 * k)),
+                                    hi ? _mm_loadu_ps(hi + 4 * k) : _mm_setzero_ps(), 1);
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
+    _mm256_store_ps(xp, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), sc));
+    _mm256_store_ps(xp + stride, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xEE), sc));
+    _mm256_store_ps(xp + 2 * stride, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), sc));
+    _mm256_store_ps(xp + 3 * stride, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xEE), sc));
+}
+
 /* the rearranged activation of the pair of blocks at x (both = 0: one block, zeros for the
- * second): xp[8 t + l] = x * scale of lane l's element for t (scale: a power of two) */
+ * second): xp[8 t + l] = x * scale of lane l's element for t (scale: a power of two); column u
+ * of half h (x + 16 h: the elements of odd t when h = 1) is t = 2 u + h */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4s_prep(const float *x, int both, float scale,
                                                      float *xp) {
-    const __m256 sc = _mm256_set1_ps(scale);
-    for (int h = 0; h < 2; h++) { /* h = t % 2: x + 16 h holds the elements of odd t */
-        __m256 R[4];
-        for (int k = 0; k < 4; k++) {
-            const __m128 lo = _mm_loadu_ps(x + 16 * h + 4 * k);
-            const __m128 hi = both ? _mm_loadu_ps(x + 32 + 16 * h + 4 * k) : _mm_setzero_ps();
-            R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
-        }
-        /* a 4 x 4 transpose in each 128-bit half: column u is t = 2 u + h */
-        const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
-        const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
-        _mm256_store_ps(xp + 8 * (0 + h), _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), sc));
-        _mm256_store_ps(xp + 8 * (2 + h), _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xEE), sc));
-        _mm256_store_ps(xp + 8 * (4 + h), _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), sc));
-        _mm256_store_ps(xp + 8 * (6 + h), _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xEE), sc));
+    for (int h = 0; h < 2; h++) {
+        fdy_df_cols4(x + 16 * h, both ? x + 32 + 16 * h : NULL, _mm256_set1_ps(scale),
+                     xp + 8 * h, 16);
     }
 }
 
@@ -430,8 +437,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_pair2(__m256i v, __m256i u, int
     __m256 sv[2], su[2];
 #pragma GCC unroll 8
     for (int t = 0; t < 8; t++) {
-        const __m256i sel = t < 2 ? FDY_DF_Q4S_SEL(0) : t < 4 ? FDY_DF_Q4S_SEL(1)
-                            : t < 6 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
+        const __m256i sel = FDY_DF_Q4S_SEL(t >> 1);
         const __m256 X = _mm256_load_ps(xp + 8 * t);
         __m256 wv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? vh : vl, sel));
         __m256 wu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(t & 1 ? uh : ul, sel));
@@ -465,18 +471,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_pair2(__m256i v, __m256i u, int
 
 /* the rearranged activation of the block at x: xp[8 u + l] = x[4 l + u] * 2^-24 */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_prep(const float *x, float *xp) {
-    const __m256 sc = _mm256_set1_ps(0x1p-24f);
-    __m256 R[4];
-    for (int k = 0; k < 4; k++) {
-        R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x + 4 * k)),
-                                    _mm_loadu_ps(x + 16 + 4 * k), 1);
-    }
-    const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
-    _mm256_store_ps(xp, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), sc));
-    _mm256_store_ps(xp + 8, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xEE), sc));
-    _mm256_store_ps(xp + 16, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), sc));
-    _mm256_store_ps(xp + 24, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xEE), sc));
+    fdy_df_cols4(x, x + 16, _mm256_set1_ps(0x1p-24f), xp, 8);
 }
 
 /* q8_0: one block of two rows at b0, b1 (d at offset 0, codes at qs) into a0, a1 */
@@ -488,8 +483,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_step2(const uint8_t *b0, const 
     __m256 sv[2], su[2];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++) {
-        const __m256i sel = t == 0 ? FDY_DF_Q4S_SEL(0) : t == 1 ? FDY_DF_Q4S_SEL(1)
-                            : t == 2 ? FDY_DF_Q4S_SEL(2) : FDY_DF_Q4S_SEL(3);
+        const __m256i sel = FDY_DF_Q4S_SEL(t);
         const __m256 X = _mm256_load_ps(xp + 8 * t);
         const __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel));
         const __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(u, sel));

@@ -223,12 +223,17 @@ fdy_status fdy_policy_vec_dot_f32_rows(const fdy_policy *p, const void *w, size_
                         "needs %lld", p->name, (long long)rows, row_bytes, (long long)n,
                         (long long)rb);
     }
+    fdy_policy_dot_f32_rows(p, w, row_bytes, x, n, out, rows);
+    return FDY_OK;
+}
+
+void fdy_policy_dot_f32_rows(const fdy_policy *p, const void *w, size_t row_bytes,
+                             const float *x, int64_t n, float *out, int64_t rows) {
     if (p->vec_dot_f32_rows) {
         p->vec_dot_f32_rows(w, row_bytes, x, n, out, rows);
-        return FDY_OK;
+        return;
     }
     for (int64_t r = 0; r < rows; r++) {
         out[r] = p->vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);
     }
-    return FDY_OK;
 }

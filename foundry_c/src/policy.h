@@ -125,6 +125,10 @@ int fdy_policy_has_vec_dot_f32_rows(const fdy_policy *p);
  * else vec_dot_f32 row by row (FDY_ERR_UNSUPPORTED when it has neither) */
 fdy_status fdy_policy_vec_dot_f32_rows(const fdy_policy *p, const void *w, size_t row_bytes,
                                        const float *x, int64_t n, float *out, int64_t rows);
+/* the same without the checks, for the matmul drivers: p has vec_dot_f32, n is a whole number
+ * of blocks and row_bytes at least a row's bytes */
+void fdy_policy_dot_f32_rows(const fdy_policy *p, const void *w, size_t row_bytes,
+                             const float *x, int64_t n, float *out, int64_t rows);
 
 /* ---- helpers for host-side quantizers (reference rounding of llama.cpp and gguf-py) ---- */
 #ifdef FDY_HOST

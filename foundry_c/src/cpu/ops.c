@@ -183,30 +183,27 @@ static float *thread_buf(size_t which, size_t bytes, fdy_status *s) {
 }
 #define THREAD_BUF(field, bytes, s) thread_buf(offsetof(thread_bufs, field), (bytes), (s))
 
+/* out[n0 .. n0 + nr) of activation row m from v (a kernel's results for those rows) */
+static void mm_store_rows(const mm_ctx *c, int64_t m, int64_t n0, const float *v, int64_t nr) {
+    for (int64_t i = 0; i < nr; i++) {
+        mm_store(c, m, n0 + i, v[i]);
+    }
+}
+
 /* rows r0 .. r1 of the f32 variant: up to FDY_VEC_DOT_F32_MAX_M activation rows through the
- * policy's fused kernels (vec_dot_f32_rows over 64 rows per call, else vec_dot_f32 row by
- * row), more through one dequantized weight row (row: K floats of scratch) per token set */
+ * policy's fused kernels (fdy_policy_dot_f32_rows, 64 rows per call), more through one
+ * dequantized weight row (row: K floats of scratch) per token set */
 static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *row) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
     const fdy_policy *p = c->w->policy;
     if (p->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
-        if (p->vec_dot_f32_rows) {
-            float v[64];
-            for (int64_t n = r0; n < r1; n += 64) {
-                const int64_t nr = r1 - n < 64 ? r1 - n : 64;
-                for (int64_t m = 0; m < c->M; m++) {
-                    p->vec_dot_f32_rows(wd + n * c->w_row, (size_t)c->w_row, c->x + m * c->K,
-                                        c->K, v, nr);
-                    for (int64_t i = 0; i < nr; i++) {
-                        mm_store(c, m, n + i, v[i]);
-                    }
-                }
-            }
-            return;
-        }
-        for (int64_t n = r0; n < r1; n++) {
+        float v[64];
+        for (int64_t n = r0; n < r1; n += 64) {
+            const int64_t nr = r1 - n < 64 ? r1 - n : 64;
             for (int64_t m = 0; m < c->M; m++) {
-                mm_store(c, m, n, p->vec_dot_f32(wd + n * c->w_row, c->x + m * c->K, c->K));
+                fdy_policy_dot_f32_rows(p, wd + n * c->w_row, (size_t)c->w_row, c->x + m * c->K,
+                                        c->K, v, nr);
+                mm_store_rows(c, m, n, v, nr);
             }
         }
         return;
@@ -253,9 +250,7 @@ static void mm_rows_q8_packed(const mm_ctx *c, int64_t r0, int64_t r1) {
     for (int64_t g = g0; g < g1; g += step) {
         const int64_t ng = g1 - g < step ? g1 - g : step;
         p->vec_dot_packed((const uint8_t *)c->w->packed + (size_t)g * gb, gb, c->xq, c->K, v, ng);
-        for (int64_t i = 0; i < ng * R; i++) {
-            mm_store(c, 0, g * R + i, v[i]);
-        }
+        mm_store_rows(c, 0, g * R, v, ng * R);
     }
     if (g1 * R < r1) {
         mm_rows_q8_plain(c, g1 * R, r1);
@@ -278,9 +273,7 @@ static void mm_rows_q8_plain(const mm_ctx *c, int64_t r0, int64_t r1) {
         for (int64_t n = r0; n < r1; n += 64) {
             const int64_t nr = r1 - n < 64 ? r1 - n : 64;
             vr(wd + n * c->w_row, (size_t)c->w_row, c->xq, c->K, v, nr);
-            for (int64_t i = 0; i < nr; i++) {
-                mm_store(c, 0, n + i, v[i]);
-            }
+            mm_store_rows(c, 0, n, v, nr);
         }
         return;
     }
