@@ -289,6 +289,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q4_k_vec_dot_avx2(const
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 3); /* 144 bytes a super-block */
         const float d = y[i].d * fdy_kq_half(x[i].d);
         const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
         /* bytes: scales 0..7, mins 0..7, in both 128-bit lanes */

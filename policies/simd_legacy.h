@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "foundry.h"
+#include "policy.h"
 
 /* the activation blocks the kernels read (the layouts of fdy_block_q8_0 in q8_0.c and
  * fdy_block_q8_1 in q8_1.c; each policy file is its own translation unit) */
@@ -404,6 +405,7 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                       \
         int64_t i = 0;                                                                       \
         for (; i + 8 <= nb; i += 8) {                                                        \
+            fdy_stream_prefetch(x + i, (int)((8 * sizeof(WT) + 63) / 64));                   \
             const __m256 d = _mm256_mul_ps(W8(x + i), pda ? pda[i / 8] : FDY_LEG_D8(y + i)); \
             FDY_LEG_STEP256(V, OPS, OFF, acc0, 0, FDY_LEG_LANE256(d, 0));                    \
             FDY_LEG_STEP256(V, OPS, OFF, acc1, 1, FDY_LEG_LANE256(d, 1));                    \
@@ -446,6 +448,7 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE __m256i fdy_bits256_x10(const uint8_t *p) {
         __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();                        \
         int64_t i = 0;                                                                       \
         for (; i + 8 <= nb; i += 8) {                                                        \
+            fdy_stream_prefetch(x + i, (int)((8 * sizeof(WT) + 63) / 64));                   \
             const __m256 da = pda ? pda[i / 8] : FDY_LEG_D8(y + i);                          \
             const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
             for (int k = 0; k < 8; k++) {                                                    \
@@ -870,6 +873,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++, g += 8 * block_bytes) {
             const uint8_t *y = FDY_PACK8_ACT(a, b);
+            fdy_stream_prefetch(g, 3); /* 144 (q4_0) or 160 (q4_1) bytes a block */
             int64_t t0, t1, t2, t3;
             memcpy(&t0, y + aqs, 8);
             memcpy(&t1, y + aqs + 8, 8);
@@ -973,6 +977,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_q8_0_avx2(const void *groups, size_
         const uint8_t *g = (const uint8_t *)groups + (size_t)gi * group_bytes;
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++, g += 8 * 34) {
+            fdy_stream_prefetch(g, 5); /* 272 bytes a block */
             __m256i ac[4];
             for (int c = 0; c < 4; c++) {
                 int64_t t;

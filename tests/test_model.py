@@ -3,6 +3,7 @@ models in every policy), batched/chunked prefill at any start position, KV cache
 formats, tied embeddings, rope frequency factors, the real SmolLM2 model when it can be fetched,
 and the ``pyfoundry parity`` / ``info`` commands."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -143,6 +144,32 @@ def test_q8_decode_with_interleaved_weights_matches_plain_kernels(tmp_path_facto
         if {"avx2", "fma", "f16c"} <= feats and "avx512" not in feats:
             assert not np.array_equal(a, b), "the interleaved kernels did not run"
 
+
+
+_DECODE_SCRIPT = """
+import sys, numpy as np, pyfoundry as pf
+m = pf.Model(sys.argv[1], variant="q8")
+m.forward([1, 2, 3], 0)
+out = np.stack([m.forward([t], logits="last") for t in (4, 5, 6, 7)])
+np.save(sys.argv[2], out)
+"""
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q4_1", "q5_0", "q8_0", "q4_k", "q5_k", "q6_k"])
+def test_weight_prefetch_switch_changes_no_result(tmp_path_factory, tmp_path, name):
+    """The decode kernels' software prefetch (PYFOUNDRY_NO_PREFETCH=1 turns it off, read when
+    the library first detects the CPU, hence a process each) leaves every logit's bits as they
+    are; the rows are long enough (dim 512) for the 4 KB distance to fall inside the weights."""
+    path = synth(tmp_path_factory, "llama", pf.policy(name), dim=512, ffn_dim=1024)
+    outs = []
+    for flag in ("0", "1"):
+        env = dict(os.environ, PYFOUNDRY_NO_PREFETCH=flag)
+        dst = tmp_path / f"out{flag}.npy"
+        subprocess.run([sys.executable, "-c", _DECODE_SCRIPT, str(path), str(dst)], env=env,
+                       check=True, timeout=300)
+        outs.append(np.load(dst))
+    assert np.isfinite(outs[0]).all() and np.abs(outs[0]).max() > 0
+    assert np.array_equal(outs[0], outs[1])
 
 def test_kv_cache_grows_on_demand_up_to_the_context_length(tmp_path):
     path = pf.testing.synthetic_model(tmp_path / "m.gguf", "llama", "q8_0", n_layers=1,

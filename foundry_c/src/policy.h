@@ -148,6 +148,26 @@ static inline uint32_t fdy_cpu_enabled(void) {
     return f != UINT32_MAX ? f : fdy_cpu_features_enabled();
 }
 
+/* Software prefetch for the kernels that stream weight rows at M = 1 (decode): the hardware
+ * prefetchers alone hold those kernels at 70-80% of the read bandwidth on some cores, so each
+ * block also asks for the bytes fdy_stream_ahead past it: `lines` 64-byte lines, enough to
+ * cover one block.  fdy_stream_ahead is FDY_STREAM_AHEAD bytes, 0 (the block itself, a no-op)
+ * when the environment has PYFOUNDRY_NO_PREFETCH=1 at the first feature detection (a timing
+ * switch).  Past the end of the weights it touches memory the kernel does not own: a prefetch
+ * never faults, and the address is formed as an integer.  docs/CPU_NOTES.md item 28. */
+#define FDY_STREAM_AHEAD 4096
+extern int32_t fdy_stream_ahead
+#if defined(__GNUC__)
+    __attribute__((visibility("hidden")))
+#endif
+    ;
+static inline void fdy_stream_prefetch(const void *p, int lines) {
+    const uintptr_t a = (uintptr_t)p + (uintptr_t)fdy_stream_ahead;
+    for (int i = 0; i < lines; i++) {
+        __builtin_prefetch((const void *)(a + 64 * (uintptr_t)i), 0, 3);
+    }
+}
+
 /* round half away from zero, as C roundf and gguf-py's np_roundf */
 static inline float fdy_roundf(float x) {
     return roundf(x);

@@ -2,8 +2,11 @@
  * fdy_cpu_features_enabled() and pick their path; nothing is tied to the build machine.  Tests
  * narrow the set with fdy_cpu_set_feature_mask() to force each path. */
 #include <stdatomic.h>
+#include <stdlib.h>
 
+#include "dialect.h"
 #include "internal.h"
+#include "policy.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -69,9 +72,19 @@ static uint32_t detect(void) {
 static _Atomic uint32_t fdy_detected = 0xffffffffu;
 static _Atomic uint32_t fdy_mask = 0xffffffffu;
 
+/* the distance of the streaming kernels' software prefetch (policy.h: fdy_stream_prefetch) */
+#if defined(__GNUC__)
+__attribute__((visibility("hidden")))
+#endif
+int32_t fdy_stream_ahead = FDY_STREAM_AHEAD;
+
 uint32_t fdy_cpu_features(void) {
     uint32_t f = atomic_load(&fdy_detected);
     if (f == 0xffffffffu) {
+        const char *np = getenv("PYFOUNDRY_NO_PREFETCH");
+        if (np && *np && *np != '0') {
+            fdy_stream_ahead = 0;
+        }
         f = detect();
         atomic_store(&fdy_detected, f);
     }
