@@ -13,6 +13,9 @@ policies' dequantize and the NumPy stage references, not the code under test.
 * the GEMM against the per-token vec_dot path (M = 1 calls stacked): relative L2 <= 1e-5.
 * every CPU tier (portable, AVX2, all) and every thread count: the same numbers (tiers to
   rounding, thread counts bit for bit).
+* the AVX2 tier's two micro-kernels (vpmaddubsw on u8 codes for tiles whose codes span at most
+  32 values, int16 widening for the others; PYFOUNDRY_GEMM_I16=1 forces the latter): the same
+  bits, on random codes, Gaussian weights and the int16 sums' worst case.
 """
 import numpy as np
 import pytest
@@ -171,3 +174,64 @@ def test_gemm_every_cpu_tier_and_thread_count(p):
         pf.set_num_threads(n0)
     for r in res[1:]:
         np.testing.assert_array_equal(r, res[0])
+
+
+AVX2 = {"avx2", "fma", "f16c"} <= set(pf.cpu_features()["detected"])
+
+
+def _avx2_both_kernels(monkeypatch, step, x, w):
+    """the AVX2 tier's result with the u8 tiles allowed, then with every tile as int16"""
+    out = []
+    try:
+        pf.set_cpu_features(CPU_TIERS["avx2"])
+        for flag in ("0", "1"):
+            monkeypatch.setenv("PYFOUNDRY_GEMM_I16", flag)
+            out.append(step(x, w))
+    finally:
+        pf.set_cpu_features(None)
+        monkeypatch.delenv("PYFOUNDRY_GEMM_I16", raising=False)
+    return out
+
+
+@pytest.mark.skipif(not AVX2, reason="needs AVX2 + FMA + F16C")
+@pytest.mark.parametrize("p", WEIGHTS, ids=policy_ids(WEIGHTS))
+def test_gemm_avx2_u8_tiles_give_the_int16_bits(p, monkeypatch):
+    K, N, M = k_for(p), 40, 19  # 40 rows: the last tile is partial (zero rows)
+    x = acts(M, K, 11)
+    x[3] *= 1e4
+    step = pf.compile("matmul", policy=p, variant="q8")
+    for random_codes in (True, False):
+        if not random_codes and not p.can_quantize:
+            continue
+        w = weight(p, N, K, 12, random_codes=random_codes)
+        u8, i16 = _avx2_both_kernels(monkeypatch, step, x, w)
+        np.testing.assert_array_equal(u8, i16)
+        assert np.isfinite(u8).all()
+
+
+# rows whose codes sit at the top of the format's span but for element 2 of every 16, at the
+# bottom: (value of the others, value of element 2, span of the codes)
+EXTREME_ROWS = {"q4_0": (-7 / 8, 1.0, 15), "q4_1": (1.0, -1.0, 15), "q5_0": (-15 / 16, 1.0, 31),
+                "q5_1": (1.0, -1.0, 31), "q6_k": (31 / 32, -1.0, 63)}
+
+
+@pytest.mark.skipif(not AVX2, reason="needs AVX2 + FMA + F16C")
+@pytest.mark.parametrize("name", list(EXTREME_ROWS))
+def test_gemm_avx2_tiles_at_the_int16_bound(name, monkeypatch):
+    """codes at the top of the span, activations at +-127: an int16 lane of the u8 kernel sums
+    8 codes of a group, 8 * 31 * 127 for the 5-bit formats, just inside int16; q6_k's span (64
+    values) would overflow it and must take the int16 widening"""
+    p = pf.policy(name)
+    K, N = 256, 32
+    top, bottom, span = EXTREME_ROWS[name]
+    row = np.full(K, top, np.float32)
+    row[2::16] = bottom
+    w = pf.Tensor.from_numpy(np.tile(row, (N, 1)), p, "w")
+    q, _, _ = _core.to_i8(p.gguf_type, np.ascontiguousarray(w.raw).reshape(-1), N * K)
+    assert int(q.max()) - int(q.min()) == span and (q == q.max()).sum() == N * K * 15 // 16
+    x = np.repeat(np.array([[1.0], [-1.0]], np.float32), K, axis=1)
+    x = np.concatenate([x] * 4)  # 8 rows: the GEMM runs from 4 (FDY_GEMM_MIN_M)
+    step = pf.compile("matmul", policy=p, variant="q8")
+    u8, i16 = _avx2_both_kernels(monkeypatch, step, x, w)
+    np.testing.assert_array_equal(u8, i16)
+    check_q8(u8, x, w.dequantize(), p, name)

@@ -20,8 +20,13 @@
  *                 activations as u8 = a + 128 broadcast 4 at a time; vpdpbusd starts from the
  *                 exact correction -128 * sum(q over the group) of each row, so the int32 sum is
  *                 exactly sum q * a (no float cancellation of the offset);
- *   AVX2+FMA      weights and activations widened to int16, pairs multiplied by vpmaddwd (exact:
- *                 |q * a| <= 128 * 128);
+ *   AVX2+FMA      a tile whose codes span at most 32 values (4- and 5-bit formats): the codes
+ *                 as u8 = q - (the tile's smallest code), four per 32-bit lane, times the
+ *                 activation's s8 codes by vpmaddubsw, summed in int16 over a group (at most
+ *                 8 * 31 * 128 = 31744 per lane: no saturation), then to int32 by vpmaddwd with
+ *                 ones, plus the exact correction (smallest code) * sum(a); other tiles: weights
+ *                 and activations widened to int16, pairs multiplied by vpmaddwd (exact:
+ *                 |q * a| <= 128 * 128).  Both give the same int32 sums, so the same bits;
  *   portable      plain C.
  * Each (row, token) result is the same sequence of float operations whatever the tile it sits
  * in, the number of tokens per micro-kernel call or the thread count, so results do not depend
@@ -77,11 +82,14 @@ typedef struct gemm_ctx {
     int64_t w_row;              /* bytes per weight row */
     int64_t M, K, N, G;         /* G = K / 16 */
     int tier;
+    int no_u8;                  /* AVX2: every tile as int16 (PYFOUNDRY_GEMM_I16=1) */
     /* activations */
     const float *x;
     uint8_t *xq;                /* (M, a_row) quantized rows */
     int64_t a_row;
     void *xa;                   /* (M, K) codes: s8 (portable), u8 = a + 128 (VNNI), s16 (AVX2) */
+    int8_t *xa8;                /* AVX2: (M, K) s8 codes as well, for the u8 tiles */
+    int32_t *xsum;              /* AVX2: (M, G) code sums of each group */
     float *xs, *xms;            /* (M, G) scales and scale * code sums */
     /* output */
     const float *bias;
@@ -111,12 +119,16 @@ static void prep_task(void *vctx, int64_t m, int thread) {
             s += codes[16 * g + k];
         }
         c->xms[m * G + g] = xs[g] * (float)s;
+        if (c->xsum) {
+            c->xsum[m * G + g] = s;
+        }
     }
     if (c->tier == TIER_AVX2) {
         int16_t *d = (int16_t *)c->xa + m * K;
         for (int64_t k = 0; k < K; k++) {
             d[k] = codes[k];
         }
+        memcpy(c->xa8 + m * K, codes, (size_t)K);
     } else {
         uint8_t *d = (uint8_t *)c->xa + m * K;
         const uint8_t flip = c->tier == TIER_VNNI ? 0x80 : 0x00;
@@ -136,6 +148,8 @@ typedef struct tile_buf {
     float *ws, *mn;   /* (G, GR) scales and mins */
     int32_t *corr;    /* (G, GR) VNNI offset corrections */
     float *res;       /* (GT, GR) micro-kernel results */
+    int u8;           /* AVX2: w holds the u8 layout (codes - lo) */
+    int lo;           /* AVX2 u8 layout: the tile's smallest code */
 } tile_buf;
 
 static size_t tile_bytes(int64_t K, int64_t G, tile_buf *b, void *base) {
@@ -175,12 +189,12 @@ static int pack_portable(int64_t G, const tile_buf *b) {
 
 #if defined(__x86_64__)
 static int pack_vnni(int64_t K, int64_t G, const tile_buf *b);
-static int pack_avx2(int64_t K, int64_t G, const tile_buf *b);
+static int pack_avx2(int64_t K, int64_t G, tile_buf *b, int no_u8);
 #endif
 
 /* unpack weight rows n0 .. n0 + GR - 1 (rows past N as zeros) into the tier's layout; returns
  * whether any min is nonzero */
-static int unpack_tile(const gemm_ctx *c, int64_t n0, const tile_buf *b) {
+static int unpack_tile(const gemm_ctx *c, int64_t n0, tile_buf *b) {
     const int64_t K = c->K, G = c->G;
     for (int r = 0; r < GR; r++) {
         int8_t *q = b->q + r * K;
@@ -196,7 +210,7 @@ static int unpack_tile(const gemm_ctx *c, int64_t n0, const tile_buf *b) {
     switch (c->tier) {
 #if defined(__x86_64__)
     case TIER_VNNI: return pack_vnni(K, G, b);
-    case TIER_AVX2: return pack_avx2(K, G, b);
+    case TIER_AVX2: return pack_avx2(K, G, b, c->no_u8);
 #endif
     default: return pack_portable(G, b);
     }
@@ -336,10 +350,76 @@ GEMM_AVX2 GEMM_INLINE void tr8x8_16(const __m128i a[8], __m128i o[8]) {
     }
 }
 
+/* the 8 x 8 transpose of 32-bit words: a[r] word j -> o[j] word r */
+GEMM_AVX2 GEMM_INLINE void tr8x8_32(const __m256i a[8], __m256i o[8]) {
+    __m256i b[8], c[8];
+    for (int i = 0; i < 4; i++) {
+        b[2 * i] = _mm256_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
+        b[2 * i + 1] = _mm256_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        c[4 * i] = _mm256_unpacklo_epi64(b[4 * i], b[4 * i + 2]);
+        c[4 * i + 1] = _mm256_unpackhi_epi64(b[4 * i], b[4 * i + 2]);
+        c[4 * i + 2] = _mm256_unpacklo_epi64(b[4 * i + 1], b[4 * i + 3]);
+        c[4 * i + 3] = _mm256_unpackhi_epi64(b[4 * i + 1], b[4 * i + 3]);
+    }
+    /* c[k], 128-bit lane L: word k of rows 4 L' .. (the lanes hold words 4L .. 4L + 3) */
+    for (int i = 0; i < 4; i++) {
+        o[i] = _mm256_permute2x128_si256(c[i], c[4 + i], 0x20);
+        o[4 + i] = _mm256_permute2x128_si256(c[i], c[4 + i], 0x31);
+    }
+}
+
+/* AVX2 u8 layout, for a tile whose codes span at most 32 values: byte 64 j + 4 r + e = code
+ * 4 j + e of row r minus lo, the tile's smallest code (b->lo; b->u8 = 1).  Returns 0 (and
+ * writes nothing) when the span is wider */
+GEMM_AVX2 static int pack_avx2_u8(int64_t K, tile_buf *b) {
+    __m256i mn = _mm256_set1_epi8(127), mx = _mm256_set1_epi8(-128);
+    for (int64_t i = 0; i < GR * K; i += 32) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(b->q + i));
+        mn = _mm256_min_epi8(mn, v);
+        mx = _mm256_max_epi8(mx, v);
+    }
+    int8_t lo8[32], hi8[32];
+    _mm256_storeu_si256((__m256i *)(void *)lo8, mn);
+    _mm256_storeu_si256((__m256i *)(void *)hi8, mx);
+    int lo = 127, hi = -128;
+    for (int i = 0; i < 32; i++) {
+        lo = lo8[i] < lo ? lo8[i] : lo;
+        hi = hi8[i] > hi ? hi8[i] : hi;
+    }
+    b->u8 = hi - lo <= 31;
+    b->lo = lo;
+    if (!b->u8) {
+        return 0;
+    }
+    uint8_t *W = (uint8_t *)b->w;
+    const __m256i off = _mm256_set1_epi8((char)lo);
+    for (int64_t j = 0; j < K / 4; j += 8) { /* quads j .. j + 7 */
+        for (int h = 0; h < 2; h++) {          /* rows 8h .. 8h + 7 */
+            __m256i a[8], o[8];
+            for (int r = 0; r < 8; r++) {
+                a[r] = _mm256_sub_epi8(
+                    _mm256_loadu_si256((const __m256i *)(const void *)(b->q + (8 * h + r) * K +
+                                                                       4 * j)),
+                    off);
+            }
+            tr8x8_32(a, o);
+            for (int i = 0; i < 8; i++) {
+                _mm256_store_si256((__m256i *)(void *)(W + 64 * (j + i) + 32 * h), o[i]);
+            }
+        }
+    }
+    return 1;
+}
+
 /* AVX2 layout: int16 element 32 j + 2 r + e = code 2 j + e of row r.  Per 16 codes of the
  * 16 rows: the rows' code pairs as 16-bit words transposed (two 8 x 8 transposes), each
  * word's two codes sign-extended to int16 (no gathers: they were a tenth of prefill) */
-GEMM_AVX2 static int pack_avx2(int64_t K, int64_t G, const tile_buf *b) {
+GEMM_AVX2 static int pack_avx2(int64_t K, int64_t G, tile_buf *b, int no_u8) {
+    if (!no_u8 && pack_avx2_u8(K, b)) {
+        return pack_portable(G, b);
+    }
     int16_t *W = (int16_t *)b->w;
     for (int64_t c16 = 0; c16 < K / 16; c16++) {
         __m128i a[8], o[8];
@@ -494,6 +574,70 @@ GEMM_AVX2 GEMM_INLINE void avx2_body(const gemm_ctx *c, const tile_buf *b, int64
     }
 }
 
+/* the u8 tiles: the same per-group float steps as avx2_body on the same int32 sums */
+GEMM_AVX2 GEMM_INLINE void avx2u8_body(const gemm_ctx *c, const tile_buf *b, int64_t t0,
+                                       const int T, const int has_min) {
+    const int64_t K = c->K, G = c->G;
+    const uint8_t *W = (const uint8_t *)b->w;
+    const int8_t *xa = c->xa8 + t0 * K;
+    const int32_t *xsum = c->xsum + t0 * G;
+    const float *xs = c->xs + t0 * G, *xms = c->xms + t0 * G;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int lo = b->lo;
+    __m256 acc[GT2][2];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *wg = W + g * 4 * 64; /* 4 quads x 16 rows x 4 */
+        const int8_t *xg = xa + 16 * g;
+        __m256i s0[GT2], s1[GT2];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(const void *)(wg + 64 * j));
+            const __m256i w1 =
+                _mm256_load_si256((const __m256i *)(const void *)(wg + 64 * j + 32));
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m256i xb = _mm256_set1_epi32(ld32(xg + t * K + 4 * j));
+                const __m256i p0 = _mm256_maddubs_epi16(w0, xb);
+                const __m256i p1 = _mm256_maddubs_epi16(w1, xb);
+                s0[t] = j ? _mm256_add_epi16(s0[t], p0) : p0;
+                s1[t] = j ? _mm256_add_epi16(s1[t], p1) : p1;
+                /* the sums stay in registers (as in avx2_body) */
+                __asm__("" : "+x"(s0[t]), "+x"(s1[t]));
+            }
+        }
+        const __m256 sc0 = _mm256_load_ps(b->ws + g * GR);
+        const __m256 sc1 = _mm256_load_ps(b->ws + g * GR + 8);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m256i corr = _mm256_set1_epi32(lo * xsum[t * G + g]);
+            const __m256i i0 = _mm256_add_epi32(_mm256_madd_epi16(s0[t], ones), corr);
+            const __m256i i1 = _mm256_add_epi32(_mm256_madd_epi16(s1[t], ones), corr);
+            const __m256 xb = _mm256_set1_ps(xs[t * G + g]);
+            acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(sc0, xb), acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(sc1, xb), acc[t][1]);
+        }
+        if (has_min) {
+            const __m256 m0 = _mm256_load_ps(b->mn + g * GR);
+            const __m256 m1 = _mm256_load_ps(b->mn + g * GR + 8);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m256 xm = _mm256_set1_ps(xms[t * G + g]);
+                acc[t][0] = _mm256_fmadd_ps(m0, xm, acc[t][0]);
+                acc[t][1] = _mm256_fmadd_ps(m1, xm, acc[t][1]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        _mm256_store_ps(b->res + t * GR, acc[t][0]);
+        _mm256_store_ps(b->res + t * GR + 8, acc[t][1]);
+    }
+}
+
 #define AVX2_T(T)                                                                      \
     GEMM_AVX2 static void avx2_##T(const gemm_ctx *c, const tile_buf *b, int64_t t0,   \
                                    int has_min) {                                      \
@@ -502,6 +646,14 @@ GEMM_AVX2 GEMM_INLINE void avx2_body(const gemm_ctx *c, const tile_buf *b, int64
         } else {                                                                       \
             avx2_body(c, b, t0, T, 0);                                                 \
         }                                                                              \
+    }                                                                                  \
+    GEMM_AVX2 static void avx2u8_##T(const gemm_ctx *c, const tile_buf *b, int64_t t0, \
+                                     int has_min) {                                    \
+        if (has_min) {                                                                 \
+            avx2u8_body(c, b, t0, T, 1);                                               \
+        } else {                                                                       \
+            avx2u8_body(c, b, t0, T, 0);                                               \
+        }                                                                              \
     }
 AVX2_T(1)
 AVX2_T(2)
@@ -509,6 +661,15 @@ AVX2_T(3)
 AVX2_T(4)
 
 static void kern_avx2(const gemm_ctx *c, const tile_buf *b, int64_t t0, int T, int has_min) {
+    if (b->u8) {
+        switch (T) {
+        case 1: avx2u8_1(c, b, t0, has_min); break;
+        case 2: avx2u8_2(c, b, t0, has_min); break;
+        case 3: avx2u8_3(c, b, t0, has_min); break;
+        default: avx2u8_4(c, b, t0, has_min); break;
+        }
+        return;
+    }
     switch (T) {
     case 1: avx2_1(c, b, t0, has_min); break;
     case 2: avx2_2(c, b, t0, has_min); break;
@@ -541,7 +702,7 @@ static void store_row(const gemm_ctx *c, const float *res, float *o, int64_t n0,
 
 static void tile_task(void *vctx, int64_t task, int thread) {
     const gemm_ctx *c = (const gemm_ctx *)vctx;
-    tile_buf b;
+    tile_buf b = {0};
     tile_bytes(c->K, c->G, &b, fdy_scratch(thread));
     const int64_t n0 = task * GR;
     const int nr = (int)(c->N - n0 < GR ? c->N - n0 : GR);
@@ -596,6 +757,10 @@ fdy_status fdy_gemm_q8(const fdy_weight *w, const float *x, int64_t M, const flo
     c.N = N;
     c.G = K / 16;
     c.tier = gemm_tier();
+    /* PYFOUNDRY_GEMM_I16=1: the AVX2 tier widens every tile to int16 (the same bits; a timing
+     * and testing switch, read per call) */
+    const char *i16 = getenv("PYFOUNDRY_GEMM_I16");
+    c.no_u8 = i16 && *i16 && *i16 != '0';
     c.x = x;
     c.bias = bias;
     c.out = out;
@@ -605,7 +770,9 @@ fdy_status fdy_gemm_q8(const fdy_weight *w, const float *x, int64_t M, const flo
     const size_t xq_bytes = al64((size_t)(M * c.a_row));
     const size_t xa_bytes = al64((size_t)(M * K) * (c.tier == TIER_AVX2 ? 2 : 1));
     const size_t xs_bytes = al64((size_t)(M * c.G) * sizeof(float));
-    uint8_t *buf = (uint8_t *)aligned_alloc(64, xq_bytes + xa_bytes + 2 * xs_bytes);
+    /* AVX2: the s8 codes and the group sums as well */
+    const size_t x8_bytes = c.tier == TIER_AVX2 ? al64((size_t)(M * K)) + xs_bytes : 0;
+    uint8_t *buf = (uint8_t *)aligned_alloc(64, xq_bytes + xa_bytes + 2 * xs_bytes + x8_bytes);
     if (!buf) {
         return fdy_fail(FDY_ERR_NOMEM, "matmul: cannot allocate the quantized activations");
     }
@@ -613,6 +780,10 @@ fdy_status fdy_gemm_q8(const fdy_weight *w, const float *x, int64_t M, const flo
     c.xa = buf + xq_bytes;
     c.xs = (float *)(void *)(buf + xq_bytes + xa_bytes);
     c.xms = (float *)(void *)(buf + xq_bytes + xa_bytes + xs_bytes);
+    if (x8_bytes) {
+        c.xa8 = (int8_t *)(void *)(buf + xq_bytes + xa_bytes + 2 * xs_bytes);
+        c.xsum = (int32_t *)(void *)(buf + xq_bytes + xa_bytes + 2 * xs_bytes + al64((size_t)(M * K)));
+    }
 
     size_t scratch = tile_bytes(K, c.G, NULL, NULL);
     const size_t prep = al64((size_t)K) + al64((size_t)c.G * sizeof(float));
