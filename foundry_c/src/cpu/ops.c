@@ -185,6 +185,18 @@ static float *thread_buf(size_t which, size_t bytes, fdy_status *s) {
 
 /* out[n0 .. n0 + nr) of activation row m from v (a kernel's results for those rows) */
 static void mm_store_rows(const mm_ctx *c, int64_t m, int64_t n0, const float *v, int64_t nr) {
+    if (!c->bias && c->act == FDY_ACT_NONE && !c->accumulate) { /* mm_store's plain case */
+        float *o = c->out + m * c->N + n0;
+        memcpy(o, v, (size_t)nr * sizeof(float));
+        if (c->res_out) {
+            const float *ri = c->res_in + m * c->N + n0;
+            float *ro = c->res_out + m * c->N + n0;
+            for (int64_t i = 0; i < nr; i++) {
+                ro[i] = ri[i] + o[i];
+            }
+        }
+        return;
+    }
     for (int64_t i = 0; i < nr; i++) {
         mm_store(c, m, n0 + i, v[i]);
     }
