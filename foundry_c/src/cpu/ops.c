@@ -91,6 +91,19 @@ static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
  * (vec_dot_f32) once per (row, token); above it one dequantized row serves every token */
 #define FDY_VEC_DOT_F32_MAX_M 4
 
+/* the tasks of a matmul region: about FDY_MM_TASK_BYTES of weights each, between 8 and 32
+ * per thread.  A region ends when its last task does, so a thread that finishes its lane
+ * waits up to one task's time: 64 KB is a few microseconds of streaming, where 8 tasks per
+ * thread of a 9 MB matrix were ~45 us each.  Small matrices keep 8 per thread (smaller tasks
+ * cost more in hand-out than they save).  docs/CPU_NOTES.md item 31. */
+#define FDY_MM_TASK_BYTES 65536
+
+static int64_t mm_task_count(int64_t weight_bytes, int threads) {
+    int64_t n = weight_bytes / FDY_MM_TASK_BYTES;
+    const int64_t lo = (int64_t)threads * 8, hi = (int64_t)threads * 32;
+    return n < lo ? lo : n > hi ? hi : n;
+}
+
 /* ---- grown buffers: no allocation per call ---------------------------------------------- */
 
 fdy_status fdy_buf_reserve(fdy_buf *b, size_t bytes) {
@@ -390,7 +403,7 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
     c.act = activation;
     c.dot = fdy_select_dot_f32();
     int threads = fdy_get_num_threads();
-    int64_t n_tasks = (int64_t)threads * 8;
+    int64_t n_tasks = mm_task_count(c.N * c.w_row, threads);
     if (n_tasks > c.N) {
         n_tasks = c.N;
     }
@@ -500,7 +513,7 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
     g.swiglu_out = swiglu_out;
     const fdy_policy *dots[FDY_MM_MAX_PARTS];
     int n_dots = 0;
-    int64_t total_rows = 0, max_k = 0;
+    int64_t total_rows = 0, total_bytes = 0, max_k = 0;
     for (int i = 0; i < n_parts; i++) {
         const fdy_mm_part *pp = &parts[i];
         if ((s = check_weight(pp->w, "matmul group"))) {
@@ -522,6 +535,7 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
         c->res_out = pp->res_out;
         c->dot = fdy_select_dot_f32();
         total_rows += c->N;
+        total_bytes += c->N * c->w_row;
         max_k = c->K > max_k ? c->K : max_k;
         /* the activations in this part's dot type: quantized once per distinct type */
         const fdy_policy *dot = NULL;
@@ -563,9 +577,10 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
     if ((s = fdy_scratch_reserve((size_t)max_k * sizeof(float)))) {
         return s;
     }
-    /* about 8 tasks per thread over all the rows, each within one part */
+    /* mm_task_count tasks over all the rows, each within one part */
     const int threads = fdy_get_num_threads();
-    int64_t rpt = (total_rows + (int64_t)threads * 8 - 1) / ((int64_t)threads * 8);
+    const int64_t n_tasks = mm_task_count(total_bytes, threads);
+    int64_t rpt = (total_rows + n_tasks - 1) / n_tasks;
     rpt = rpt < 1 ? 1 : rpt;
     for (int i = 0; i < n_parts; i++) {
         rpt = whole_groups(parts[i].w, rpt);
