@@ -363,7 +363,7 @@ GEMM_AVX2 GEMM_INLINE void tr8x8_32(const __m256i a[8], __m256i o[8]) {
         c[4 * i + 2] = _mm256_unpacklo_epi64(b[4 * i + 1], b[4 * i + 3]);
         c[4 * i + 3] = _mm256_unpackhi_epi64(b[4 * i + 1], b[4 * i + 3]);
     }
-    /* c[k], 128-bit lane L: word k of rows 4 L' .. (the lanes hold words 4L .. 4L + 3) */
+    /* c[k] (k < 4), 128-bit lane L: word k + 4L of rows 0..3; c[4 + k]: of rows 4..7 */
     for (int i = 0; i < 4; i++) {
         o[i] = _mm256_permute2x128_si256(c[i], c[4 + i], 0x20);
         o[4 + i] = _mm256_permute2x128_si256(c[i], c[4 + i], 0x31);
