@@ -513,6 +513,40 @@ static void kern_vnni(const gemm_ctx *c, const tile_buf *b, int64_t t0, int T, i
 
 #define GT2 4 /* tokens per AVX2 micro-kernel call (16 ymm registers) */
 
+/* the float steps of group g for T tokens, from the group's int32 sums of rows 0..7 (i0) and
+ * 8..15 (i1): acc += float(i) * (ws * xs), then + mn * xms where a min is nonzero */
+GEMM_AVX2 GEMM_INLINE void avx2_group_float(__m256 acc[][2], const __m256i *i0,
+                                            const __m256i *i1, const tile_buf *b, int64_t g,
+                                            const float *xs, const float *xms, int64_t G,
+                                            const int T, const int has_min) {
+    const __m256 s0 = _mm256_load_ps(b->ws + g * GR);
+    const __m256 s1 = _mm256_load_ps(b->ws + g * GR + 8);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        const __m256 xb = _mm256_set1_ps(xs[t * G + g]);
+        acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0[t]), _mm256_mul_ps(s0, xb), acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1[t]), _mm256_mul_ps(s1, xb), acc[t][1]);
+    }
+    if (has_min) {
+        const __m256 m0 = _mm256_load_ps(b->mn + g * GR);
+        const __m256 m1 = _mm256_load_ps(b->mn + g * GR + 8);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m256 xm = _mm256_set1_ps(xms[t * G + g]);
+            acc[t][0] = _mm256_fmadd_ps(m0, xm, acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(m1, xm, acc[t][1]);
+        }
+    }
+}
+
+GEMM_AVX2 GEMM_INLINE void avx2_store_res(__m256 acc[][2], const tile_buf *b, const int T) {
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        _mm256_store_ps(b->res + t * GR, acc[t][0]);
+        _mm256_store_ps(b->res + t * GR + 8, acc[t][1]);
+    }
+}
+
 GEMM_AVX2 GEMM_INLINE void avx2_body(const gemm_ctx *c, const tile_buf *b, int64_t t0,
                                      const int T, const int has_min) {
     const int64_t K = c->K, G = c->G;
@@ -548,30 +582,9 @@ GEMM_AVX2 GEMM_INLINE void avx2_body(const gemm_ctx *c, const tile_buf *b, int64
                 __asm__("" : "+x"(i0[t]), "+x"(i1[t]));
             }
         }
-        const __m256 s0 = _mm256_load_ps(b->ws + g * GR);
-        const __m256 s1 = _mm256_load_ps(b->ws + g * GR + 8);
-#pragma GCC unroll 4
-        for (int t = 0; t < T; t++) {
-            const __m256 xb = _mm256_set1_ps(xs[t * G + g]);
-            acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0[t]), _mm256_mul_ps(s0, xb), acc[t][0]);
-            acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1[t]), _mm256_mul_ps(s1, xb), acc[t][1]);
-        }
-        if (has_min) {
-            const __m256 m0 = _mm256_load_ps(b->mn + g * GR);
-            const __m256 m1 = _mm256_load_ps(b->mn + g * GR + 8);
-#pragma GCC unroll 4
-            for (int t = 0; t < T; t++) {
-                const __m256 xm = _mm256_set1_ps(xms[t * G + g]);
-                acc[t][0] = _mm256_fmadd_ps(m0, xm, acc[t][0]);
-                acc[t][1] = _mm256_fmadd_ps(m1, xm, acc[t][1]);
-            }
-        }
+        avx2_group_float(acc, i0, i1, b, g, xs, xms, G, T, has_min);
     }
-#pragma GCC unroll 4
-    for (int t = 0; t < T; t++) {
-        _mm256_store_ps(b->res + t * GR, acc[t][0]);
-        _mm256_store_ps(b->res + t * GR + 8, acc[t][1]);
-    }
+    avx2_store_res(acc, b, T);
 }
 
 /* the u8 tiles: the same per-group float steps as avx2_body on the same int32 sums */
@@ -609,33 +622,16 @@ GEMM_AVX2 GEMM_INLINE void avx2u8_body(const gemm_ctx *c, const tile_buf *b, int
                 __asm__("" : "+x"(s0[t]), "+x"(s1[t]));
             }
         }
-        const __m256 sc0 = _mm256_load_ps(b->ws + g * GR);
-        const __m256 sc1 = _mm256_load_ps(b->ws + g * GR + 8);
+        __m256i i0[GT2], i1[GT2];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const __m256i corr = _mm256_set1_epi32(lo * xsum[t * G + g]);
-            const __m256i i0 = _mm256_add_epi32(_mm256_madd_epi16(s0[t], ones), corr);
-            const __m256i i1 = _mm256_add_epi32(_mm256_madd_epi16(s1[t], ones), corr);
-            const __m256 xb = _mm256_set1_ps(xs[t * G + g]);
-            acc[t][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(sc0, xb), acc[t][0]);
-            acc[t][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(sc1, xb), acc[t][1]);
+            i0[t] = _mm256_add_epi32(_mm256_madd_epi16(s0[t], ones), corr);
+            i1[t] = _mm256_add_epi32(_mm256_madd_epi16(s1[t], ones), corr);
         }
-        if (has_min) {
-            const __m256 m0 = _mm256_load_ps(b->mn + g * GR);
-            const __m256 m1 = _mm256_load_ps(b->mn + g * GR + 8);
-#pragma GCC unroll 4
-            for (int t = 0; t < T; t++) {
-                const __m256 xm = _mm256_set1_ps(xms[t * G + g]);
-                acc[t][0] = _mm256_fmadd_ps(m0, xm, acc[t][0]);
-                acc[t][1] = _mm256_fmadd_ps(m1, xm, acc[t][1]);
-            }
-        }
+        avx2_group_float(acc, i0, i1, b, g, xs, xms, G, T, has_min);
     }
-#pragma GCC unroll 4
-    for (int t = 0; t < T; t++) {
-        _mm256_store_ps(b->res + t * GR, acc[t][0]);
-        _mm256_store_ps(b->res + t * GR + 8, acc[t][1]);
-    }
+    avx2_store_res(acc, b, T);
 }
 
 #define AVX2_T(T)                                                                      \
