@@ -336,7 +336,7 @@ void *fdy_weight_pack(const fdy_weight *w) {
         return NULL;
     }
     /* page-aligned: malloc returns these large copies 16 bytes past a page start, which
-     * measured slower on the 1B Q4_0 decode (aligned 1.02-1.05x; the other files unchanged;
+     * measured slower on the 1B Q4_0 decode (aligned: 1.04x; the other files unchanged;
      * docs/CPU_NOTES.md item 32).  The size is rounded up to whole pages, as aligned_alloc asks */
     const size_t bytes = (size_t)(ng * R * rb);
     uint8_t *dst = (uint8_t *)aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
