@@ -255,18 +255,6 @@ FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x
 FDY_DF_DISPATCH(q8_0)
 FDY_DF_ROWS(q8_0, fdy_block_q8_0, 32, 1)
 
-/* the 8-row interleaved layout of the decode GEMV (simd_legacy.h) */
-static void q8_0_vec_dot_packed(const void *groups, size_t group_bytes, const void *a, int64_t n,
-                                float *out, int64_t n_groups) {
-#if defined(__x86_64__)
-    if (fdy_leg_tier() != FDY_LEG_PORTABLE) {
-        fdy_pack8_q8_0_avx2(groups, group_bytes, a, n, out, n_groups);
-        return;
-    }
-#endif
-    fdy_pack8_q8_0_portable(groups, group_bytes, a, n, out, n_groups);
-}
-
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.01f,
@@ -274,6 +262,5 @@ FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
                   .vec_dot = q8_0_vec_dot, .vec_dot_rows = q8_0_vec_dot_rows, .quantize_act = q8_0_quantize_act,
                   .to_i8 = q8_0_to_i8, .vec_dot_f32 = q8_0_vec_dot_f32,
-                  .pack_rows = 8, .pack = fdy_pack8_q8_0, .vec_dot_packed = q8_0_vec_dot_packed,
                   .vec_dot_f32_rows = q8_0_vec_dot_f32_rows);
 #endif

@@ -769,7 +769,7 @@ static inline int fdy_pack8_qs_at(int head, int r, int c) {
 }
 
 /* pack 8 rows (d at d_off, m at m_off or -1, qs_bytes code bytes at qs_off: 16 for the nibble
- * formats, 32 for q8_0) into the layout above */
+ * formats) into the layout above */
 static inline void fdy_pack8_rows(const void *src, size_t row_bytes, void *dst, int64_t n,
                                   int block_bytes, int d_off, int m_off, int qs_off,
                                   int qs_bytes) {
@@ -923,89 +923,6 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t
 }
 #endif
 
-
-/* ---- the 8-row interleaved layout of q8_0's decode GEMV ----
- * As the nibble formats' above, with 32 signed code bytes per row: for block b, 8 * 34 bytes
- *   | d of rows 0, 1, 4, 5, 2, 3, 6, 7 (8 x f16) | qs: for chunk c = 0 .. 3 (elements 8c ..
- *   8c+7), for half h = 0, 1, for row 4h + k: its 8 code bytes |
- * and the byte dots take |w| and a * sign(w) (vpmaddubsw is unsigned x signed).  Per row:
- * acc = fma(float(sum w a), d * d_a, acc), block by block. */
-static inline void fdy_pack8_q8_0(const void *src, size_t row_bytes, void *dst, int64_t n) {
-    fdy_pack8_rows(src, row_bytes, dst, n, 34, 0, -1, 2, 32);
-}
-
-static inline void fdy_pack8_q8_0_portable(const void *groups, size_t group_bytes,
-                                           const void *a, int64_t n, float *out,
-                                           int64_t n_groups) {
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    for (int64_t gi = 0; gi < n_groups; gi++) {
-        const uint8_t *g = (const uint8_t *)groups + (size_t)gi * group_bytes;
-        float acc[8] = {0};
-        for (int64_t b = 0; b < n / 32; b++, g += 8 * 34) {
-            const float da = fdy_half_to_float(y[b].d);
-            for (int slot = 0; slot < 8; slot++) {
-                const int r = fdy_pack8_slot_row[slot];
-                int sum = 0;
-                for (int c = 0; c < 4; c++) {
-                    const int8_t *q = (const int8_t *)(g + fdy_pack8_qs_at(16, r, c));
-                    for (int j = 0; j < 8; j++) {
-                        sum += q[j] * y[b].qs[8 * c + j];
-                    }
-                }
-                uint16_t h;
-                memcpy(&h, g + 2 * slot, 2);
-                acc[slot] = fmaf((float)sum, fdy_half_to_float(h) * da, acc[slot]);
-            }
-        }
-        fdy_pack8_unslot(acc, out + 8 * gi);
-    }
-}
-
-#if defined(__x86_64__)
-FDY_TARGET_AVX2 static inline void fdy_pack8_q8_0_avx2(const void *groups, size_t group_bytes,
-                                                       const void *a, int64_t n, float *out,
-                                                       int64_t n_groups) {
-    const fdy_leg_q8_0 *y = (const fdy_leg_q8_0 *)a;
-    const int64_t nb = n / 32;
-    const __m256i ones = _mm256_set1_epi16(1);
-    float da[FDY_LEG_PRE_MAX];
-    const int pre = nb <= FDY_LEG_PRE_MAX;
-    for (int64_t b = 0; pre && b < nb; b++) {
-        da[b] = _cvtsh_ss(y[b].d);
-    }
-    for (int64_t gi = 0; gi < n_groups; gi++) {
-        const uint8_t *g = (const uint8_t *)groups + (size_t)gi * group_bytes;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++, g += 8 * 34) {
-            fdy_stream_prefetch(g, 5); /* 272 bytes a block */
-            __m256i ac[4];
-            for (int c = 0; c < 4; c++) {
-                int64_t t;
-                memcpy(&t, y[b].qs + 8 * c, 8);
-                ac[c] = _mm256_set1_epi64x(t);
-            }
-            __m256i hs[2];
-            for (int k = 0; k < 2; k++) { /* rows 4k .. 4k+3 */
-                __m256i sk = _mm256_setzero_si256();
-                for (int c = 0; c < 4; c++) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(g + fdy_pack8_qs_at(16, 4 * k, c)));
-                    const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(v),
-                                                           _mm256_sign_epi8(ac[c], v));
-                    sk = _mm256_add_epi32(sk, _mm256_madd_epi16(p, ones));
-                }
-                hs[k] = sk;
-            }
-            const float db = pre ? da[b] : _cvtsh_ss(y[b].d);
-            const __m256 d = _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g)), _mm256_set1_ps(db));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(hs[0], hs[1])), d, acc);
-        }
-        float t[8];
-        _mm256_storeu_ps(t, acc);
-        fdy_pack8_unslot(t, out + 8 * gi);
-    }
-}
-#endif
 
 /* NAME_pack and NAME_vec_dot_packed of a nibble format (see above) */
 #define FDY_PACK8_NIB_KERNELS(NAME, BT, M_OFF, ZERO, AT)                                      \
