@@ -768,11 +768,10 @@ static inline int fdy_pack8_qs_at(int head, int r, int c) {
     return head + 64 * c + 32 * (r / 4) + 8 * (r % 4);
 }
 
-/* pack 8 rows (d at d_off, m at m_off or -1, qs_bytes code bytes at qs_off: 16 for the nibble
- * formats) into the layout above */
+/* pack 8 rows (d at d_off, m at m_off or -1, the 16 code bytes at qs_off) into the layout
+ * above */
 static inline void fdy_pack8_rows(const void *src, size_t row_bytes, void *dst, int64_t n,
-                                  int block_bytes, int d_off, int m_off, int qs_off,
-                                  int qs_bytes) {
+                                  int block_bytes, int d_off, int m_off, int qs_off) {
     const uint8_t *s = (const uint8_t *)src;
     uint8_t *g = (uint8_t *)dst;
     const int head = m_off >= 0 ? 32 : 16;
@@ -786,7 +785,7 @@ static inline void fdy_pack8_rows(const void *src, size_t row_bytes, void *dst, 
         }
         for (int r = 0; r < 8; r++) {
             const uint8_t *x = s + (size_t)r * row_bytes + b * block_bytes + qs_off;
-            for (int c = 0; c < qs_bytes / 8; c++) {
+            for (int c = 0; c < 2; c++) {
                 memcpy(g + fdy_pack8_qs_at(head, r, c), x + 8 * c, 8);
             }
         }
@@ -928,7 +927,7 @@ FDY_TARGET_AVX2 static inline void fdy_pack8_nib_avx2(const void *groups, size_t
 #define FDY_PACK8_NIB_KERNELS(NAME, BT, M_OFF, ZERO, AT)                                      \
     static void NAME##_pack(const void *src, size_t row_bytes, void *dst, int64_t n) {       \
         fdy_pack8_rows(src, row_bytes, dst, n, (int)sizeof(BT), (int)offsetof(BT, d), M_OFF,  \
-                       (int)offsetof(BT, qs), 16);                                            \
+                       (int)offsetof(BT, qs));                                                \
     }                                                                                         \
     static void NAME##_vec_dot_packed(const void *groups, size_t group_bytes, const void *a,  \
                                       int64_t n, float *out, int64_t n_groups) {              \
