@@ -1,7 +1,8 @@
 /* simd_dotf32.h - host-only helpers of the f32 variant's fused GEMV kernels (vec_dot_f32):
  * the float dot product of one encoded weight row of n elements with a float row x, decoding
  * the weights in registers instead of writing them to a scratch row first; and the row-range
- * form vec_dot_f32_rows of q4_0, q4_1 and q8_0 (FDY_DF_ROWS), which rearranges x once per call.
+ * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1 and q8_0 with the steps below, q4_k with its
+ * own), which rearranges x once per call.
  *
  * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
@@ -552,7 +553,9 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
  * BB bytes and BE elements (codes at QS): rows in batches of 64, two per pass (an odd last row
  * twice), x rearranged once per span by PREP(x, full, xp) one unit (UPB blocks, UPB * BE
  * floats) at a time, STEP(b0, b1, BB, QS, full, xp, &a0, &a1) adding one unit of two rows into
- * their accumulators (full = 0: a last unit with fewer blocks), the lanes summed at the end */
+ * their accumulators (full = 0: a last unit with fewer blocks), the lanes summed at the end.
+ * Each unit prefetches one line per 64 of its bytes in both rows (one for the units of q4_0,
+ * q4_1 and q8_0, of 34-40 bytes; three for q4_k's 144) */
 #define FDY_DF_ROWS_DRIVER(NAME, BB, BE, QS, UPB, PREP, STEP)                                 \
     FDY_DF_TARGET_AVX2 static void NAME(const void *wv, size_t row_bytes, const float *x,     \
                                         int64_t n, float *out, int64_t rows) {                \
@@ -580,8 +583,10 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
                     __m256 a1 = k0 ? acc[r1] : _mm256_setzero_ps();                           \
                     int64_t p = 0;                                                            \
                     for (; (UPB) * (p + 1) <= nb; p++, b0 += (UPB) * (BB), b1 += (UPB) * (BB)) { \
-                        _mm_prefetch((const char *)(b0 + pf), _MM_HINT_T0);                   \
-                        _mm_prefetch((const char *)(b1 + pf), _MM_HINT_T0);                   \
+                        for (int o = 0; o < (UPB) * (BB); o += 64) {                          \
+                            _mm_prefetch((const char *)(b0 + pf + o), _MM_HINT_T0);           \
+                            _mm_prefetch((const char *)(b1 + pf + o), _MM_HINT_T0);           \
+                        }                                                                     \
                         STEP(b0, b1, BB, QS, 1, xp + (BE) * (UPB) * p, &a0, &a1);             \
                     }                                                                         \
                     if ((UPB) * p < nb) {                                                     \
@@ -598,8 +603,8 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
     }
 
 /* F_vec_dot_f32_rows of F (block type BT with field qs; F in q4_0, q4_1, q8_0 uses the steps
- * above, another format would define fdy_df_F_prep / fdy_df_F_step2 first): the driver on the AVX2
- * tier, F_vec_dot_f32 row by row on the others; UPB: blocks per unit */
+ * above, another format defines fdy_df_F_prep / fdy_df_F_step2 first, as q4_k.c does): the
+ * driver on the AVX2 tier, F_vec_dot_f32 row by row on the others; UPB: blocks per unit */
 #define FDY_DF_ROWS(F, BT, BE, UPB)                                                           \
     FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, (int)sizeof(BT), BE, (int)offsetof(BT, qs), UPB,  \
                        fdy_df_##F##_prep, fdy_df_##F##_step2)                                 \
