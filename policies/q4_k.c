@@ -398,19 +398,8 @@ FDY_DF_PORTABLE_DECODE(q4_k, fdy_decode_q4_k, FDY_Q4_K_BLOCK_ELEMS, FDY_Q4_K_BLO
                        FDY_Q4_K_SUB_ELEMS)
 
 #if defined(__x86_64__)
-/* dl[g] * s for g < 8, then -ml[g] at dl[8 + g] (s: a power of two, so dl * s is d * s * sc
- * with the rounding of d * sc) */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q4_k_df_scales_x(const fdy_block_q4_k *b, float *dl,
-                                                       float s) {
-    const __m128i sm = fdy_kq_scale_min_q4_k((const uint8_t *)b);
-    const __m256 dd = _mm256_set1_ps(fdy_df_half(b->d) * s);
-    const __m256 dm = _mm256_set1_ps(-fdy_df_half(b->dmin));
-    _mm256_storeu_ps(dl, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
-    _mm256_storeu_ps(dl + 8, _mm256_mul_ps(
-                                 dm, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
-    fdy_df_spill(dl);
-}
-#define q4_k_df_scales(b, dl) q4_k_df_scales_x((b), (dl), 1.0f)
+/* dl[g] for g < 8, then -ml[g] at dl[8 + g] */
+#define q4_k_df_scales(b, dl) fdy_df_kscales((const uint8_t *)(b), (dl), 1.0f)
 
 FDY_DF_TARGET_AVX2 static float q4_k_dotf_avx2(const void *w, const float *x, int64_t n) {
     const fdy_block_q4_k *b = (const fdy_block_q4_k *)w;
@@ -467,47 +456,9 @@ FDY_DF_TARGET_AVX512 static float q4_k_dotf_avx512(const void *w, const float *x
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
 }
 
-/* ---- vec_dot_f32_rows (AVX2): a super-block of two rows per step, on an activation
- * rearranged once per call.  The 32 code bytes of a chunk c hold group 2c in their low
- * nibbles and group 2c + 1 in their high ones; masked (and shifted) to one code per byte, a
- * byte shuffle (FDY_DF_Q4S_SEL(t)) puts in lane l the code of element 16 (l / 4) + 4 (l % 4) +
- * t of the group at bits 24..27 with zeros elsewhere, the integer code * 2^24, so no widening
- * shuffle is needed.  fma(code * 2^24, dl * 2^-24, -ml) is fma(code, dl, -ml), the one-row
- * kernel's weight, exactly (dl * 2^-24 is exact: dl is d * sc with d an f16); the rearranged
- * activation holds per group and t those 8 elements (fdy_df_cols4), and each weight vector
- * meets its 8 x in one multiply-add.  Per row two chains of products, added into the row's
- * accumulator once per super-block.  In cache (2048-wide rows, 1 thread) 168-171 ns per row
- * against 222 for vec_dot_f32 row by row (docs/CPU_NOTES.md item 34) ---- */
+/* vec_dot_f32_rows (AVX2): the q4_k / q5_k steps of simd_dotf32.h without a fifth bit */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_k_prep(const float *x, int full, float *xp) {
-    (void)full;
-    for (int g = 0; g < 8; g++) {
-        fdy_df_cols4(x + 32 * g, x + 32 * g + 16, _mm256_set1_ps(1.0f), xp + 32 * g, 8);
-    }
-}
-
-/* one group of two rows: codes v, u (one per byte), scales dv / mv and du / mu as in
- * q4_k_df_scales_x with s = 2^-24, the group's rearranged x at xp, into the chains sv, su
- * (first: start them) */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_k_group2(__m256i v, __m256i u, float dv,
-                                                         float mv, float du, float mu,
-                                                         const float *xp, __m256 *sv,
-                                                         __m256 *su, int first) {
-    const __m256 Dv = _mm256_set1_ps(dv), Mv = _mm256_set1_ps(mv);
-    const __m256 Du = _mm256_set1_ps(du), Mu = _mm256_set1_ps(mu);
-#pragma GCC unroll 4
-    for (int t = 0; t < 4; t++) {
-        const __m256i sel = FDY_DF_Q4S_SEL(t);
-        const __m256 X = _mm256_load_ps(xp + 8 * t);
-        const __m256 wv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel)), Dv, Mv);
-        const __m256 wu = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(u, sel)), Du, Mu);
-        if (first && t < 2) {
-            sv[t] = _mm256_mul_ps(wv, X);
-            su[t] = _mm256_mul_ps(wu, X);
-        } else {
-            sv[t & 1] = _mm256_fmadd_ps(wv, X, sv[t & 1]);
-            su[t & 1] = _mm256_fmadd_ps(wu, X, su[t & 1]);
-        }
-    }
+    fdy_df_k45_prep(x, full, xp);
 }
 
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_k_step2(const uint8_t *b0, const uint8_t *b1,
@@ -516,24 +467,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4_k_step2(const uint8_t *b0, const
                                                         __m256 *a1) {
     (void)bb;
     (void)full;
-    _Alignas(32) float s0[16], s1[16];
-    q4_k_df_scales_x((const fdy_block_q4_k *)b0, s0, 0x1p-24f);
-    q4_k_df_scales_x((const fdy_block_q4_k *)b1, s1, 0x1p-24f);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 sv[2], su[2];
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * c));
-        const __m256i u = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * c));
-        fdy_df_q4_k_group2(_mm256_and_si256(v, m4), _mm256_and_si256(u, m4), s0[2 * c],
-                           s0[8 + 2 * c], s1[2 * c], s1[8 + 2 * c], xp + 64 * c, sv, su, c == 0);
-        fdy_df_q4_k_group2(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                           _mm256_and_si256(_mm256_srli_epi16(u, 4), m4), s0[2 * c + 1],
-                           s0[9 + 2 * c], s1[2 * c + 1], s1[9 + 2 * c], xp + 64 * c + 32, sv,
-                           su, 0);
-    }
-    *a0 = _mm256_add_ps(_mm256_add_ps(sv[0], sv[1]), *a0);
-    *a1 = _mm256_add_ps(_mm256_add_ps(su[0], su[1]), *a1);
+    fdy_df_k45_step2(b0, b1, qs, -1, xp, a0, a1);
 }
 #endif
 FDY_DF_DISPATCH(q4_k)

@@ -54,6 +54,7 @@ FDY_FN void fdy_decode_q5_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
+#include "simd_dotf32.h"
 
 FDY_DEQ_INLINE void q5_k_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q5_k *b = (const fdy_block_q5_k *)src;
@@ -336,11 +337,66 @@ static void q5_k_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): per group g of 32, sum_l (dl_g * q_l - ml_g) x_l with
+ * dl_g = d * sc_g and ml_g = dmin * m_g as the decode forms them and the 5-bit code q_l, the
+ * weight formed with one fused multiply-add.  On x86 the row-range kernel of simd_dotf32.h
+ * (fdy_df_k45_step2 with the fifth bits) runs on the AVX2 and AVX-512 tiers; a one-row call
+ * runs it over that row (docs/CPU_NOTES.md item 35) ---- */
+FDY_DF_PORTABLE_DECODE(q5_k, fdy_decode_q5_k, FDY_Q5_K_BLOCK_ELEMS, FDY_Q5_K_BLOCK_BYTES,
+                       FDY_Q5_K_SUB_ELEMS)
+
+#if defined(__x86_64__)
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q5_k_prep(const float *x, int full, float *xp) {
+    fdy_df_k45_prep(x, full, xp);
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q5_k_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    (void)bb;
+    (void)full;
+    fdy_df_k45_step2(b0, b1, qs, (int)offsetof(fdy_block_q5_k, qh), xp, a0, a1);
+}
+
+FDY_DF_ROWS_DRIVER(q5_k_dotf_rows_avx2, FDY_Q5_K_BLOCK_BYTES, FDY_Q5_K_BLOCK_ELEMS,
+                   (int)offsetof(fdy_block_q5_k, qs), 1, fdy_df_q5_k_prep, fdy_df_q5_k_step2)
+
+FDY_DF_TARGET_AVX2 static float q5_k_dotf_avx2(const void *w, const float *x, int64_t n) {
+    float y;
+    q5_k_dotf_rows_avx2(w, (size_t)(n / FDY_Q5_K_BLOCK_ELEMS) * FDY_Q5_K_BLOCK_BYTES, x, n, &y,
+                        1);
+    return y;
+}
+
+/* AVX-512 CPUs run the AVX2 kernel (they have AVX2, FMA and F16C) */
+FDY_DF_TARGET_AVX512 static float q5_k_dotf_avx512(const void *w, const float *x, int64_t n) {
+    return q5_k_dotf_avx2(w, x, n);
+}
+#endif
+FDY_DF_DISPATCH(q5_k)
+
+#if defined(__x86_64__)
+static void q5_k_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x, int64_t n,
+                                  float *out, int64_t rows) {
+    if (fdy_df_tier() != FDY_DF_PORTABLE) {
+        q5_k_dotf_rows_avx2(w, row_bytes, x, n, out, rows);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        out[r] = q5_k_dotf_portable((const uint8_t *)w + (size_t)r * row_bytes, x, n);
+    }
+}
+#else
+FDY_DF_ROWS(q5_k, fdy_block_q5_k, FDY_Q5_K_BLOCK_ELEMS, 1)
+#endif
+
 FDY_POLICY_DEFINE(q5_k, .block_elems = FDY_Q5_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_K_BLOCK_BYTES, .sub_elems = FDY_Q5_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.047f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q5_k,
                   .dequantize_fast = q5_k_dequantize, .quantize = q5_k_quantize,
                   .vec_dot = q5_k_vec_dot,
-                  .to_i8 = q5_k_to_i8);
+                  .to_i8 = q5_k_to_i8, .vec_dot_f32 = q5_k_vec_dot_f32,
+                  .vec_dot_f32_rows = q5_k_vec_dot_f32_rows);
 #endif

@@ -1,8 +1,8 @@
 /* simd_dotf32.h - host-only helpers of the f32 variant's fused GEMV kernels (vec_dot_f32):
  * the float dot product of one encoded weight row of n elements with a float row x, decoding
  * the weights in registers instead of writing them to a scratch row first; and the row-range
- * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1 and q8_0 with the steps below, q4_k with its
- * own), which rearranges x once per call.
+ * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1, q8_0, q4_k and q5_k with the steps below),
+ * which rearranges x once per call.
  *
  * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
@@ -549,13 +549,117 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
     fdy_df_q8s_prep(x, xp);
 }
 
+#ifdef FDY_SIMD_KQUANTS_H
+/* ---- q4_k and q5_k (simd_kquants.h included first): w = dl * q - ml per group of 32, dl = d
+ * * sc and ml = dmin * m as the decode forms them (the 12-byte scale packing the two formats
+ * share) ---- */
+
+/* dl[g] * s for g < 8, then -ml[g] at dl[8 + g], of the super-block at blk (s: a power of two,
+ * so dl * s is d * s * sc with the rounding of d * sc) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_kscales(const uint8_t *blk, float *dl, float s) {
+    const __m128i sm = fdy_kq_scale_min_q4_k(blk);
+    uint16_t h[2];
+    memcpy(h, blk, 4);
+    const __m256 dd = _mm256_set1_ps(fdy_df_half(h[0]) * s);
+    const __m256 dm = _mm256_set1_ps(-fdy_df_half(h[1]));
+    _mm256_storeu_ps(dl, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm))));
+    _mm256_storeu_ps(dl + 8, _mm256_mul_ps(
+                                 dm, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sm, 8)))));
+    fdy_df_spill(dl);
+}
+
+/* The row-range step (FDY_DF_ROWS_DRIVER, one super-block of two rows per unit) on an
+ * activation rearranged once per call.  The 32 code bytes of a chunk c hold group 2c in their
+ * low nibbles and group 2c + 1 in their high ones; masked (and shifted) to one code per byte,
+ * with q5_k's fifth bit (qh byte l, bit g, for element l of group g) moved to bit 4, a byte
+ * shuffle (FDY_DF_Q4S_SEL(t)) puts in lane l the code of element 16 (l / 4) + 4 (l % 4) + t of
+ * the group at bits 24..28 with zeros elsewhere, the integer code * 2^24, so no widening
+ * shuffle is needed.  fma(code * 2^24, dl * 2^-24, -ml) is fma(code, dl, -ml), the one-row q4_k
+ * kernel's weight, exactly (dl * 2^-24 is exact: dl is d * sc with d an f16); the rearranged
+ * activation holds per group and t those 8 elements (fdy_df_cols4), and each weight vector
+ * meets its 8 x in one multiply-add.  Per row two chains of products, added into the row's
+ * accumulator once per super-block.  q4_k in cache (2048-wide rows, 1 thread): 168-171 ns per
+ * row against 222 for its one-row kernel (docs/CPU_NOTES.md item 34). */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_prep(const float *x, int full, float *xp) {
+    (void)full;
+    for (int g = 0; g < 8; g++) {
+        fdy_df_cols4(x + 32 * g, x + 32 * g + 16, _mm256_set1_ps(1.0f), xp + 32 * g, 8);
+    }
+}
+
+/* one group of two rows: codes v, u (one per byte), scales dv / mv and du / mu as
+ * fdy_df_kscales writes them with s = 2^-24, the group's rearranged x at xp, into the chains
+ * sv, su (first: start them) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_group2(__m256i v, __m256i u, float dv,
+                                                        float mv, float du, float mu,
+                                                        const float *xp, __m256 *sv,
+                                                        __m256 *su, int first) {
+    const __m256 Dv = _mm256_set1_ps(dv), Mv = _mm256_set1_ps(mv);
+    const __m256 Du = _mm256_set1_ps(du), Mu = _mm256_set1_ps(mu);
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) {
+        const __m256i sel = FDY_DF_Q4S_SEL(t);
+        const __m256 X = _mm256_load_ps(xp + 8 * t);
+        const __m256 wv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel)), Dv, Mv);
+        const __m256 wu = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(u, sel)), Du, Mu);
+        if (first && t < 2) {
+            sv[t] = _mm256_mul_ps(wv, X);
+            su[t] = _mm256_mul_ps(wu, X);
+        } else {
+            sv[t & 1] = _mm256_fmadd_ps(wv, X, sv[t & 1]);
+            su[t & 1] = _mm256_fmadd_ps(wu, X, su[t & 1]);
+        }
+    }
+}
+
+/* bit g of each byte of h moved to bit 4, zeros elsewhere (g a constant) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256i fdy_df_bit_to_4(__m256i h, int g) {
+    const __m256i b = _mm256_and_si256(h, _mm256_set1_epi8((char)(1 << g)));
+    return g <= 4 ? _mm256_slli_epi16(b, 4 - g) : _mm256_srli_epi16(b, g - 4);
+}
+
+/* the super-blocks at b0, b1 (codes at qs, q5_k's fifth bits at qh, qh < 0 for q4_k) into a0,
+ * a1 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const uint8_t *b1,
+                                                       int qs, int qh, const float *xp,
+                                                       __m256 *a0, __m256 *a1) {
+    _Alignas(32) float s0[16], s1[16];
+    fdy_df_kscales(b0, s0, 0x1p-24f);
+    fdy_df_kscales(b1, s1, 0x1p-24f);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i hv = qh >= 0 ? _mm256_loadu_si256((const __m256i *)(b0 + qh)) : m4;
+    const __m256i hu = qh >= 0 ? _mm256_loadu_si256((const __m256i *)(b1 + qh)) : m4;
+    __m256 sv[2], su[2];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * c));
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * c));
+        __m256i vl = _mm256_and_si256(v, m4), ul = _mm256_and_si256(u, m4);
+        __m256i vh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        __m256i uh = _mm256_and_si256(_mm256_srli_epi16(u, 4), m4);
+        if (qh >= 0) {
+            vl = _mm256_or_si256(vl, fdy_df_bit_to_4(hv, 2 * c));
+            ul = _mm256_or_si256(ul, fdy_df_bit_to_4(hu, 2 * c));
+            vh = _mm256_or_si256(vh, fdy_df_bit_to_4(hv, 2 * c + 1));
+            uh = _mm256_or_si256(uh, fdy_df_bit_to_4(hu, 2 * c + 1));
+        }
+        fdy_df_k45_group2(vl, ul, s0[2 * c], s0[8 + 2 * c], s1[2 * c], s1[8 + 2 * c],
+                          xp + 64 * c, sv, su, c == 0);
+        fdy_df_k45_group2(vh, uh, s0[2 * c + 1], s0[9 + 2 * c], s1[2 * c + 1], s1[9 + 2 * c],
+                          xp + 64 * c + 32, sv, su, 0);
+    }
+    *a0 = _mm256_add_ps(_mm256_add_ps(sv[0], sv[1]), *a0);
+    *a1 = _mm256_add_ps(_mm256_add_ps(su[0], su[1]), *a1);
+}
+#endif /* FDY_SIMD_KQUANTS_H */
+
 /* NAME(w, row_bytes, x, n, out, rows), the AVX2 row-range kernel of a format with blocks of
  * BB bytes and BE elements (codes at QS): rows in batches of 64, two per pass (an odd last row
  * twice), x rearranged once per span by PREP(x, full, xp) one unit (UPB blocks, UPB * BE
  * floats) at a time, STEP(b0, b1, BB, QS, full, xp, &a0, &a1) adding one unit of two rows into
  * their accumulators (full = 0: a last unit with fewer blocks), the lanes summed at the end.
  * Each unit prefetches one line per 64 of its bytes in both rows (one for the units of q4_0,
- * q4_1 and q8_0, of 34-40 bytes; three for q4_k's 144) */
+ * q4_1 and q8_0, of 34-40 bytes; three for the 144 and 176 bytes of q4_k and q5_k) */
 #define FDY_DF_ROWS_DRIVER(NAME, BB, BE, QS, UPB, PREP, STEP)                                 \
     FDY_DF_TARGET_AVX2 static void NAME(const void *wv, size_t row_bytes, const float *x,     \
                                         int64_t n, float *out, int64_t rows) {                \
@@ -603,8 +707,9 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8_0_prep(const float *x, int full,
     }
 
 /* F_vec_dot_f32_rows of F (block type BT with field qs; F in q4_0, q4_1, q8_0 uses the steps
- * above, another format defines fdy_df_F_prep / fdy_df_F_step2 first, as q4_k.c does): the
- * driver on the AVX2 tier, F_vec_dot_f32 row by row on the others; UPB: blocks per unit */
+ * above, another format defines fdy_df_F_prep / fdy_df_F_step2 first, as q4_k.c and q5_k.c
+ * do): the driver on the AVX2 tier, F_vec_dot_f32 row by row on the others; UPB: blocks per
+ * unit */
 #define FDY_DF_ROWS(F, BT, BE, UPB)                                                           \
     FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, (int)sizeof(BT), BE, (int)offsetof(BT, qs), UPB,  \
                        fdy_df_##F##_prep, fdy_df_##F##_step2)                                 \
