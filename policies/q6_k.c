@@ -496,8 +496,85 @@ FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]),
                                               _mm512_add_ps(acc[2], acc[3])));
 }
+
+/* ---- vec_dot_f32_rows (AVX2): a super-block of two rows per step, on an activation
+ * rearranged once per call (docs/CPU_NOTES.md item 36).  Per half h and k = 0..3 the 32 code
+ * bytes q - 32 of elements 128h + 32k + l (q6_k_df_codes on 32 columns at once) go to the lanes
+ * by one byte shuffle each (FDY_DF_Q4S_SEL(t): lane j gets column 16 (j / 4) + 4 (j % 4) + t
+ * at bits 24..31, the integer (q - 32) * 2^24), against x * 2^-24 (exact for |x| >= 2^-102, as
+ * q8_0's kernel); lanes 0..3 hold columns 0..15 (group 8h + 2k) and lanes 4..7 columns 16..31
+ * (group 8h + 2k + 1), so the sum of the four products times (dl of the one group in lanes
+ * 0..3, of the other in 4..7) is the kernel's dl_g * sum (q - 32) x ---- */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q6_k_prep(const float *x, int full, float *xp) {
+    (void)full;
+    for (int g = 0; g < 8; g++) {
+        fdy_df_cols4(x + 32 * g, x + 32 * g + 16, _mm256_set1_ps(0x1p-24f), xp + 32 * g, 8);
+    }
+}
+
+/* the 32 signed code bytes of half h, k = 0..3, of the super-block at b (as q6_k_df_codes) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_codes32(const fdy_block_q6_k *b, int h,
+                                                      __m256i *c) {
+    const __m256i qa = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+    const __m256i qb = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    const __m256i o = _mm256_set1_epi8(32);
+    c[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+    c[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+    c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_and_si256(qh, m30));
+    c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+    for (int k = 0; k < 4; k++) {
+        c[k] = _mm256_sub_epi8(c[k], o);
+    }
+}
+
+/* the scales of groups g (lanes 0..3) and g + 1 (lanes 4..7) from dl */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 q6_k_df_pair(const float *dl, int g) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(dl + g)),
+                                _mm_broadcast_ss(dl + g + 1), 1);
+}
+
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q6_k_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    (void)bb;
+    (void)qs;
+    (void)full;
+    const fdy_block_q6_k *v = (const fdy_block_q6_k *)b0, *u = (const fdy_block_q6_k *)b1;
+    _Alignas(32) float dv[16], du[16];
+    q6_k_df_scales(v, dv);
+    q6_k_df_scales(u, du);
+    __m256 av = *a0, au = *a1;
+    for (int h = 0; h < 2; h++) {
+        __m256i cv[4], cu[4];
+        q6_k_df_codes32(v, h, cv);
+        q6_k_df_codes32(u, h, cu);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            const float *xk = xp + 128 * h + 32 * k;
+            __m256 sv = _mm256_setzero_ps(), su = sv;
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                const __m256i sel = FDY_DF_Q4S_SEL(t);
+                const __m256 X = _mm256_load_ps(xk + 8 * t);
+                const __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(cv[k], sel));
+                const __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(cu[k], sel));
+                sv = t ? _mm256_fmadd_ps(qv, X, sv) : _mm256_mul_ps(qv, X);
+                su = t ? _mm256_fmadd_ps(qu, X, su) : _mm256_mul_ps(qu, X);
+            }
+            av = _mm256_fmadd_ps(sv, q6_k_df_pair(dv, 8 * h + 2 * k), av);
+            au = _mm256_fmadd_ps(su, q6_k_df_pair(du, 8 * h + 2 * k), au);
+        }
+    }
+    *a0 = av;
+    *a1 = au;
+}
 #endif
 FDY_DF_DISPATCH(q6_k)
+FDY_DF_ROWS_QS(q6_k, fdy_block_q6_k, FDY_Q6_K_BLOCK_ELEMS, 0, 1)
 
 FDY_POLICY_DEFINE(q6_k, .block_elems = FDY_Q6_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q6_K_BLOCK_BYTES, .sub_elems = FDY_Q6_K_SUB_ELEMS,
@@ -505,5 +582,6 @@ FDY_POLICY_DEFINE(q6_k, .block_elems = FDY_Q6_K_BLOCK_ELEMS,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q6_k,
                   .dequantize_fast = q6_k_dequantize, .quantize = q6_k_quantize,
                   .vec_dot = q6_k_vec_dot,
-                  .to_i8 = q6_k_to_i8, .vec_dot_f32 = q6_k_vec_dot_f32);
+                  .to_i8 = q6_k_to_i8, .vec_dot_f32 = q6_k_vec_dot_f32,
+                  .vec_dot_f32_rows = q6_k_vec_dot_f32_rows);
 #endif

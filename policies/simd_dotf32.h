@@ -1,8 +1,8 @@
 /* simd_dotf32.h - host-only helpers of the f32 variant's fused GEMV kernels (vec_dot_f32):
  * the float dot product of one encoded weight row of n elements with a float row x, decoding
  * the weights in registers instead of writing them to a scratch row first; and the row-range
- * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1, q8_0, q4_k and q5_k with the steps below),
- * which rearranges x once per call.
+ * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1, q8_0, q4_k and q5_k with the steps below,
+ * q6_k with its own), which rearranges x once per call.
  *
  * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
@@ -659,7 +659,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
  * floats) at a time, STEP(b0, b1, BB, QS, full, xp, &a0, &a1) adding one unit of two rows into
  * their accumulators (full = 0: a last unit with fewer blocks), the lanes summed at the end.
  * Each unit prefetches one line per 64 of its bytes in both rows (one for the units of q4_0,
- * q4_1 and q8_0, of 34-40 bytes; three for the 144 and 176 bytes of q4_k and q5_k) */
+ * q4_1 and q8_0, of 34-40 bytes; three or four for the 144, 176 and 210 bytes of q4_k, q5_k and q6_k) */
 #define FDY_DF_ROWS_DRIVER(NAME, BB, BE, QS, UPB, PREP, STEP)                                 \
     FDY_DF_TARGET_AVX2 static void NAME(const void *wv, size_t row_bytes, const float *x,     \
                                         int64_t n, float *out, int64_t rows) {                \
@@ -706,13 +706,14 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
         }                                                                                     \
     }
 
-/* F_vec_dot_f32_rows of F (block type BT with field qs; F in q4_0, q4_1, q8_0 uses the steps
- * above, another format defines fdy_df_F_prep / fdy_df_F_step2 first, as q4_k.c and q5_k.c
- * do): the driver on the AVX2 tier, F_vec_dot_f32 row by row on the others; UPB: blocks per
- * unit */
-#define FDY_DF_ROWS(F, BT, BE, UPB)                                                           \
-    FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, (int)sizeof(BT), BE, (int)offsetof(BT, qs), UPB,  \
-                       fdy_df_##F##_prep, fdy_df_##F##_step2)                                 \
+/* F_vec_dot_f32_rows of F (block type BT, codes at byte QS of a block; F in q4_0, q4_1, q8_0
+ * uses the steps above, another format defines fdy_df_F_prep / fdy_df_F_step2 first, as
+ * q4_k.c, q5_k.c and q6_k.c do): the driver on the AVX2 tier, F_vec_dot_f32 row by row on the
+ * others; UPB: blocks per unit.  FDY_DF_ROWS: the codes in field qs. */
+#define FDY_DF_ROWS(F, BT, BE, UPB) FDY_DF_ROWS_QS(F, BT, BE, (int)offsetof(BT, qs), UPB)
+#define FDY_DF_ROWS_QS(F, BT, BE, QS, UPB)                                                    \
+    FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, (int)sizeof(BT), BE, QS, UPB, fdy_df_##F##_prep,  \
+                       fdy_df_##F##_step2)                                                    \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
         if (fdy_df_tier() == FDY_DF_AVX2) {                                                   \
@@ -730,7 +731,8 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
         return F##_dotf_portable(w, x, n);                                     \
     }
 #define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)
-#define FDY_DF_ROWS(F, BT, BE, UPB)                                                           \
+#define FDY_DF_ROWS(F, BT, BE, UPB) FDY_DF_ROWS_QS(F, BT, BE, 0, UPB)
+#define FDY_DF_ROWS_QS(F, BT, BE, QS, UPB)                                                    \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
         for (int64_t r = 0; r < rows; r++) {                                                  \

@@ -85,7 +85,7 @@ def test_vec_dot_f32_matches_float64_dot(p, kind, path):
         assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {path}")
 
 
-ROWS_HOOKED = {"q4_0", "q4_1", "q8_0", "q4_k", "q5_k"}
+ROWS_HOOKED = {"q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k"}
 
 
 def test_row_range_kernels_are_the_listed_formats():
