@@ -431,21 +431,29 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_scales(const fdy_block_q6_k *b, fl
     fdy_df_spill(dl);
 }
 
-/* the signed codes q - 32 of elements 128h + 32k + l0 + (0..15), k = 0..3, as bytes */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_codes(const fdy_block_q6_k *b, int h, int l0,
-                                                    __m128i *c) {
-    const __m128i qa = _mm_loadu_si128((const __m128i *)(b->ql + 64 * h + l0));
-    const __m128i qb = _mm_loadu_si128((const __m128i *)(b->ql + 64 * h + 32 + l0));
-    const __m128i qh = _mm_loadu_si128((const __m128i *)(b->qh + 32 * h + l0));
-    const __m128i m4 = _mm_set1_epi8(0x0F), m30 = _mm_set1_epi8(0x30), o = _mm_set1_epi8(32);
-    c[0] = _mm_or_si128(_mm_and_si128(qa, m4), _mm_and_si128(_mm_slli_epi16(qh, 4), m30));
-    c[1] = _mm_or_si128(_mm_and_si128(qb, m4), _mm_and_si128(_mm_slli_epi16(qh, 2), m30));
-    c[2] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qa, 4), m4), _mm_and_si128(qh, m30));
-    c[3] = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qb, 4), m4),
-                        _mm_and_si128(_mm_srli_epi16(qh, 2), m30));
+/* the signed codes q - 32 of elements 128h + 32k + (0..31), k = 0..3, as bytes (c[k]: columns
+ * 0..15 in the low 128 bits, 16..31 in the high; the one-row kernels take them 16 at a time,
+ * fdy_df_half16) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_codes(const fdy_block_q6_k *b, int h,
+                                                      __m256i *c) {
+    const __m256i qa = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+    const __m256i qb = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    const __m256i o = _mm256_set1_epi8(32);
+    c[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+    c[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+    c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_and_si256(qh, m30));
+    c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
     for (int k = 0; k < 4; k++) {
-        c[k] = _mm_sub_epi8(c[k], o);
+        c[k] = _mm256_sub_epi8(c[k], o);
     }
+}
+
+/* columns l0 .. l0 + 15 (l0 = 0 or 16) of a code vector of q6_k_df_codes */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m128i q6_k_df_half16(__m256i c, int l0) {
+    return l0 ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
 }
 
 FDY_DF_TARGET_AVX2 static float q6_k_dotf_avx2(const void *w, const float *x, int64_t n) {
@@ -457,12 +465,12 @@ FDY_DF_TARGET_AVX2 static float q6_k_dotf_avx2(const void *w, const float *x, in
     for (int64_t i = 0; i < nb; i++) {
         const float *dl = FDY_DF_SCALES_AHEAD(q6_k_df_scales, b, i, nb, sc);
         for (int h = 0; h < 2; h++) {
+            __m256i c[4];
+            q6_k_df_codes(b + i, h, c);
             for (int l0 = 0; l0 < 32; l0 += 16) {
-                __m128i c[4];
-                q6_k_df_codes(b + i, h, l0, c);
                 for (int k = 0; k < 4; k++) {
                     const float *xk = x + 256 * i + 128 * h + 32 * k + l0;
-                    acc[k] = _mm256_fmadd_ps(fdy_df_mul16_256(c[k], xk),
+                    acc[k] = _mm256_fmadd_ps(fdy_df_mul16_256(q6_k_df_half16(c[k], l0), xk),
                                              _mm256_set1_ps(dl[8 * h + 2 * k + l0 / 16]), acc[k]);
                 }
             }
@@ -481,12 +489,13 @@ FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x
     for (int64_t i = 0; i < nb; i++) {
         const float *dl = FDY_DF_SCALES_AHEAD(q6_k_df_scales, b, i, nb, sc);
         for (int h = 0; h < 2; h++) {
+            __m256i c[4];
+            q6_k_df_codes(b + i, h, c);
             for (int l0 = 0; l0 < 32; l0 += 16) {
-                __m128i c[4];
-                q6_k_df_codes(b + i, h, l0, c);
                 for (int k = 0; k < 4; k++) {
                     const float *xk = x + 256 * i + 128 * h + 32 * k + l0;
-                    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c[k]));
+                    const __m512 q =
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q6_k_df_half16(c[k], l0)));
                     acc[k] = _mm512_fmadd_ps(_mm512_mul_ps(q, _mm512_loadu_ps(xk)),
                                              _mm512_set1_ps(dl[8 * h + 2 * k + l0 / 16]), acc[k]);
                 }
@@ -499,7 +508,7 @@ FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x
 
 /* ---- vec_dot_f32_rows (AVX2): a super-block of two rows per step, on an activation
  * rearranged once per call (docs/CPU_NOTES.md item 36).  Per half h and k = 0..3 the 32 code
- * bytes q - 32 of elements 128h + 32k + l (q6_k_df_codes on 32 columns at once) go to the lanes
+ * bytes q - 32 of elements 128h + 32k + l (q6_k_df_codes) go to the lanes
  * by one byte shuffle each (FDY_DF_Q4S_SEL(t): lane j gets column 16 (j / 4) + 4 (j % 4) + t
  * at bits 24..31, the integer (q - 32) * 2^24), against x * 2^-24 (exact for |x| >= 2^-102, as
  * q8_0's kernel); lanes 0..3 hold columns 0..15 (group 8h + 2k) and lanes 4..7 columns 16..31
@@ -508,25 +517,7 @@ FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q6_k_prep(const float *x, int full, float *xp) {
     (void)full;
     for (int g = 0; g < 8; g++) {
-        fdy_df_cols4(x + 32 * g, x + 32 * g + 16, _mm256_set1_ps(0x1p-24f), xp + 32 * g, 8);
-    }
-}
-
-/* the 32 signed code bytes of half h, k = 0..3, of the super-block at b (as q6_k_df_codes) */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void q6_k_df_codes32(const fdy_block_q6_k *b, int h,
-                                                      __m256i *c) {
-    const __m256i qa = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
-    const __m256i qb = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
-    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-    const __m256i o = _mm256_set1_epi8(32);
-    c[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-    c[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-    c[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_and_si256(qh, m30));
-    c[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
-                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-    for (int k = 0; k < 4; k++) {
-        c[k] = _mm256_sub_epi8(c[k], o);
+        fdy_df_q8s_prep(x + 32 * g, xp + 32 * g); /* q8_0's rearrangement, 32 at a time */
     }
 }
 
@@ -550,8 +541,8 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q6_k_step2(const uint8_t *b0, const
     __m256 av = *a0, au = *a1;
     for (int h = 0; h < 2; h++) {
         __m256i cv[4], cu[4];
-        q6_k_df_codes32(v, h, cv);
-        q6_k_df_codes32(u, h, cu);
+        q6_k_df_codes(v, h, cv);
+        q6_k_df_codes(u, h, cu);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             const float *xk = xp + 128 * h + 32 * k;
