@@ -55,6 +55,7 @@ FDY_FN void fdy_decode_iq4_xs(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD
 #include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
+#include "simd_dotf32.h"
 
 /* two passes per block: look the grid values up in element order (a byte table lookup), then
  * plain float loops the compiler vectorizes (same float expression as the decode) */
@@ -286,11 +287,80 @@ static void iq4_xs_to_i8(const void *restrict src, int8_t *restrict q, float *re
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): per group g of 32, dl_g * sum_l grid[q_l] x_l with dl_g
+ * = d * (ls_g - 32) as the decode forms it (at most 16 significant bits, so each weight dl_g *
+ * grid[q] is exact in float and the group scale adds one rounding).  On x86 the AVX2
+ * row-range kernel (fdy_df_nib_place2, the grid looked up by a byte shuffle) runs on the AVX2
+ * and AVX-512 tiers (docs/CPU_NOTES.md item 37) ---- */
+FDY_DF_PORTABLE_DECODE(iq4_xs, fdy_decode_iq4_xs, FDY_IQ4_XS_BLOCK_ELEMS, FDY_IQ4_XS_BLOCK_BYTES,
+                       FDY_IQ4_XS_SUB_ELEMS)
+
+#if defined(__x86_64__)
+/* the activation of one super-block, rearranged pair of groups by pair of groups as
+ * fdy_df_nib_place2 reads it, times 2^-24 (exact for |x| >= 2^-102) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_iq4_xs_prep(const float *x, int full, float *xp) {
+    (void)full;
+    for (int p = 0; p < 4; p++) {
+        fdy_df_q4s_prep(x + 64 * p, 1, 0x1p-24f, xp + 64 * p);
+    }
+}
+
+/* the super-block's 8 group scales d * (ls_g - 32), group g in lane g */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_iq4_xs_scales(const uint8_t *b) {
+    uint16_t d, sh;
+    uint32_t sl;
+    memcpy(&d, b + offsetof(fdy_block_iq4_xs, d), 2);
+    memcpy(&sh, b + offsetof(fdy_block_iq4_xs, scales_h), 2);
+    memcpy(&sl, b + offsetof(fdy_block_iq4_xs, scales_l), 4);
+    const __m256i lo = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32((int)sl), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+        _mm256_set1_epi32(0xF));
+    const __m256i hi = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+        _mm256_set1_epi32(3));
+    const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)),
+                                        _mm256_set1_epi32(32));
+    return _mm256_mul_ps(_mm256_set1_ps(fdy_df_half(d)), _mm256_cvtepi32_ps(ls));
+}
+
+/* one super-block of two rows: per pair of groups (32 code bytes, a group per 128-bit half),
+ * the low and high nibbles looked up in the grid, placed and multiplied by fdy_df_nib_place2,
+ * the sums times the pair's scales */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_iq4_xs_step2(const uint8_t *b0, const uint8_t *b1,
+                                                          int bb, int qs, int full,
+                                                          const float *xp, __m256 *a0,
+                                                          __m256 *a1) {
+    (void)bb;
+    (void)full;
+    const __m256i grid =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid));
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256 s0 = fdy_df_iq4_xs_scales(b0), s1 = fdy_df_iq4_xs_scales(b1);
+    for (int p = 0; p < 4; p++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * p));
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * p));
+        const __m256i pair = _mm256_setr_epi32(2 * p, 2 * p, 2 * p, 2 * p, 2 * p + 1, 2 * p + 1,
+                                               2 * p + 1, 2 * p + 1);
+        const __m256 dv = _mm256_permutevar8x32_ps(s0, pair);
+        const __m256 du = _mm256_permutevar8x32_ps(s1, pair);
+        fdy_df_nib_place2(
+            _mm256_shuffle_epi8(grid, _mm256_and_si256(v, m4)),
+            _mm256_shuffle_epi8(grid, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)),
+            _mm256_shuffle_epi8(grid, _mm256_and_si256(u, m4)),
+            _mm256_shuffle_epi8(grid, _mm256_and_si256(_mm256_srli_epi16(u, 4), m4)), 0, &dv,
+            NULL, &du, NULL, xp + 64 * p, a0, a1);
+    }
+}
+#endif
+FDY_DF_ROWS_KERNEL(iq4_xs, FDY_IQ4_XS_BLOCK_BYTES, FDY_IQ4_XS_BLOCK_ELEMS,
+                   (int)offsetof(fdy_block_iq4_xs, qs))
+
 FDY_POLICY_DEFINE(iq4_xs, .block_elems = FDY_IQ4_XS_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_XS_BLOCK_BYTES, .sub_elems = FDY_IQ4_XS_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.1f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_xs,
                   .dequantize_fast = iq4_xs_dequantize, .quantize = iq4_xs_quantize,
                   .vec_dot = iq4_xs_vec_dot,
-                  .to_i8 = iq4_xs_to_i8);
+                  .to_i8 = iq4_xs_to_i8, .vec_dot_f32 = iq4_xs_vec_dot_f32,
+                  .vec_dot_f32_rows = iq4_xs_vec_dot_f32_rows);
 #endif

@@ -359,37 +359,9 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q5_k_step2(const uint8_t *b0, const
     fdy_df_k45_step2(b0, b1, qs, (int)offsetof(fdy_block_q5_k, qh), xp, a0, a1);
 }
 
-FDY_DF_ROWS_DRIVER(q5_k_dotf_rows_avx2, FDY_Q5_K_BLOCK_BYTES, FDY_Q5_K_BLOCK_ELEMS,
-                   (int)offsetof(fdy_block_q5_k, qs), 1, fdy_df_q5_k_prep, fdy_df_q5_k_step2)
-
-FDY_DF_TARGET_AVX2 static float q5_k_dotf_avx2(const void *w, const float *x, int64_t n) {
-    float y;
-    q5_k_dotf_rows_avx2(w, (size_t)(n / FDY_Q5_K_BLOCK_ELEMS) * FDY_Q5_K_BLOCK_BYTES, x, n, &y,
-                        1);
-    return y;
-}
-
-/* AVX-512 CPUs run the AVX2 kernel (they have AVX2, FMA and F16C) */
-FDY_DF_TARGET_AVX512 static float q5_k_dotf_avx512(const void *w, const float *x, int64_t n) {
-    return q5_k_dotf_avx2(w, x, n);
-}
 #endif
-FDY_DF_DISPATCH(q5_k)
-
-#if defined(__x86_64__)
-static void q5_k_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x, int64_t n,
-                                  float *out, int64_t rows) {
-    if (fdy_df_tier() != FDY_DF_PORTABLE) {
-        q5_k_dotf_rows_avx2(w, row_bytes, x, n, out, rows);
-        return;
-    }
-    for (int64_t r = 0; r < rows; r++) {
-        out[r] = q5_k_dotf_portable((const uint8_t *)w + (size_t)r * row_bytes, x, n);
-    }
-}
-#else
-FDY_DF_ROWS(q5_k, fdy_block_q5_k, FDY_Q5_K_BLOCK_ELEMS, 1)
-#endif
+FDY_DF_ROWS_KERNEL(q5_k, FDY_Q5_K_BLOCK_BYTES, FDY_Q5_K_BLOCK_ELEMS,
+                   (int)offsetof(fdy_block_q5_k, qs))
 
 FDY_POLICY_DEFINE(q5_k, .block_elems = FDY_Q5_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_K_BLOCK_BYTES, .sub_elems = FDY_Q5_K_SUB_ELEMS,

@@ -414,27 +414,18 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q4m_scales(const uint8_t *b, int bb
     *m = _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3));
 }
 
-/* one pair of blocks of two rows, codes v, u (from fdy_df_q4s_codes) into a0, a1.
- * q4_0 (hasm = 0): codes XOR 0x88; the byte shuffle of the codes shifted up by 4 (even t) or
- * of the high nibbles in place (odd t) puts code - 8 at bits 28..31 with zeros below, the
- * integer (code - 8) * 2^28; the products with x * 2^-28 are summed and the sum times the
- * pair's scales dv[0], du[0] (fdy_df_q4s_scales) added into the accumulator.
- * q4_1 (hasm = 1): codes as they are; the shuffle of the low or high nibbles puts the code at
- * bits 24..27, the integer code * 2^24, and fma(code * 2^24, d * 2^-24, m) (dv[t % 2], mv[t %
- * 2] from fdy_df_q4m_scales) is the one-row kernel's weight fma(code, d, m) exactly (d *
- * 2^-24 is exact: d >= 2^-24 as an f16); x is rearranged unscaled and the products are added
- * into the accumulator.  Two chains per row: even t and odd t. */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_pair2(__m256i v, __m256i u, int hasm,
-                                                       const __m256 *dv, const __m256 *mv,
-                                                       const __m256 *du, const __m256 *mu,
-                                                       const float *xp, __m256 *a0,
-                                                       __m256 *a1) {
-    const __m256i mask = _mm256_set1_epi8(hasm ? 0x0F : (char)0xF0);
-    /* code t's nibble in the selected byte: even t from lo, odd t from hi */
-    const __m256i vl = _mm256_and_si256(hasm ? v : _mm256_slli_epi32(v, 4), mask);
-    const __m256i vh = _mm256_and_si256(hasm ? _mm256_srli_epi16(v, 4) : v, mask);
-    const __m256i ul = _mm256_and_si256(hasm ? u : _mm256_slli_epi32(u, 4), mask);
-    const __m256i uh = _mm256_and_si256(hasm ? _mm256_srli_epi16(u, 4) : u, mask);
+/* the placement and products of fdy_df_nib_pair2 (below) from the code bytes of even t (vl,
+ * ul: byte u of lane l holds element 4 (l % 4) + u of its block) and of odd t (vh, uh: element
+ * + 16) of the two rows.  Byte t / 2 of each lane goes to the lane's bits 24..31 with zeros
+ * below: with hasm = 0 the lane is the signed byte times 2^24 (q4_0: (code - 8) * 2^28,
+ * iq4_xs: its grid value * 2^24) and the sum of products times dv[0] / du[0] goes into the
+ * accumulator; hasm = 1 is q4_1's weight (see fdy_df_nib_pair2) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_place2(__m256i vl, __m256i vh, __m256i ul,
+                                                        __m256i uh, int hasm,
+                                                        const __m256 *dv, const __m256 *mv,
+                                                        const __m256 *du, const __m256 *mu,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
     __m256 sv[2], su[2];
 #pragma GCC unroll 8
     for (int t = 0; t < 8; t++) {
@@ -461,6 +452,30 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_pair2(__m256i v, __m256i u, int
         *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), dv[0], *a0);
         *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), du[0], *a1);
     }
+}
+
+/* one pair of blocks of two rows, codes v, u (from fdy_df_q4s_codes) into a0, a1.
+ * q4_0 (hasm = 0): codes XOR 0x88; the byte shuffle of the codes shifted up by 4 (even t) or
+ * of the high nibbles in place (odd t) puts code - 8 at bits 28..31 with zeros below, the
+ * integer (code - 8) * 2^28; the products with x * 2^-28 are summed and the sum times the
+ * pair's scales dv[0], du[0] (fdy_df_q4s_scales) added into the accumulator.
+ * q4_1 (hasm = 1): codes as they are; the shuffle of the low or high nibbles puts the code at
+ * bits 24..27, the integer code * 2^24, and fma(code * 2^24, d * 2^-24, m) (dv[t % 2], mv[t %
+ * 2] from fdy_df_q4m_scales) is the one-row kernel's weight fma(code, d, m) exactly (d *
+ * 2^-24 is exact: d >= 2^-24 as an f16); x is rearranged unscaled and the products are added
+ * into the accumulator.  Two chains per row: even t and odd t. */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_nib_pair2(__m256i v, __m256i u, int hasm,
+                                                       const __m256 *dv, const __m256 *mv,
+                                                       const __m256 *du, const __m256 *mu,
+                                                       const float *xp, __m256 *a0,
+                                                       __m256 *a1) {
+    const __m256i mask = _mm256_set1_epi8(hasm ? 0x0F : (char)0xF0);
+    /* code t's nibble in the selected byte: even t from lo, odd t from hi */
+    const __m256i vl = _mm256_and_si256(hasm ? v : _mm256_slli_epi32(v, 4), mask);
+    const __m256i vh = _mm256_and_si256(hasm ? _mm256_srli_epi16(v, 4) : v, mask);
+    const __m256i ul = _mm256_and_si256(hasm ? u : _mm256_slli_epi32(u, 4), mask);
+    const __m256i uh = _mm256_and_si256(hasm ? _mm256_srli_epi16(u, 4) : u, mask);
+    fdy_df_nib_place2(vl, vh, ul, uh, hasm, dv, mv, du, mu, xp, a0, a1);
 }
 
 
@@ -725,6 +740,35 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
         }                                                                                     \
     }
 
+/* F_vec_dot_f32 and F_vec_dot_f32_rows of a format whose one kernel is the AVX2 row-range
+ * driver over whole blocks (BB bytes, BE elements, codes at byte QS; the format defines
+ * fdy_df_F_prep / fdy_df_F_step2 and F_dotf_portable first): a one-row call runs the driver over
+ * that row, AVX-512 CPUs (which have AVX2, FMA and F16C) run it too, other CPUs the portable
+ * dot */
+#define FDY_DF_ROWS_KERNEL(F, BB, BE, QS)                                                     \
+    FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, BB, BE, QS, 1, fdy_df_##F##_prep,                 \
+                       fdy_df_##F##_step2)                                                    \
+    FDY_DF_TARGET_AVX2 static float F##_dotf_avx2(const void *w, const float *x, int64_t n) { \
+        float y;                                                                              \
+        F##_dotf_rows_avx2(w, (size_t)(n / (BE)) * (size_t)(BB), x, n, &y, 1);                \
+        return y;                                                                             \
+    }                                                                                         \
+    FDY_DF_TARGET_AVX512 static float F##_dotf_avx512(const void *w, const float *x,          \
+                                                      int64_t n) {                            \
+        return F##_dotf_avx2(w, x, n);                                                        \
+    }                                                                                         \
+    FDY_DF_DISPATCH(F)                                                                        \
+    static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
+                                     int64_t n, float *out, int64_t rows) {                   \
+        if (fdy_df_tier() != FDY_DF_PORTABLE) {                                               \
+            F##_dotf_rows_avx2(w, row_bytes, x, n, out, rows);                                \
+            return;                                                                           \
+        }                                                                                     \
+        for (int64_t r = 0; r < rows; r++) {                                                  \
+            out[r] = F##_dotf_portable((const uint8_t *)w + (size_t)r * row_bytes, x, n);     \
+        }                                                                                     \
+    }
+
 #else
 #define FDY_DF_DISPATCH(F)                                                     \
     static float F##_vec_dot_f32(const void *w, const float *x, int64_t n) {   \
@@ -739,6 +783,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
             out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
         }                                                                                     \
     }
+#define FDY_DF_ROWS_KERNEL(F, BB, BE, QS) FDY_DF_DISPATCH(F) FDY_DF_ROWS_QS(F, BB, BE, QS, 1)
 #endif /* __x86_64__ */
 
 /* QH / M arguments of FDY_DF_NIB_KERNELS */
