@@ -47,6 +47,7 @@ FDY_FN void fdy_decode_q2_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
+#include "simd_dotf32.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the 2-bit codes in
  * element order, then scale them group by group (same float expression as the decode) */
@@ -319,11 +320,82 @@ static void q2_k_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): per group g of 16, sum_l (dl_g * q_l - ml_g) x_l with
+ * dl_g = d * sc_g and ml_g = dmin * m_g as the decode forms them (dl_g * q is exact, so the
+ * weight has the decode's one rounding) and the 2-bit code q.  On x86 the AVX2 row-range
+ * kernel runs on the AVX2 and AVX-512 tiers (docs/CPU_NOTES.md item 37) ---- */
+FDY_DF_PORTABLE_DECODE(q2_k, fdy_decode_q2_k, FDY_Q2_K_BLOCK_ELEMS, FDY_Q2_K_BLOCK_BYTES,
+                       FDY_Q2_K_SUB_ELEMS)
+
+#if defined(__x86_64__)
+/* the activation of one super-block, rearranged 32 elements (a chunk: h, k) at a time as
+ * fdy_df_q8s_place2 reads it, unscaled */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q2_k_prep(const float *x, int full, float *xp) {
+    (void)full;
+    for (int c = 0; c < 8; c++) {
+        fdy_df_cols4(x + 32 * c, x + 32 * c + 16, _mm256_set1_ps(1.0f), xp + 32 * c, 8);
+    }
+}
+
+/* the super-block's dl * 2^-24 (dl[h]) and -ml (ml[h]) of groups 8h .. 8h + 7, lane by lane
+ * (dl * 2^-24 is d * 2^-24 * sc: the rounding of d * sc, none, as d * sc is exact) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q2_k_scales(const uint8_t *b, __m256 *dl,
+                                                         __m256 *ml) {
+    uint16_t d, dmin;
+    memcpy(&d, b + offsetof(fdy_block_q2_k, d), 2);
+    memcpy(&dmin, b + offsetof(fdy_block_q2_k, dmin), 2);
+    const __m256 dv = _mm256_set1_ps(fdy_df_half(d) * 0x1p-24f);
+    const __m256 mv = _mm256_set1_ps(-fdy_df_half(dmin));
+    const __m128i s = _mm_loadu_si128((const __m128i *)(b + offsetof(fdy_block_q2_k, scales)));
+    const __m128i sc = _mm_and_si128(s, _mm_set1_epi8(0x0F));
+    const __m128i m = _mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F));
+    for (int h = 0; h < 2; h++) {
+        const __m128i sh = h ? _mm_unpackhi_epi64(sc, sc) : sc;
+        const __m128i mh = h ? _mm_unpackhi_epi64(m, m) : m;
+        dl[h] = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sh)));
+        ml[h] = _mm256_mul_ps(mv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mh)));
+    }
+}
+
+/* one super-block of two rows: per chunk of 32 elements (groups 8h + 2k and 8h + 2k + 1 in the
+ * two 128-bit halves) the 2-bit codes, each weight fma(q * 2^24, dl * 2^-24, -ml), and the
+ * products */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q2_k_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    (void)bb;
+    (void)full;
+    __m256 d0[2], m0[2], d1[2], m1[2];
+    fdy_df_q2_k_scales(b0, d0, m0);
+    fdy_df_q2_k_scales(b1, d1, m1);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * h));
+        const __m256i qu = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            const __m256i pair = _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1,
+                                                   2 * k + 1, 2 * k + 1, 2 * k + 1);
+            fdy_df_q8s_place2(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3),
+                              _mm256_and_si256(_mm256_srli_epi16(qu, 2 * k), m3), 1,
+                              _mm256_permutevar8x32_ps(d0[h], pair),
+                              _mm256_permutevar8x32_ps(m0[h], pair),
+                              _mm256_permutevar8x32_ps(d1[h], pair),
+                              _mm256_permutevar8x32_ps(m1[h], pair), xp + 128 * h + 32 * k, a0,
+                              a1);
+        }
+    }
+}
+#endif
+FDY_DF_ROWS_KERNEL(q2_k, FDY_Q2_K_BLOCK_BYTES, FDY_Q2_K_BLOCK_ELEMS,
+                   (int)offsetof(fdy_block_q2_k, qs))
+
 FDY_POLICY_DEFINE(q2_k, .block_elems = FDY_Q2_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q2_K_BLOCK_BYTES, .sub_elems = FDY_Q2_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.39f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q2_k,
                   .dequantize_fast = q2_k_dequantize, .quantize = q2_k_quantize,
                   .vec_dot = q2_k_vec_dot,
-                  .to_i8 = q2_k_to_i8);
+                  .to_i8 = q2_k_to_i8, .vec_dot_f32 = q2_k_vec_dot_f32,
+                  .vec_dot_f32_rows = q2_k_vec_dot_f32_rows);
 #endif

@@ -56,6 +56,7 @@ FDY_FN void fdy_decode_q3_k(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD f
 #include "simd_dequant.h"
 #include "kquant_ref.h"
 #include "simd_kquants.h"
+#include "simd_dotf32.h"
 
 /* two passes per block, both plain loops the compiler vectorizes: unpack the signed 3-bit
  * codes in element order, then scale them group by group (same float expression as decode) */
@@ -330,11 +331,81 @@ static void q3_k_to_i8(const void *restrict src, int8_t *restrict q, float *rest
     }
 }
 
+/* ---- vec_dot_f32 (f32-variant GEMV): per group g of 16, dl_g * sum_l q_l x_l with dl_g = d *
+ * (sc_g - 32) as the decode forms it (at most 16 significant bits, so each weight dl_g * q is
+ * exact in float and the group scale adds one rounding) and the signed code q in [-4, 3].  On
+ * x86 the AVX2 row-range kernel runs on the AVX2 and AVX-512 tiers (docs/CPU_NOTES.md item 37)
+ * ---- */
+FDY_DF_PORTABLE_DECODE(q3_k, fdy_decode_q3_k, FDY_Q3_K_BLOCK_ELEMS, FDY_Q3_K_BLOCK_BYTES,
+                       FDY_Q3_K_SUB_ELEMS)
+
+#if defined(__x86_64__)
+/* the activation of one super-block, rearranged 32 elements (a chunk: h, k) at a time as
+ * fdy_df_q8s_place2 reads it, times 2^-24 (exact for |x| >= 2^-102) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q3_k_prep(const float *x, int full, float *xp) {
+    (void)full;
+    for (int c = 0; c < 8; c++) {
+        fdy_df_q8s_prep(x + 32 * c, xp + 32 * c);
+    }
+}
+
+/* the signed codes of chunk (h, k) in element order: the low two bits (bits 2k.. of the 32
+ * bytes qv at qs + 32 h) minus 4 where hmask bit 4h + k (in hm) is clear */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256i fdy_df_q3_k_codes(__m256i qv, __m256i hm, int k,
+                                                           int hbit) {
+    const __m256i low = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), _mm256_set1_epi8(3));
+    const __m256i clear = _mm256_cmpeq_epi8(
+        _mm256_and_si256(hm, _mm256_set1_epi8((char)(1 << hbit))), _mm256_setzero_si256());
+    return _mm256_add_epi8(low, _mm256_and_si256(clear, _mm256_set1_epi8(-4)));
+}
+
+/* one super-block of two rows: per chunk of 32 elements (groups 8h + 2k and 8h + 2k + 1 in the
+ * two 128-bit halves) the codes, their products and the sums times the two groups' scales */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q3_k_step2(const uint8_t *b0, const uint8_t *b1,
+                                                        int bb, int qs, int full,
+                                                        const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
+    (void)bb;
+    (void)full;
+    const int hmo = (int)offsetof(fdy_block_q3_k, hmask);
+    const __m256 d0 = _mm256_set1_ps(fdy_df_half(b0[offsetof(fdy_block_q3_k, d)] |
+                                                 b0[offsetof(fdy_block_q3_k, d) + 1] << 8));
+    const __m256 d1 = _mm256_set1_ps(fdy_df_half(b1[offsetof(fdy_block_q3_k, d)] |
+                                                 b1[offsetof(fdy_block_q3_k, d) + 1] << 8));
+    const __m128i c0 = fdy_kq_scales_q3_k(b0), c1 = fdy_kq_scales_q3_k(b1);
+    /* dl of groups 8h .. 8h + 7, lane by lane */
+    const __m256 s0[2] = {_mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c0))),
+                          _mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                _mm_unpackhi_epi64(c0, c0))))};
+    const __m256 s1[2] = {_mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c1))),
+                          _mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                _mm_unpackhi_epi64(c1, c1))))};
+    const __m256i hv = _mm256_loadu_si256((const __m256i *)(b0 + hmo));
+    const __m256i hu = _mm256_loadu_si256((const __m256i *)(b1 + hmo));
+    for (int h = 0; h < 2; h++) {
+        const __m256i qv = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * h));
+        const __m256i qu = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            const __m256i pair = _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1,
+                                                   2 * k + 1, 2 * k + 1, 2 * k + 1);
+            fdy_df_q8s_place2(fdy_df_q3_k_codes(qv, hv, k, 4 * h + k),
+                              fdy_df_q3_k_codes(qu, hu, k, 4 * h + k), 0,
+                              _mm256_permutevar8x32_ps(s0[h], pair), _mm256_setzero_ps(),
+                              _mm256_permutevar8x32_ps(s1[h], pair), _mm256_setzero_ps(),
+                              xp + 128 * h + 32 * k, a0, a1);
+        }
+    }
+}
+#endif
+FDY_DF_ROWS_KERNEL(q3_k, FDY_Q3_K_BLOCK_BYTES, FDY_Q3_K_BLOCK_ELEMS,
+                   (int)offsetof(fdy_block_q3_k, qs))
+
 FDY_POLICY_DEFINE(q3_k, .block_elems = FDY_Q3_K_BLOCK_ELEMS,
                   .block_bytes = FDY_Q3_K_BLOCK_BYTES, .sub_elems = FDY_Q3_K_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_k", .tol_roundtrip = 0.2f,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_q3_k,
                   .dequantize_fast = q3_k_dequantize, .quantize = q3_k_quantize,
                   .vec_dot = q3_k_vec_dot,
-                  .to_i8 = q3_k_to_i8);
+                  .to_i8 = q3_k_to_i8, .vec_dot_f32 = q3_k_vec_dot_f32,
+                  .vec_dot_f32_rows = q3_k_vec_dot_f32_rows);
 #endif

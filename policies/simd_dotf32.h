@@ -490,19 +490,29 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_prep(const float *x, float *xp)
     fdy_df_cols4(x, x + 16, _mm256_set1_ps(0x1p-24f), xp, 8);
 }
 
-/* q8_0: one block of two rows at b0, b1 (d at offset 0, codes at qs) into a0, a1 */
-FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_step2(const uint8_t *b0, const uint8_t *b1,
-                                                       int qs, const float *xp, __m256 *a0,
-                                                       __m256 *a1) {
-    const __m256i v = _mm256_loadu_si256((const __m256i *)(b0 + qs));
-    const __m256i u = _mm256_loadu_si256((const __m256i *)(b1 + qs));
+/* 32 signed code bytes of each of two rows (v, u: byte 4 l + u of the vector is element 4 l +
+ * u of the unit, lanes 0..3 and 4..7 in the two 128-bit halves) against the rearranged x at
+ * xp: code u of each lane goes to the lane's bits 24..31 with zeros below (the integer code *
+ * 2^24, converted exactly), two chains of two products per row.  hasm = 0: their sum times
+ * the lanes' scales dv / du is added into a0 / a1 (q8_0: the block's d in every lane; q3_k: a
+ * group of 16 per 128-bit half); hasm = 1: each weight is fma(code * 2^24, dv, mv) (q2_k: dv =
+ * dl * 2^-24 and mv = -ml of the lane's group, the decode's weight exactly), x is rearranged
+ * unscaled and the sum of products is added */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_place2(__m256i v, __m256i u, int hasm,
+                                                        __m256 dv, __m256 mv, __m256 du,
+                                                        __m256 mu, const float *xp, __m256 *a0,
+                                                        __m256 *a1) {
     __m256 sv[2], su[2];
 #pragma GCC unroll 4
     for (int t = 0; t < 4; t++) {
         const __m256i sel = FDY_DF_Q4S_SEL(t);
         const __m256 X = _mm256_load_ps(xp + 8 * t);
-        const __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel));
-        const __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(u, sel));
+        __m256 qv = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, sel));
+        __m256 qu = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(u, sel));
+        if (hasm) {
+            qv = _mm256_fmadd_ps(qv, dv, mv);
+            qu = _mm256_fmadd_ps(qu, du, mu);
+        }
         if (t < 2) {
             sv[t] = _mm256_mul_ps(qv, X);
             su[t] = _mm256_mul_ps(qu, X);
@@ -511,11 +521,26 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_step2(const uint8_t *b0, const 
             su[t & 1] = _mm256_fmadd_ps(qu, X, su[t & 1]);
         }
     }
+    if (hasm) {
+        *a0 = _mm256_add_ps(_mm256_add_ps(sv[0], sv[1]), *a0);
+        *a1 = _mm256_add_ps(_mm256_add_ps(su[0], su[1]), *a1);
+    } else {
+        *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), dv, *a0);
+        *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), du, *a1);
+    }
+}
+
+/* q8_0: one block of two rows at b0, b1 (d at offset 0, codes at qs) into a0, a1 */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_step2(const uint8_t *b0, const uint8_t *b1,
+                                                       int qs, const float *xp, __m256 *a0,
+                                                       __m256 *a1) {
     uint16_t h0, h1;
     memcpy(&h0, b0, 2);
     memcpy(&h1, b1, 2);
-    *a0 = _mm256_fmadd_ps(_mm256_add_ps(sv[0], sv[1]), _mm256_set1_ps(fdy_df_half(h0)), *a0);
-    *a1 = _mm256_fmadd_ps(_mm256_add_ps(su[0], su[1]), _mm256_set1_ps(fdy_df_half(h1)), *a1);
+    fdy_df_q8s_place2(_mm256_loadu_si256((const __m256i *)(b0 + qs)),
+                      _mm256_loadu_si256((const __m256i *)(b1 + qs)), 0,
+                      _mm256_set1_ps(fdy_df_half(h0)), _mm256_setzero_ps(),
+                      _mm256_set1_ps(fdy_df_half(h1)), _mm256_setzero_ps(), xp, a0, a1);
 }
 
 /* the one-unit steps and activation rearrangements of q4_0, q4_1 and q8_0, in the form of

@@ -21,7 +21,7 @@ import pyfoundry as pf
 from pyfoundry.reference import stages as R
 
 U = 2.0 ** -24
-REQUIRED = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "iq4_xs", "q4_k", "q5_k", "q6_k"}
+REQUIRED = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
 HOOKED = [p for p in pf.policies if p.has_vec_dot_f32]
 PATHS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
 
@@ -85,7 +85,7 @@ def test_vec_dot_f32_matches_float64_dot(p, kind, path):
         assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {path}")
 
 
-ROWS_HOOKED = {"q4_0", "q4_1", "q8_0", "iq4_xs", "q4_k", "q5_k", "q6_k"}
+ROWS_HOOKED = {"q4_0", "q4_1", "q8_0", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
 
 
 def test_row_range_kernels_are_the_listed_formats():
