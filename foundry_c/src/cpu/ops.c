@@ -88,7 +88,7 @@ static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
 }
 
 /* up to this many activation rows the f32 variant runs the policy's fused decode + dot kernel
- * (vec_dot_f32) once per (row, token); above it one dequantized row serves every token */
+ * (vec_dot_f32) once per (row, token); above it the float GEMM (mm_rows_f32_gemm) */
 #define FDY_VEC_DOT_F32_MAX_M 4
 
 /* the tasks of a matmul region: about FDY_MM_TASK_BYTES of weights each, between 8 and 32
@@ -215,10 +215,69 @@ static void mm_store_rows(const mm_ctx *c, int64_t m, int64_t n0, const float *v
     }
 }
 
+/* the float GEMM of the f32 variant's other cases (more than FDY_VEC_DOT_F32_MAX_M activation
+ * rows, or a format without vec_dot_f32): per panel of FDY_F32_PANEL weight rows, the rows are
+ * dequantized one K slice (FDY_F32_KC elements, whole blocks) at a time into scratch, and each
+ * slice's dot products with every activation row are added into the panel's sums by the tile
+ * kernel (fdy_select_tile_f32: 4 rows x 3 tokens per call, each dequantized value and each x
+ * value loaded once per tile).  A (row, token) result is the sum over the slices, in order, of
+ * the tile kernel's dot over the slice, the same arithmetic whichever tile holds it, so the
+ * bits do not depend on how the rows are split into tasks (docs/CPU_NOTES.md item 38) */
+#define FDY_F32_PANEL 32
+#define FDY_F32_KC 512
+
+/* elements per K slice of policy p: FDY_F32_KC rounded down to whole blocks (one block if
+ * longer) */
+static int64_t f32_slice(const fdy_policy *p) {
+    const int64_t be = p->block_elems > 0 ? p->block_elems : 1;
+    return FDY_F32_KC >= be ? FDY_F32_KC / be * be : be;
+}
+
+/* floats of per-thread scratch the f32 GEMM needs for M activation rows */
+static size_t f32_scratch_floats(const fdy_policy *p, int64_t M) {
+    return (size_t)(FDY_F32_PANEL * (f32_slice(p) + M));
+}
+
+static void mm_rows_f32_gemm(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch) {
+    const uint8_t *wd = (const uint8_t *)c->w->data;
+    const fdy_policy *p = c->w->policy;
+    const int64_t kcb = f32_slice(p), be = p->block_elems > 0 ? p->block_elems : 1;
+    const int64_t bb = p->block_bytes, M = c->M, K = c->K;
+    float *panel = scratch, *acc = scratch + FDY_F32_PANEL * kcb;
+    const fdy_tile_f32_fn tile = fdy_select_tile_f32();
+    for (int64_t n0 = r0; n0 < r1; n0 += FDY_F32_PANEL) {
+        const int64_t nr = r1 - n0 < FDY_F32_PANEL ? r1 - n0 : FDY_F32_PANEL;
+        memset(acc, 0, (size_t)(nr * M) * sizeof(float));
+        for (int64_t k0 = 0; k0 < K; k0 += kcb) {
+            const int64_t kc = K - k0 < kcb ? K - k0 : kcb;
+            for (int64_t r = 0; r < nr; r++) {
+                const uint8_t *src = wd + (n0 + r) * c->w_row + k0 / be * bb;
+                if (p->dequantize_fast) { /* kc is whole blocks */
+                    p->dequantize_fast(src, panel + r * kcb, kc);
+                } else {
+                    fdy_policy_dequantize(p, src, panel + r * kcb, kc);
+                }
+            }
+            for (int64_t t = 0; t < M; t += FDY_TILE_T) {
+                const int T = M - t < FDY_TILE_T ? (int)(M - t) : FDY_TILE_T;
+                for (int64_t r = 0; r < nr; r += FDY_TILE_R) {
+                    const int R = nr - r < FDY_TILE_R ? (int)(nr - r) : FDY_TILE_R;
+                    tile(panel + r * kcb, kcb, c->x + t * K + k0, K, kc, R, T, acc + r * M + t, M);
+                }
+            }
+        }
+        for (int64_t r = 0; r < nr; r++) {
+            for (int64_t m = 0; m < M; m++) {
+                mm_store(c, m, n0 + r, acc[r * M + m]);
+            }
+        }
+    }
+}
+
 /* rows r0 .. r1 of the f32 variant: up to FDY_VEC_DOT_F32_MAX_M activation rows through the
- * policy's fused kernels (fdy_policy_dot_f32_rows, 64 rows per call), more through one
- * dequantized weight row (row: K floats of scratch) per token set */
-static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *row) {
+ * policy's fused kernels (fdy_policy_dot_f32_rows, 64 rows per call), else the float GEMM
+ * (scratch: f32_scratch_floats) */
+static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
     const fdy_policy *p = c->w->policy;
     if (p->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
@@ -233,16 +292,7 @@ static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *row) {
         }
         return;
     }
-    for (int64_t n = r0; n < r1; n++) {
-        if (p->dequantize_fast) { /* the row length is checked */
-            p->dequantize_fast(wd + n * c->w_row, row, c->K);
-        } else {
-            fdy_policy_dequantize(p, wd + n * c->w_row, row, c->K);
-        }
-        for (int64_t m = 0; m < c->M; m++) {
-            mm_store(c, m, n, c->dot(row, c->x + m * c->K, c->K));
-        }
-    }
+    mm_rows_f32_gemm(c, r0, r1, scratch);
 }
 
 static void mm_task_f32(void *vctx, int64_t task, int thread) {
@@ -455,7 +505,7 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
         }
         c.x = xd;
     }
-    if ((s = fdy_scratch_reserve((size_t)c.K * sizeof(float)))) {
+    if ((s = fdy_scratch_reserve(f32_scratch_floats(w->policy, M) * sizeof(float)))) {
         return s;
     }
     fdy_parallel(mm_task_f32, &c, n_tasks);
@@ -478,7 +528,7 @@ static void group_task(void *vctx, int64_t task, int thread) {
     while (task >= g->first_task[p + 1]) {
         p++;
     }
-    float *row = (float *)fdy_scratch(thread);
+    float *scratch = (float *)fdy_scratch(thread);
     const int np = g->swiglu_out ? 2 : 1; /* parts computed over the task's rows */
     const mm_ctx *c0 = &g->part[p];
     const int64_t r0 = (task - g->first_task[p]) * c0->rows_per_task;
@@ -490,7 +540,7 @@ static void group_task(void *vctx, int64_t task, int thread) {
             mm_rows_q8(c, r0, r1);
             continue;
         }
-        mm_rows_f32(c, r0, r1, row);
+        mm_rows_f32(c, r0, r1, scratch);
     }
     if (g->swiglu_out) { /* the swiglu stage's arithmetic on the stored gate and up rows */
         const mm_ctx *cg = &g->part[0], *cu = &g->part[1];
@@ -517,7 +567,8 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
     g.swiglu_out = swiglu_out;
     const fdy_policy *dots[FDY_MM_MAX_PARTS];
     int n_dots = 0;
-    int64_t total_rows = 0, total_bytes = 0, max_k = 0;
+    int64_t total_rows = 0, total_bytes = 0;
+    size_t max_scratch = 0; /* floats */
     for (int i = 0; i < n_parts; i++) {
         const fdy_mm_part *pp = &parts[i];
         if ((s = check_weight(pp->w, "matmul group"))) {
@@ -540,7 +591,8 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
         c->dot = fdy_select_dot_f32();
         total_rows += c->N;
         total_bytes += c->N * c->w_row;
-        max_k = c->K > max_k ? c->K : max_k;
+        const size_t fl = f32_scratch_floats(pp->w->policy, M);
+        max_scratch = fl > max_scratch ? fl : max_scratch;
         /* the activations in this part's dot type: quantized once per distinct type */
         const fdy_policy *dot = NULL;
         if (variant == FDY_VARIANT_Q8 && pp->w->policy->dot_type) {
@@ -578,7 +630,7 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
             c->x = xd;
         }
     }
-    if ((s = fdy_scratch_reserve((size_t)max_k * sizeof(float)))) {
+    if ((s = fdy_scratch_reserve(max_scratch * sizeof(float)))) {
         return s;
     }
     /* mm_task_count tasks over all the rows, each within one part */
