@@ -215,10 +215,9 @@ static void mm_store_rows(const mm_ctx *c, int64_t m, int64_t n0, const float *v
     }
 }
 
-/* the float GEMM of the f32 variant's other cases (more than FDY_VEC_DOT_F32_MAX_M activation
- * rows, or a format without vec_dot_f32): per panel of FDY_F32_PANEL weight rows, the rows are
- * dequantized one K slice (FDY_F32_KC elements, whole blocks) at a time into scratch, and each
- * slice's dot products with every activation row are added into the panel's sums by the tile
+/* the float GEMM of the f32 variant for more than FDY_VEC_DOT_F32_MAX_M activation rows: per
+ * panel of FDY_F32_PANEL weight rows, the rows are dequantized one K slice (FDY_F32_KC
+ * elements, whole blocks) at a time into scratch, and each slice's dot products with every activation row are added into the panel's sums by the tile
  * kernel (fdy_select_tile_f32: 4 rows x 3 tokens per call, each dequantized value and each x
  * value loaded once per tile).  A (row, token) result is the sum over the slices, in order, of
  * the tile kernel's dot over the slice, the same arithmetic whichever tile holds it, so the
@@ -233,9 +232,11 @@ static int64_t f32_slice(const fdy_policy *p) {
     return FDY_F32_KC >= be ? FDY_F32_KC / be * be : be;
 }
 
-/* floats of per-thread scratch the f32 GEMM needs for M activation rows */
-static size_t f32_scratch_floats(const fdy_policy *p, int64_t M) {
-    return (size_t)(FDY_F32_PANEL * (f32_slice(p) + M));
+/* floats of per-thread scratch mm_rows_f32 needs for M activation rows of length K (the f32
+ * GEMM's panel and sums, or one dequantized row) */
+static size_t f32_scratch_floats(const fdy_policy *p, int64_t M, int64_t K) {
+    const size_t g = (size_t)(FDY_F32_PANEL * (f32_slice(p) + M));
+    return g > (size_t)K ? g : (size_t)K;
 }
 
 static void mm_rows_f32_gemm(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch) {
@@ -275,12 +276,17 @@ static void mm_rows_f32_gemm(const mm_ctx *c, int64_t r0, int64_t r1, float *scr
 }
 
 /* rows r0 .. r1 of the f32 variant: up to FDY_VEC_DOT_F32_MAX_M activation rows through the
- * policy's fused kernels (fdy_policy_dot_f32_rows, 64 rows per call), else the float GEMM
- * (scratch: f32_scratch_floats) */
+ * policy's fused kernels (fdy_policy_dot_f32_rows, 64 rows per call) or, for a format without
+ * them, one dequantized row at a time (in L1) and the float dot per token; more through the
+ * float GEMM (scratch: f32_scratch_floats) */
 static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
     const fdy_policy *p = c->w->policy;
-    if (p->vec_dot_f32 && c->M <= FDY_VEC_DOT_F32_MAX_M) {
+    if (c->M > FDY_VEC_DOT_F32_MAX_M) {
+        mm_rows_f32_gemm(c, r0, r1, scratch);
+        return;
+    }
+    if (p->vec_dot_f32) {
         float v[64];
         for (int64_t n = r0; n < r1; n += 64) {
             const int64_t nr = r1 - n < 64 ? r1 - n : 64;
@@ -292,7 +298,16 @@ static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch)
         }
         return;
     }
-    mm_rows_f32_gemm(c, r0, r1, scratch);
+    for (int64_t n = r0; n < r1; n++) {
+        if (p->dequantize_fast) { /* the row length is checked */
+            p->dequantize_fast(wd + n * c->w_row, scratch, c->K);
+        } else {
+            fdy_policy_dequantize(p, wd + n * c->w_row, scratch, c->K);
+        }
+        for (int64_t m = 0; m < c->M; m++) {
+            mm_store(c, m, n, c->dot(scratch, c->x + m * c->K, c->K));
+        }
+    }
 }
 
 static void mm_task_f32(void *vctx, int64_t task, int thread) {
@@ -505,7 +520,7 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
         }
         c.x = xd;
     }
-    if ((s = fdy_scratch_reserve(f32_scratch_floats(w->policy, M) * sizeof(float)))) {
+    if ((s = fdy_scratch_reserve(f32_scratch_floats(w->policy, M, c.K) * sizeof(float)))) {
         return s;
     }
     fdy_parallel(mm_task_f32, &c, n_tasks);
@@ -591,7 +606,7 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
         c->dot = fdy_select_dot_f32();
         total_rows += c->N;
         total_bytes += c->N * c->w_row;
-        const size_t fl = f32_scratch_floats(pp->w->policy, M);
+        const size_t fl = f32_scratch_floats(pp->w->policy, M, c->K);
         max_scratch = fl > max_scratch ? fl : max_scratch;
         /* the activations in this part's dot type: quantized once per distinct type */
         const fdy_policy *dot = NULL;
