@@ -10,7 +10,8 @@ count (1, 2): prefill of --prompt tokens in one batch, then --decode tokens one 
 (greedy), tokens/s as the median of --repeat runs.  Each model and variant runs in a fresh
 process; RssAnon is read from /proc/self/status after the runs, and the model's share of it
 (RssAnon after minus RssAnon before the model was opened) is compared with its budget: KV cache
-+ activations + 10% of the file size.
++ activations + 10% of the file size + the interleaved weight copies the q8 variant makes for
+its decode GEMV (Model.packed_bytes: Q4_0 and Q4_1 weights on AVX2 CPUs without AVX-512).
 """
 import argparse
 import json
@@ -64,7 +65,7 @@ def measure(path, variant, threads, args):
         pf.set_num_threads(t)
         pre, dec = run(m, prompt, args.decode, args.repeat)
         acts = 4 * sum(w for _, w in m.plan.buffers.values()) * args.prompt
-        budget = m.kv_bytes + acts + 0.10 * os.path.getsize(path)
+        budget = m.kv_bytes + acts + 0.10 * os.path.getsize(path) + m.packed_bytes
         rows.append((t, pre, dec, rss_anon(), rss_anon() - base, budget))
     return rows
 

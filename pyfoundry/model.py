@@ -397,6 +397,14 @@ class Model:
     def kv_bytes(self) -> int:
         return self._core.kv_bytes
 
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of the interleaved copies of weights the CPU decode streams instead of the
+        file's layout (Q4_0 and Q4_1 matmul weights on x86 CPUs with AVX2 and without
+        AVX-512), made by the first q8-variant forward; 0 before it, with the f32 variant, on
+        other CPUs and with ``PYFOUNDRY_NO_PACK=1``."""
+        return getattr(self._core, "packed_bytes", 0)
+
     def reset(self) -> None:
         """Forget the KV cache (the memory is kept for reuse)."""
         self._core.truncate(0)

@@ -131,6 +131,7 @@ def test_q8_decode_with_interleaved_weights_matches_plain_kernels(tmp_path_facto
         tokens = list(np.random.default_rng(1).integers(3, 500, 12))
         monkeypatch.delenv("PYFOUNDRY_NO_PACK", raising=False)
         packed = pf.Model(path, variant="q8")
+        assert packed.packed_bytes == 0  # made by the first q8 forward
         full = packed.forward(tokens, 0)
         packed.reset()
         a = np.stack([packed.forward([t], logits="last") for t in tokens])
@@ -141,8 +142,26 @@ def test_q8_decode_with_interleaved_weights_matches_plain_kernels(tmp_path_facto
         np.testing.assert_allclose(a, full, rtol=2e-5, atol=2e-5 * np.abs(full).max())
         assert (a.argmax(axis=1) == b.argmax(axis=1)).all()
         feats = set(pf.cpu_features()["enabled"])
+        assert plain.packed_bytes == 0
         if {"avx2", "fma", "f16c"} <= feats and "avx512" not in feats:
             assert not np.array_equal(a, b), "the interleaved kernels did not run"
+            # Model.packed_bytes: the whole groups of 8 rows of every matmul weight in this
+            # format, in whole pages, from the file's shapes
+            with pf.open(path) as f:
+                mm = {n: t for n, t in f.tensors.items()
+                      if len(t.shape) == 2 and t.policy.name == pf.policy(name).name}
+                if "output.weight" in f.tensors:
+                    mm.pop("token_embd.weight", None)
+            R = pf.policy(name).pack_rows
+            want = sum(-(-(t.shape[0] // R * R * (t.nbytes // t.shape[0])) // 4096) * 4096
+                       for t in mm.values())
+            assert packed.packed_bytes == want > 0
+        else:
+            assert packed.packed_bytes == 0
+        monkeypatch.delenv("PYFOUNDRY_NO_PACK", raising=False)
+        f32 = pf.Model(path, variant="f32")
+        f32.forward(tokens[:2], 0)
+        assert f32.packed_bytes == 0  # the f32 variant streams the file's layout
 
 
 

@@ -206,6 +206,8 @@ typedef struct fdy_weight {
  * when the policy has none, this CPU would not use it, or w has fewer rows than one group;
  * free it with free() */
 void *fdy_weight_pack(const fdy_weight *w);
+/* the bytes fdy_weight_pack allocates for w's interleaved copy (whole pages; 0: no layout) */
+size_t fdy_weight_pack_size(const fdy_weight *w);
 
 /* out (M, N) = act(x (M, K) @ w.T + bias (N)), or out += that when accumulate != 0 */
 fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const float *bias,
@@ -333,6 +335,8 @@ int64_t fdy_model_n_past(const fdy_model *m);
 int64_t fdy_model_kv_capacity(const fdy_model *m);
 int64_t fdy_model_max_context(const fdy_model *m);
 size_t fdy_model_kv_bytes(const fdy_model *m);
+/* bytes of the interleaved weight copies the model holds (made by its first q8 forward) */
+size_t fdy_model_packed_bytes(const fdy_model *m);
 
 /* ---- sampler -----------------------------------------------------------------------------
  * Picks the next token from one row of logits (vocab,).  The chain, in llama.cpp's default

@@ -61,6 +61,7 @@ struct fdy_model {
     fdy_buf rope_cs[FDY_MAX_ROPE_CFG]; /* (M, rot_dims / 2, 2) cos / sin of this call */
     fdy_mm_ws ws;              /* quantized activations of the matmul groups */
     int packed_done;           /* the q8 variant's interleaved weight copies are made */
+    size_t packed_bytes;       /* their bytes (fdy_weight_pack_size) */
     /* buffers */
     float **bufs;              /* (n_bufs) each (cap_rows, width) */
     int64_t cap_rows;
@@ -356,6 +357,8 @@ int64_t fdy_model_n_past(const fdy_model *m) { return m->n_past; }
 int64_t fdy_model_kv_capacity(const fdy_model *m) { return m->kv_cap; }
 int64_t fdy_model_max_context(const fdy_model *m) { return m->max_ctx; }
 
+size_t fdy_model_packed_bytes(const fdy_model *m) { return m->packed_bytes; }
+
 size_t fdy_model_kv_bytes(const fdy_model *m) {
     return (size_t)m->kv_cap * (size_t)m->kv_width * sizeof(float) * 2u * (size_t)m->n_layers;
 }
@@ -544,6 +547,9 @@ static void pack_weights(fdy_model *m) {
             continue;
         }
         m->weights[in->weight].packed = fdy_weight_pack(&m->weights[in->weight]);
+        if (m->weights[in->weight].packed) {
+            m->packed_bytes += fdy_weight_pack_size(&m->weights[in->weight]);
+        }
     }
 }
 

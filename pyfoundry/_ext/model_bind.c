@@ -259,6 +259,9 @@ static PyObject *model_get_kv_capacity(ModelObject *self, void *c) {
 static PyObject *model_get_kv_bytes(ModelObject *self, void *c) {
     return ready(self) < 0 ? NULL : PyLong_FromSize_t(fdy_model_kv_bytes(self->m));
 }
+static PyObject *model_get_packed_bytes(ModelObject *self, void *c) {
+    return ready(self) < 0 ? NULL : PyLong_FromSize_t(fdy_model_packed_bytes(self->m));
+}
 
 static PyMethodDef model_methods[] = {
     {"forward", (PyCFunction)model_forward, METH_VARARGS,
@@ -271,6 +274,8 @@ static PyGetSetDef model_getset[] = {
     {"n_past", (getter)model_get_n_past, NULL, "positions held in the KV cache", NULL},
     {"kv_capacity", (getter)model_get_kv_capacity, NULL, "allocated KV positions", NULL},
     {"kv_bytes", (getter)model_get_kv_bytes, NULL, "bytes of the KV cache", NULL},
+    {"packed_bytes", (getter)model_get_packed_bytes, NULL,
+     "bytes of the interleaved weight copies (made by the first q8 forward)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
