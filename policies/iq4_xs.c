@@ -312,9 +312,10 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_iq4_xs_scales(const uint8_t *b) {
     memcpy(&d, b + offsetof(fdy_block_iq4_xs, d), 2);
     memcpy(&sh, b + offsetof(fdy_block_iq4_xs, scales_h), 2);
     memcpy(&sl, b + offsetof(fdy_block_iq4_xs, scales_l), 4);
-    const __m256i lo = _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_set1_epi32((int)sl), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
-        _mm256_set1_epi32(0xF));
+    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)sl),
+                                                          _mm256_setr_epi32(0, 4, 8, 12, 16,
+                                                                            20, 24, 28)),
+                                        _mm256_set1_epi32(0xF));
     const __m256i hi = _mm256_and_si256(
         _mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
         _mm256_set1_epi32(3));

@@ -2,7 +2,8 @@
  * the float dot product of one encoded weight row of n elements with a float row x, decoding
  * the weights in registers instead of writing them to a scratch row first; and the row-range
  * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1, q8_0, q4_k and q5_k with the steps below,
- * q6_k with its own), which rearranges x once per call.
+ * q6_k, iq4_xs, q3_k and q2_k with their own built on the placements below), which rearranges
+ * x once per call.
  *
  * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit

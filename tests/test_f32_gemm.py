@@ -1,7 +1,8 @@
 """The f32 variant's float GEMM (ops.c mm_rows_f32_gemm): the matmul path for more than 4
 activation rows, in every format (up to 4 take the fused vec_dot_f32 kernels, or one dequantized
-row and a float dot per token for formats without them).  The weight rows are dequantized one K slice (512 elements, whole blocks) at a time and multiplied by the
-tile kernel (4 rows x 3 tokens; cpu/dot.c).
+row and a float dot per token for formats without them).  The weight rows are dequantized one
+K slice (512 elements, whole blocks) at a time and multiplied by the tile kernel (4 rows x 3
+tokens; cpu/dot.c).
 
 * every format, on every CPU path: the float32 dot-product bound against the float64 product
   of the NumPy-side dequantized weights, with M, N and K past the tile, panel and slice edges;

@@ -134,7 +134,8 @@ __attribute__((target("avx2,fma"))) static void tile_avx2(const float *w, int64_
         TILE_CASE(3, 3) TILE_CASE(3, 2) TILE_CASE(3, 1)
         TILE_CASE(2, 3) TILE_CASE(2, 2) TILE_CASE(2, 1)
         TILE_CASE(1, 3) TILE_CASE(1, 2) TILE_CASE(1, 1)
-    default: tile_portable(w, ws, x, xs, n, R, T, acc, as); /* not reached: R, T checked by callers */
+    default: /* not reached: the callers keep 1 <= R <= 4, 1 <= T <= 3 */
+        tile_portable(w, ws, x, xs, n, R, T, acc, as);
     }
 }
 #undef TILE_CASE

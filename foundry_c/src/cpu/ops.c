@@ -217,11 +217,12 @@ static void mm_store_rows(const mm_ctx *c, int64_t m, int64_t n0, const float *v
 
 /* the float GEMM of the f32 variant for more than FDY_VEC_DOT_F32_MAX_M activation rows: per
  * panel of FDY_F32_PANEL weight rows, the rows are dequantized one K slice (FDY_F32_KC
- * elements, whole blocks) at a time into scratch, and each slice's dot products with every activation row are added into the panel's sums by the tile
- * kernel (fdy_select_tile_f32: 4 rows x 3 tokens per call, each dequantized value and each x
- * value loaded once per tile).  A (row, token) result is the sum over the slices, in order, of
- * the tile kernel's dot over the slice, the same arithmetic whichever tile holds it, so the
- * bits do not depend on how the rows are split into tasks (docs/CPU_NOTES.md item 38) */
+ * elements, whole blocks) at a time into scratch, and each slice's dot products with every
+ * activation row are added into the panel's sums by the tile kernel (fdy_select_tile_f32: 4
+ * rows x 3 tokens per call, each dequantized value and each x value loaded once per tile).
+ * A (row, token) result is the sum over the slices, in order, of the tile kernel's dot over
+ * the slice, the same arithmetic whichever tile holds it, so the bits depend neither on how
+ * the rows are split into tasks nor on which tokens share a tile (docs/CPU_NOTES.md item 38) */
 #define FDY_F32_PANEL 32
 #define FDY_F32_KC 512
 
