@@ -332,9 +332,7 @@ FDY_DF_PORTABLE_DECODE(q2_k, fdy_decode_q2_k, FDY_Q2_K_BLOCK_ELEMS, FDY_Q2_K_BLO
  * fdy_df_q8s_place2 reads it, unscaled */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q2_k_prep(const float *x, int full, float *xp) {
     (void)full;
-    for (int c = 0; c < 8; c++) {
-        fdy_df_cols4(x + 32 * c, x + 32 * c + 16, _mm256_set1_ps(1.0f), xp + 32 * c, 8);
-    }
+    fdy_df_q8s_prep_chunks(x, 8, 1.0f, xp);
 }
 
 /* the super-block's dl * 2^-24 (dl[h]) and -ml (ml[h]) of groups 8h .. 8h + 7, lane by lane

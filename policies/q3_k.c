@@ -344,9 +344,7 @@ FDY_DF_PORTABLE_DECODE(q3_k, fdy_decode_q3_k, FDY_Q3_K_BLOCK_ELEMS, FDY_Q3_K_BLO
  * fdy_df_q8s_place2 reads it, times 2^-24 (exact for |x| >= 2^-102) */
 FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q3_k_prep(const float *x, int full, float *xp) {
     (void)full;
-    for (int c = 0; c < 8; c++) {
-        fdy_df_q8s_prep(x + 32 * c, xp + 32 * c);
-    }
+    fdy_df_q8s_prep_chunks(x, 8, 0x1p-24f, xp);
 }
 
 /* the signed codes of chunk (h, k) in element order: the low two bits (bits 2k.. of the 32

@@ -491,6 +491,15 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_prep(const float *x, float *xp)
     fdy_df_cols4(x, x + 16, _mm256_set1_ps(0x1p-24f), xp, 8);
 }
 
+/* the same for the n chunks of 32 elements at x (the units of fdy_df_q8s_place2 in q3_k and
+ * q2_k), times scale */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q8s_prep_chunks(const float *x, int n, float scale,
+                                                             float *xp) {
+    for (int c = 0; c < n; c++) {
+        fdy_df_cols4(x + 32 * c, x + 32 * c + 16, _mm256_set1_ps(scale), xp + 32 * c, 8);
+    }
+}
+
 /* 32 signed code bytes of each of two rows (v, u: byte 4 l + u of the vector is element 4 l +
  * u of the unit, lanes 0..3 and 4..7 in the two 128-bit halves) against the rearranged x at
  * xp: code u of each lane goes to the lane's bits 24..31 with zeros below (the integer code *
