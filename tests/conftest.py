@@ -42,6 +42,26 @@ def gguf_qtype(p):
 # AVX2 + FMA + F16C kernels, and everything this CPU has (None)
 CPU_TIERS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
 
+
+@pytest.fixture(params=list(CPU_TIERS), ids=list(CPU_TIERS))
+def cpu_tier(request):
+    """each CPU_TIERS entry in turn (skipped where this CPU lacks it), enabled for the test and
+    reset after it; the value is the tier's name"""
+    feats = CPU_TIERS[request.param]
+    if feats and not set(feats) <= set(pf.cpu_features()["detected"]):
+        pytest.skip(f"this CPU lacks {feats}")
+    pf.set_cpu_features(feats)
+    yield request.param
+    pf.set_cpu_features(None)
+
+
+# unit roundoff of float32, and the dot-product error factor gamma(n) = n u / (1 - n u)
+U = 2.0 ** -24
+
+
+def gamma(n):
+    return n * U / (1 - n * U)
+
 ALL_POLICIES = list(pf.policies)
 QUANTIZABLE = [p for p in ALL_POLICIES if p.can_quantize]
 

@@ -16,23 +16,8 @@ import pytest
 import pyfoundry as pf
 from pyfoundry.reference import stages as R
 
-U = 2.0 ** -24
-PATHS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
-POLICIES = [p for p in pf.policies]
+from conftest import ALL_POLICIES, U, gamma, policy_ids
 
-
-def gamma(n):
-    return n * U / (1 - n * U)
-
-
-@pytest.fixture(params=list(PATHS), ids=list(PATHS))
-def path(request):
-    feats = PATHS[request.param]
-    if feats and not set(feats) <= set(pf.cpu_features()["detected"]):
-        pytest.skip(f"this CPU lacks {feats}")
-    pf.set_cpu_features(feats)
-    yield request.param
-    pf.set_cpu_features(None)
 
 
 def weight(p, N, K, rng):
@@ -48,8 +33,8 @@ def k_for(p):
     return 1100 if be == 1 else 1024 + max(be, 96 // be * be)
 
 
-@pytest.mark.parametrize("p", POLICIES, ids=[p.name for p in POLICIES])
-def test_f32_gemm_within_the_float32_bound(p, path):
+@pytest.mark.parametrize("p", ALL_POLICIES, ids=policy_ids(ALL_POLICIES))
+def test_f32_gemm_within_the_float32_bound(p, cpu_tier):
     rng = np.random.default_rng(hash((p.name, "gemm")) % 2**32)
     K = k_for(p)
     w = weight(p, 70, K, rng)  # two panels of 32 and 6 rows; tiles of 4 and 2 rows
@@ -63,14 +48,15 @@ def test_f32_gemm_within_the_float32_bound(p, path):
         mag = np.abs(x).astype(np.float64) @ np.abs(wd).T
         bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
         err = np.abs(y - ref)
-        assert (err <= bound).all(), f"{p.name} M={M} {path}: err/bound {np.max(err / bound):.3g}"
+        assert (err <= bound).all(), \
+            f"{p.name} M={M} {cpu_tier}: err/bound {np.max(err / bound):.3g}"
         rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
-        assert rel <= p.tolerances["f32"], f"{p.name} M={M} {path}: rel L2 {rel:.3g}"
+        assert rel <= p.tolerances["f32"], f"{p.name} M={M} {cpu_tier}: rel L2 {rel:.3g}"
 
 
-@pytest.mark.parametrize("p", [q for q in POLICIES if q.name in ("f32", "q4_0", "q4_k", "iq2_xs")],
+@pytest.mark.parametrize("p", [pf.policy(n) for n in ("f32", "q4_0", "q4_k", "iq2_xs")],
                          ids=lambda q: q.name)
-def test_f32_gemm_bits_do_not_depend_on_the_tile(p, path):
+def test_f32_gemm_bits_do_not_depend_on_the_tile(p, cpu_tier):
     rng = np.random.default_rng(11)
     K = k_for(p)
     w = weight(p, 75, K, rng)

@@ -19,13 +19,7 @@ import pytest
 import pyfoundry as pf
 from pyfoundry.reference import stages as R
 
-from conftest import ALL_POLICIES, CPU_TIERS, policy_ids
-
-U = 2.0 ** -24
-
-
-def gamma(n):
-    return n * U / (1 - n * U)
+from conftest import ALL_POLICIES, CPU_TIERS, U, gamma, policy_ids
 
 
 def rel_l2(a, b):

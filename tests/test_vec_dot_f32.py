@@ -11,8 +11,8 @@ weight row against float x), on every CPU path (portable, AVX2, all detected fea
   where it has one, which rearranges x once per call) against the same bound, with rows past
   the kernel's batch of 64 and its span of 8192 elements, and each row's result independent of
   the other rows of the call.
-* the f32-variant matmul stage for M <= 4 (the fused path) and M = 5 (dequantize + dot)
-  against the reference, as tests/test_stages.py.
+* the f32-variant matmul stage for M <= 4 (the fused path) and M = 5 (the float GEMM,
+  tests/test_f32_gemm.py) against the reference, as tests/test_stages.py.
 """
 import numpy as np
 import pytest
@@ -20,14 +20,11 @@ import pytest
 import pyfoundry as pf
 from pyfoundry.reference import stages as R
 
-U = 2.0 ** -24
-REQUIRED = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
+from conftest import U, gamma
+
+REQUIRED = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "iq4_xs", "q2_k", "q3_k", "q4_k",
+            "q5_k", "q6_k"}
 HOOKED = [p for p in pf.policies if p.has_vec_dot_f32]
-PATHS = {"portable": [], "avx2": ["avx2", "fma", "f16c"], "all": None}
-
-
-def gamma(n):
-    return n * U / (1 - n * U)
 
 
 def ks(p):
@@ -36,16 +33,6 @@ def ks(p):
     if be < 256:
         out |= {288, 576}  # not multiples of 256
     return sorted(k for k in out if k % be == 0)
-
-
-@pytest.fixture(params=list(PATHS), ids=list(PATHS))
-def path(request):
-    feats = PATHS[request.param]
-    if feats and not set(feats) <= set(pf.cpu_features()["detected"]):
-        pytest.skip(f"this CPU lacks {feats}")
-    pf.set_cpu_features(feats)
-    yield request.param
-    pf.set_cpu_features(None)
 
 
 def test_required_formats_have_the_hook():
@@ -75,14 +62,14 @@ def rows_for(p, rows, K, rng, kind):
 
 @pytest.mark.parametrize("kind", ["quantized", "random"])
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
-def test_vec_dot_f32_matches_float64_dot(p, kind, path):
+def test_vec_dot_f32_matches_float64_dot(p, kind, cpu_tier):
     rng = np.random.default_rng(hash((p.name, kind)) % 2**32)
     for K in ks(p):
         rows = 8
         raw, wd = rows_for(p, rows, K, rng, kind)
         x = rng.standard_normal(K).astype(np.float32)
         y = np.array([p.vec_dot_f32(raw[r], x) for r in range(rows)])
-        assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {path}")
+        assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {cpu_tier}")
 
 
 ROWS_HOOKED = {"q4_0", "q4_1", "q8_0", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
@@ -101,7 +88,7 @@ def rows_ks(p):
 
 @pytest.mark.parametrize("kind", ["quantized", "random"])
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
-def test_vec_dot_f32_rows_matches_float64_dot(p, kind, path):
+def test_vec_dot_f32_rows_matches_float64_dot(p, kind, cpu_tier):
     rng = np.random.default_rng(hash((p.name, kind, "rows")) % 2**32)
     for K in rows_ks(p):
         rows = 67 if K <= 2048 else 5  # past one batch of 64, an odd last row
@@ -111,11 +98,11 @@ def test_vec_dot_f32_rows_matches_float64_dot(p, kind, path):
         x[3::11] *= np.float32(1e-20)  # small, still scaled exactly
         y = p.vec_dot_f32_rows(raw, x).astype(np.float64)
         assert y.shape == (rows,)
-        assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {path}")
+        assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {cpu_tier}")
 
 
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
-def test_vec_dot_f32_rows_a_row_does_not_depend_on_the_call(p, path):
+def test_vec_dot_f32_rows_a_row_does_not_depend_on_the_call(p, cpu_tier):
     """the bits of a row's result are the same alone, in any slice of rows and in any pairing
     (the kernels run two rows per pass and 64 per batch)"""
     rng = np.random.default_rng(3)
@@ -155,7 +142,7 @@ def test_vec_dot_f32_unsupported_format():
 
 
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
-def test_f32_matmul_stage_fused_and_unfused(p, path):
+def test_f32_matmul_stage_fused_and_unfused(p, cpu_tier):
     rng = np.random.default_rng(7)
     step = pf.compile("matmul", policy=p, variant="f32")
     for M, N, K in [(1, 33, 4 * p.block_elems), (2, 9, 8 * p.block_elems), (4, 5, 256 * 3),
@@ -174,6 +161,7 @@ def test_f32_matmul_stage_fused_and_unfused(p, path):
         mag = np.abs(x).astype(np.float64) @ np.abs(wd).T
         bound = gamma(K + 2) * mag + 4 * U * np.abs(ref) + 1e-30
         err = np.abs(y - ref)
-        assert (err <= bound).all(), f"{p.name} M={M} {path}: err/bound {np.max(err / bound):.3g}"
+        assert (err <= bound).all(), \
+            f"{p.name} M={M} {cpu_tier}: err/bound {np.max(err / bound):.3g}"
         rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
-        assert rel <= p.tolerances["f32"], f"{p.name} M={M} {path}: rel L2 {rel:.3g}"
+        assert rel <= p.tolerances["f32"], f"{p.name} M={M} {cpu_tier}: rel L2 {rel:.3g}"
