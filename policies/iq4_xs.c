@@ -340,8 +340,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_iq4_xs_step2(const uint8_t *b0, con
     for (int p = 0; p < 4; p++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * p));
         const __m256i u = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * p));
-        const __m256i pair = _mm256_setr_epi32(2 * p, 2 * p, 2 * p, 2 * p, 2 * p + 1, 2 * p + 1,
-                                               2 * p + 1, 2 * p + 1);
+        const __m256i pair = fdy_df_pair_lanes(2 * p);
         const __m256 dv = _mm256_permutevar8x32_ps(s0, pair);
         const __m256 du = _mm256_permutevar8x32_ps(s1, pair);
         fdy_df_nib_place2(

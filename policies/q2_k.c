@@ -372,8 +372,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q2_k_step2(const uint8_t *b0, const
         const __m256i qv = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * h));
         const __m256i qu = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * h));
         for (int k = 0; k < 4; k++) {
-            const __m256i pair = _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1,
-                                                   2 * k + 1, 2 * k + 1, 2 * k + 1);
+            const __m256i pair = fdy_df_pair_lanes(2 * k);
             fdy_df_q8s_place2(_mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3),
                               _mm256_and_si256(_mm256_srli_epi16(qu, 2 * k), m3), 1,
                               _mm256_permutevar8x32_ps(d0[h], pair),

@@ -366,10 +366,10 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q3_k_step2(const uint8_t *b0, const
     (void)bb;
     (void)full;
     const int hmo = (int)offsetof(fdy_block_q3_k, hmask);
-    const __m256 d0 = _mm256_set1_ps(fdy_df_half(b0[offsetof(fdy_block_q3_k, d)] |
-                                                 b0[offsetof(fdy_block_q3_k, d) + 1] << 8));
-    const __m256 d1 = _mm256_set1_ps(fdy_df_half(b1[offsetof(fdy_block_q3_k, d)] |
-                                                 b1[offsetof(fdy_block_q3_k, d) + 1] << 8));
+    uint16_t h0, h1;
+    memcpy(&h0, b0 + offsetof(fdy_block_q3_k, d), 2);
+    memcpy(&h1, b1 + offsetof(fdy_block_q3_k, d), 2);
+    const __m256 d0 = _mm256_set1_ps(fdy_df_half(h0)), d1 = _mm256_set1_ps(fdy_df_half(h1));
     const __m128i c0 = fdy_kq_scales_q3_k(b0), c1 = fdy_kq_scales_q3_k(b1);
     /* dl of groups 8h .. 8h + 7, lane by lane */
     const __m256 s0[2] = {_mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c0))),
@@ -384,8 +384,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_q3_k_step2(const uint8_t *b0, const
         const __m256i qv = _mm256_loadu_si256((const __m256i *)(b0 + qs + 32 * h));
         const __m256i qu = _mm256_loadu_si256((const __m256i *)(b1 + qs + 32 * h));
         for (int k = 0; k < 4; k++) {
-            const __m256i pair = _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1,
-                                                   2 * k + 1, 2 * k + 1, 2 * k + 1);
+            const __m256i pair = fdy_df_pair_lanes(2 * k);
             fdy_df_q8s_place2(fdy_df_q3_k_codes(qv, hv, k, 4 * h + k),
                               fdy_df_q3_k_codes(qu, hu, k, 4 * h + k), 0,
                               _mm256_permutevar8x32_ps(s0[h], pair), _mm256_setzero_ps(),

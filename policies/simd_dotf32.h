@@ -393,6 +393,13 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256 fdy_df_q4s_scales(const uint8_t *b, int 
                                     _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
 }
 
+/* the vpermps index of a group pair: lanes 0..3 take lane g of a vector of 8 group scales,
+ * lanes 4..7 lane g + 1 (the layout of a pair of groups in fdy_df_nib_place2 and
+ * fdy_df_q8s_place2) */
+FDY_DF_TARGET_AVX2 FDY_DF_INLINE __m256i fdy_df_pair_lanes(int g) {
+    return _mm256_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1);
+}
+
 /* byte u of each 32-bit lane to bits 24..31, zeros below */
 #define FDY_DF_Q4S_SEL(u)                                                                  \
     _mm256_setr_epi8(-128, -128, -128, (u), -128, -128, -128, 4 + (u), -128, -128, -128,    \

@@ -408,12 +408,12 @@ void *fdy_weight_pack(const fdy_weight *w) {
     if ((f & base) != base || (f & FDY_CPU_AVX512)) {
         return NULL;
     }
-    const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
-    const int64_t R = w->policy->pack_rows, ng = w->rows / R;
-    const size_t alloc = fdy_weight_pack_size(w);
-    if (rb <= 0 || ng <= 0 || !alloc) {
+    const size_t alloc = fdy_weight_pack_size(w); /* 0: no whole group, or a bad row size */
+    if (!alloc) {
         return NULL;
     }
+    const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
+    const int64_t R = w->policy->pack_rows, ng = w->rows / R;
     /* page-aligned: malloc returns these large copies 16 bytes past a page start, which
      * measured slower on the 1B Q4_0 decode (aligned: 1.04x; the other files unchanged;
      * docs/CPU_NOTES.md item 32).  The size is rounded up to whole pages, as aligned_alloc asks */
