@@ -69,6 +69,7 @@ typedef struct mm_ctx {
     float *res_out;
     int64_t rows_per_task;
     fdy_dot_f32_fn dot;
+    fdy_tile_f32_fn tile; /* the f32 GEMM's tile kernel */
 } mm_ctx;
 
 static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
@@ -246,7 +247,6 @@ static void mm_rows_f32_gemm(const mm_ctx *c, int64_t r0, int64_t r1, float *scr
     const int64_t kcb = f32_slice(p), be = p->block_elems > 0 ? p->block_elems : 1;
     const int64_t bb = p->block_bytes, M = c->M, K = c->K;
     float *panel = scratch, *acc = scratch + FDY_F32_PANEL * kcb;
-    const fdy_tile_f32_fn tile = fdy_select_tile_f32();
     for (int64_t n0 = r0; n0 < r1; n0 += FDY_F32_PANEL) {
         const int64_t nr = r1 - n0 < FDY_F32_PANEL ? r1 - n0 : FDY_F32_PANEL;
         memset(acc, 0, (size_t)(nr * M) * sizeof(float));
@@ -264,7 +264,8 @@ static void mm_rows_f32_gemm(const mm_ctx *c, int64_t r0, int64_t r1, float *scr
                 const int T = M - t < FDY_TILE_T ? (int)(M - t) : FDY_TILE_T;
                 for (int64_t r = 0; r < nr; r += FDY_TILE_R) {
                     const int R = nr - r < FDY_TILE_R ? (int)(nr - r) : FDY_TILE_R;
-                    tile(panel + r * kcb, kcb, c->x + t * K + k0, K, kc, R, T, acc + r * M + t, M);
+                    c->tile(panel + r * kcb, kcb, c->x + t * K + k0, K, kc, R, T, acc + r * M + t,
+                            M);
                 }
             }
         }
@@ -484,6 +485,7 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
     c.accumulate = accumulate;
     c.act = activation;
     c.dot = fdy_select_dot_f32();
+    c.tile = fdy_select_tile_f32();
     int threads = fdy_get_num_threads();
     int64_t n_tasks = mm_task_count(c.N * c.w_row, threads);
     if (n_tasks > c.N) {
@@ -617,6 +619,7 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
         c->res_in = pp->res_in;
         c->res_out = pp->res_out;
         c->dot = fdy_select_dot_f32();
+        c->tile = fdy_select_tile_f32();
         total_rows += c->N;
         total_bytes += c->N * c->w_row;
         const size_t fl = f32_scratch_floats(pp->w->policy, M, c->K);
