@@ -17,6 +17,11 @@ Unless --no-f32, pyfoundry's f32 variant decodes too, and its time is given rela
 variant's.  The engines take turns within each repeat (one model of each kept open), with a
 quarter-second pause before each turn so that the other engine's workers have stopped
 spinning.
+
+On CPUs with AMX (Intel Xeon since Sapphire Rapids) a llama-cpp-python built for the CPU
+includes llama.cpp's AMX matmul, which on some machines crashes the process at the first batch
+of more than one token (llama.cpp issue 20824).  The script stops with the rebuild command
+(AMX off, the AVX-512 kernels kept) when the installed build has AMX, unless --allow-amx.
 """
 import argparse
 import os
@@ -33,6 +38,16 @@ from common import fetch_smollm2, read_bandwidth
 
 HERE = pathlib.Path(__file__).resolve().parent
 SETTLE_S = 0.25  # idle time before each engine's turn
+AMX_MESSAGE = """\
+This llama-cpp-python was built with llama.cpp's AMX matmul, which crashes on some machines at
+the first batch of more than one token (llama.cpp issue 20824).  Rebuild it without AMX:
+
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \\
+    -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON \\
+    -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \\
+    pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python
+
+(drop the flags this CPU lacks), or pass --allow-amx to run it as it is."""
 
 
 def weight_bytes(path):
@@ -148,11 +163,15 @@ def main():
     ap.add_argument("--no-synthetic", action="store_true", help="skip the 1B synthetic models")
     ap.add_argument("--no-f32", action="store_true",
                     help="skip the f32 variant's decode (column 'f32 dec' and its time ratio)")
+    ap.add_argument("--allow-amx", action="store_true",
+                    help="run a llama-cpp-python built with AMX (see above) as it is")
     args = ap.parse_args()
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         sys.exit("llama-cpp-python is not installed: pip install '.[peers]'")
+    if not args.allow_amx and "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode():
+        sys.exit(AMX_MESSAGE)
     tmp = tempfile.TemporaryDirectory()
     files = args.models or default_files(tmp.name, not args.no_synthetic)
     threads = [int(t) for t in args.threads.split(",")]

@@ -338,6 +338,7 @@ FDY_KQ_BODY512 float q4_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 3); /* 144 bytes a super-block */
         /* (d, dmin) * d_a in lanes 0, 1 */
         int32_t dbits;
         memcpy(&dbits, &x[i], 4);
@@ -434,6 +435,7 @@ FDY_DF_TARGET_AVX512 static float q4_k_dotf_avx512(const void *w, const float *x
     float sc[2][16];
     const int64_t nb = n / 256;
     for (int64_t i = 0; i < nb; i++) {
+        fdy_stream_prefetch(b + i, 3); /* 144 bytes a super-block */
         const float *dl = FDY_DF_SCALES_AHEAD(q4_k_df_scales, b, i, nb, sc);
         const float *xb = x + 256 * i;
         for (int c = 0; c < 4; c++) {

@@ -282,6 +282,7 @@ FDY_KQ_BODY512 float q5_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 3); /* 176 bytes a super-block */
         /* (d, dmin) * d_a in lanes 0, 1 */
         int32_t dbits;
         memcpy(&dbits, &x[i], 4);

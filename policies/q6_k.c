@@ -355,6 +355,7 @@ FDY_KQ_BODY512 float q6_k_vec_dot_body512(const void *w, const void *a, int64_t 
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 4); /* 210 bytes a super-block */
         const float d = y[i].d * fdy_kq_half(x[i].d);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
         const __m256i corr = _mm256_slli_epi32(
@@ -487,6 +488,7 @@ FDY_DF_TARGET_AVX512 static float q6_k_dotf_avx512(const void *w, const float *x
     float sc[2][16];
     const int64_t nb = n / 256;
     for (int64_t i = 0; i < nb; i++) {
+        fdy_stream_prefetch(b + i, 4); /* 210 bytes a super-block */
         const float *dl = FDY_DF_SCALES_AHEAD(q6_k_df_scales, b, i, nb, sc);
         for (int h = 0; h < 2; h++) {
             __m256i c[4];

@@ -303,6 +303,7 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
         int64_t i = 0;                                                                        \
         for (; i + 2 <= nb; i += 2) {                                                         \
+            fdy_stream_prefetch(b + i, 1);                                                    \
             fdy_df_nibblk_512(b[i].qs, QH(b + i), fdy_df_half(b[i].d), M(b + i), HBIT, HASM,  \
                               tlo, thi, x + 32 * i, &a0, &a1);                                \
             fdy_df_nibblk_512(b[i + 1].qs, QH(b + i + 1), fdy_df_half(b[i + 1].d),           \

@@ -642,6 +642,7 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_scale2(float d0, float d1) {
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();          \
         int64_t i = 0;                                                          \
         for (; i + 8 <= nb; i += 8) {                                           \
+            fdy_stream_prefetch(x + i, (int)((8 * sizeof(WT) + 63) / 64));      \
             const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8X(y + i));      \
             FDY_LEG_STEP512(V, OPS, OFF, acc0, 0, fdy_pair_scale(d, 0));        \
             FDY_LEG_STEP512(V, OPS, OFF, acc1, 2, fdy_pair_scale(d, 1));        \
@@ -676,6 +677,7 @@ FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_scale2(float d0, float d1) {
         __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();                        \
         int64_t i = 0;                                                                       \
         for (; i + 8 <= nb; i += 8) {                                                        \
+            fdy_stream_prefetch(x + i, (int)((8 * sizeof(WT) + 63) / 64));                   \
             const __m256 da = FDY_LEG_D8X(y + i);                                            \
             const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
             FDY_LEG_STEPM512(V, OPS, 0, fdy_pair_scale(d, 0), fdy_pair_scale(m, 0));         \

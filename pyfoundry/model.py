@@ -400,8 +400,8 @@ class Model:
     @property
     def packed_bytes(self) -> int:
         """Bytes of the interleaved copies of weights the CPU decode streams instead of the
-        file's layout (Q4_0 and Q4_1 matmul weights on x86 CPUs with AVX2 and without
-        AVX-512), made by the first q8-variant forward; 0 before it, with the f32 variant, on
+        file's layout (Q4_0 and Q4_1 matmul weights on x86 CPUs with AVX2, FMA and
+        F16C), made by the first q8-variant forward; 0 before it, with the f32 variant, on
         other CPUs and with ``PYFOUNDRY_NO_PACK=1``."""
         return getattr(self._core, "packed_bytes", 0)
 

@@ -402,11 +402,11 @@ void *fdy_weight_pack(const fdy_weight *w) {
         w->policy->pack_rows <= 0 || w->rows < w->policy->pack_rows) {
         return NULL;
     }
-    /* only where the legacy kernels run their AVX2 tier: with AVX-512 the plain rows kernels
-     * take two blocks per vector and the packed layout was not measured against them */
+    /* where the AVX2 kernel can run (AVX-512 CPUs too: on an AVX-512 Xeon the packed kernel
+     * beat the AVX-512 rows kernels 1.2-1.8x, docs/CPU_NOTES.md item 39) */
     const uint32_t f = fdy_cpu_features_enabled();
     const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
-    if ((f & base) != base || (f & FDY_CPU_AVX512)) {
+    if ((f & base) != base) {
         return NULL;
     }
     const size_t alloc = fdy_weight_pack_size(w); /* 0: no whole group, or a bad row size */
