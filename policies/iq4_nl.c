@@ -110,18 +110,9 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 iq4_nl_ops256(const fdy_block_iq4_nl *
     return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};
 }
 
-FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 iq4_nl_ops512(const fdy_block_iq4_nl *x,
-                                                          const fdy_leg_q8_0 *y) {
-    const __m512i absgrid = _mm512_broadcast_i32x4(
-        _mm_setr_epi8(127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113));
-    const __m512i c = fdy_nibbles512(x[0].qs, x[1].qs);
-    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
-    const __mmask64 neg = _mm512_testn_epi8_mask(c, _mm512_set1_epi8(8));
-    return (fdy_ops512){_mm512_shuffle_epi8(absgrid, c), fdy_negate_where(a, neg), a};
-}
 #endif
 
-FDY_LEG_KERNELS(iq4_nl, fdy_block_iq4_nl, fdy_leg_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+FDY_LEG_KERNELS(iq4_nl, fdy_block_iq4_nl, fdy_leg_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8)
 
 /* roundtrip: measured relative L2 error 0.0754 on N(0, 1) rows (random_rows seed 6) */
 /* ---- to_i8 (prefill GEMM): q = the grid value, scale = d, min = 0; bit-exact */

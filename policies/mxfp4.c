@@ -146,18 +146,9 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 mxfp4_ops256(const fdy_block_mxfp4 *x,
     return (fdy_ops256){_mm256_abs_epi8(g), _mm256_sign_epi8(a, g), a};
 }
 
-FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 mxfp4_ops512(const fdy_block_mxfp4 *x,
-                                                         const fdy_leg_q8_0 *y) {
-    const __m512i absk =
-        _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12));
-    const __m512i c = fdy_nibbles512(x[0].qs, x[1].qs);
-    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
-    const __mmask64 neg = _mm512_test_epi8_mask(c, _mm512_set1_epi8(8));
-    return (fdy_ops512){_mm512_shuffle_epi8(absk, c), fdy_negate_where(a, neg), a};
-}
 #endif
 
-FDY_LEG_KERNELS(mxfp4, fdy_block_mxfp4, fdy_leg_q8_0, 0, MXFP4_D1, mxfp4_d8, mxfp4_d8)
+FDY_LEG_KERNELS(mxfp4, fdy_block_mxfp4, fdy_leg_q8_0, 0, MXFP4_D1, mxfp4_d8)
 
 /* ---- to_i8 (prefill GEMM): q = the E2M1 value doubled (an integer in [-12, 12]), scale = the
  * halved E8M0 scale, min = 0; bit-exact (decode's d * kvalue, kvalue = (float)q) */

@@ -140,14 +140,9 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q4_0_ops256(const fdy_block_q4_0 *x,
     return (fdy_ops256){fdy_nibbles256(x->qs), a, a};
 }
 
-FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q4_0_ops512(const fdy_block_q4_0 *x,
-                                                        const fdy_leg_q8_0 *y) {
-    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
-    return (fdy_ops512){fdy_nibbles512(x[0].qs, x[1].qs), a, a};
-}
 #endif
 
-FDY_LEG_KERNELS(q4_0, fdy_block_q4_0, fdy_leg_q8_0, 8, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+FDY_LEG_KERNELS(q4_0, fdy_block_q4_0, fdy_leg_q8_0, 8, FDY_LEG_D1, FDY_LEG_D8)
 
 /* the 8-row interleaved layout of the decode GEMV (simd_legacy.h): no min, zero point 8 */
 FDY_PACK8_NIB_KERNELS(q4_0, fdy_block_q4_0, -1, 8, fdy_leg_q8_0)

@@ -123,14 +123,9 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q5_0_ops256(const fdy_block_q5_0 *x,
     return (fdy_ops256){_mm256_or_si256(fdy_nibbles256(x->qs), fdy_bits256_x10(x->qh)), a, a};
 }
 
-FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_0_ops512(const fdy_block_q5_0 *x,
-                                                        const fdy_leg_q8_0 *y) {
-    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
-    return (fdy_ops512){fdy_qh512(fdy_nibbles512(x[0].qs, x[1].qs), x[0].qh, x[1].qh), a, a};
-}
 #endif
 
-FDY_LEG_KERNELS(q5_0, fdy_block_q5_0, fdy_leg_q8_0, 16, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+FDY_LEG_KERNELS(q5_0, fdy_block_q5_0, fdy_leg_q8_0, 16, FDY_LEG_D1, FDY_LEG_D8)
 
 /* ---- to_i8 (prefill GEMM): q = 5-bit code - 16, scale = d, min = 0; bit-exact */
 static void q5_0_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,

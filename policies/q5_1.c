@@ -133,15 +133,10 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q5_1_ops256(const fdy_block_q5_1 *x,
     return (fdy_ops256){_mm256_or_si256(fdy_nibbles256(x->qs), fdy_bits256_x10(x->qh)), a, a};
 }
 
-FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q5_1_ops512(const fdy_block_q5_1 *x,
-                                                        const fdy_leg_q8_1 *y) {
-    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
-    return (fdy_ops512){fdy_qh512(fdy_nibbles512(x[0].qs, x[1].qs), x[0].qh, x[1].qh), a, a};
-}
 #endif
 
-FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X,
-                    FDY_LEG_M1, FDY_LEG_M8, FDY_LEG_M8X)
+FDY_LEG_KERNELS_MIN(q5_1, fdy_block_q5_1, fdy_leg_q8_1, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_M1,
+                    FDY_LEG_M8)
 
 /* ---- to_i8 (prefill GEMM): q = 5-bit code, scale = d, min = m; bit-exact */
 static void q5_1_to_i8(const void *restrict src, int8_t *restrict q, float *restrict scale,

@@ -171,15 +171,9 @@ FDY_TARGET_AVX2 FDY_LEG_INLINE fdy_ops256 q8_0_ops256(const fdy_block_q8_0 *x,
     return (fdy_ops256){_mm256_abs_epi8(w), _mm256_sign_epi8(a, w), a};
 }
 
-FDY_TARGET_AVX512 FDY_LEG_INLINE fdy_ops512 q8_0_ops512(const fdy_block_q8_0 *x,
-                                                        const fdy_block_q8_0 *y) {
-    const __m512i w = fdy_load2x32(x[0].qs, x[1].qs);
-    const __m512i a = fdy_load2x32(y[0].qs, y[1].qs);
-    return (fdy_ops512){_mm512_abs_epi8(w), fdy_negate_where(a, _mm512_movepi8_mask(w)), a};
-}
 #endif
 
-FDY_LEG_KERNELS(q8_0, fdy_block_q8_0, fdy_block_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8, FDY_LEG_D8X)
+FDY_LEG_KERNELS(q8_0, fdy_block_q8_0, fdy_block_q8_0, 0, FDY_LEG_D1, FDY_LEG_D8)
 
 /* ---- to_i8 (prefill GEMM; weights and activations): the codes, scale = d, min = 0;
  * bit-exact */

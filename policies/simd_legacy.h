@@ -3,8 +3,8 @@
  * activation quantizers (quantize_act) of q8_0 / q8_1.
  *
  * Tiers, chosen per call from fdy_cpu_features_enabled():
- *   FDY_LEG_AVX512(VNNI)  AVX-512 F+BW+VL+DQ with FMA and F16C: two blocks per zmm; the byte
- *                         dots are vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd
+ *   FDY_LEG_AVX512(VNNI)  AVX-512 F+BW+VL+DQ with FMA and F16C: the activation quantizers;
+ *                         the dot kernels run the AVX2 / AVXVNNI tier (fdy_leg_dot_tier)
  *   FDY_LEG_AVX2 / AVXVNNI  AVX2+FMA+F16C: one block per ymm; AVX-VNNI's vpdpbusd if present
  *   FDY_LEG_PORTABLE      plain C (any other machine, aarch64 included)
  * No global -m flag: every SIMD function carries its own target attribute.
@@ -18,13 +18,12 @@
  * A format file F (weight blocks WT, activation blocks AT) supplies
  *   F_block(x, y)     the float value of blocks x[0] . y[0] (the portable kernel, SIMD tails)
  *   F_ops256(x, y)    the byte-dot operands {u, s, a} of block x[0] (AVX2)
- *   F_ops512(x, y)    the operands of blocks x[0], x[1] in lanes 0..7 / 8..15 (AVX-512)
- *   W1, W8, W8X       the weight scale of x[0] as a float, those of x[0..7] as a __m256
- *                     (AVX2 / AVX-512 flavour); M1, M8, M8X the minimum of q4_1 / q5_1
+ *   W1, W8            the weight scale of x[0] as a float, those of x[0..7] as a __m256;
+ *                     M1, M8 the minimum of q4_1 / q5_1
  * with the block's integer sum dot(u, s) - OFF * sum(a) (OFF: 8 for q4_0, 16 for q5_0), and
  * instantiates every kernel and the F_vec_dot dispatcher with FDY_LEG_KERNELS (or
- * FDY_LEG_KERNELS_MIN).  The kernels keep the sums in float vectors: per block (AVX2) or two
- * blocks (AVX-512) one multiply-add of the converted int32 sums by d_w * d_a, the scales of 8
+ * FDY_LEG_KERNELS_MIN).  The kernels keep the sums in float vectors: per block one
+ * multiply-add of the converted int32 sums by d_w * d_a, the scales of 8
  * blocks formed at once, 8 blocks per unrolled iteration, one horizontal sum per row.
  */
 #ifndef FDY_SIMD_LEGACY_H
@@ -69,6 +68,20 @@ static inline int fdy_leg_tier(void) {
 #else
     return FDY_LEG_PORTABLE;
 #endif
+}
+
+/* the tier of the dot kernels (vec_dot, vec_dot_rows): the 256-bit ones on AVX-512 CPUs too,
+ * with AVX-VNNI's vpdpbusd where the CPU has it.  On an AVX-512 Xeon their row-range form
+ * (the activation's terms once per call, FDY_LEG_ROWS256) ran 1.0-1.3x faster than the
+ * two-blocks-per-zmm kernels this header had for AVX-512 (docs/CPU_NOTES.md item 40) */
+static inline int fdy_leg_dot_tier(void) {
+    const int t = fdy_leg_tier();
+#if defined(__x86_64__)
+    if (t == FDY_LEG_AVX512 || t == FDY_LEG_AVX512VNNI) {
+        return (fdy_cpu_enabled() & FDY_CPU_AVXVNNI) ? FDY_LEG_AVXVNNI : FDY_LEG_AVX2;
+    }
+#endif
+    return t;
 }
 
 /* exact round-half-away-from-zero of |v| < 2^31 (roundf) without a libm call: the integer
@@ -178,22 +191,16 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
 #if defined(__x86_64__)
 #define FDY_LEG_VEC_DOT(F)                                                                  \
     static float F##_vec_dot(const void *w, const void *a, int64_t n) {                     \
-        switch (fdy_leg_tier()) {                                                           \
-        case FDY_LEG_AVX512VNNI: return F##_dot_avx512vnni(w, a, n);                        \
-        case FDY_LEG_AVX512: return F##_dot_avx512(w, a, n);                                \
+        switch (fdy_leg_dot_tier()) {                                                       \
         case FDY_LEG_AVXVNNI: return F##_dot_avxvnni(w, a, n);                              \
         case FDY_LEG_AVX2: return F##_dot_avx2(w, a, n);                                    \
         default: return F##_dot_portable(w, a, n);                                          \
         }                                                                                   \
     }                                                                                       \
     FDY_LEG_ROWS(F##_dot_portable, )                                                        \
-    FDY_LEG_ROWS(F##_dot_avx512, FDY_TARGET_AVX512)                                         \
-    FDY_LEG_ROWS(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI)                                 \
     static void F##_vec_dot_rows(const void *w, size_t rb, const void *a, int64_t n,        \
                                  float *out, int64_t rows) {                                \
-        switch (fdy_leg_tier()) {                                                           \
-        case FDY_LEG_AVX512VNNI: F##_dot_avx512vnni_rows(w, rb, a, n, out, rows); break;    \
-        case FDY_LEG_AVX512: F##_dot_avx512_rows(w, rb, a, n, out, rows); break;            \
+        switch (fdy_leg_dot_tier()) {                                                       \
         case FDY_LEG_AVXVNNI: F##_dot_avxvnni_rows(w, rb, a, n, out, rows); break;          \
         case FDY_LEG_AVX2: F##_dot_avx2_rows(w, rb, a, n, out, rows); break;                \
         default: F##_dot_portable_rows(w, rb, a, n, out, rows); break;                      \
@@ -209,10 +216,10 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
                                  float *out, int64_t rows) {                                \
         F##_dot_portable_rows(w, rb, a, n, out, rows);                                      \
     }
-#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)          \
+#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8)               \
     FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block) \
     FDY_LEG_VEC_DOT(F)
-#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X) \
+#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, M1, M8)           \
     FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)    \
     FDY_LEG_VEC_DOT(F)
 #endif
@@ -511,192 +518,8 @@ FDY_TARGET_AVX2 static inline float fdy_quant_block_avx2(const float *x, int8_t 
 
 /* ---- AVX-512 ---- */
 
-typedef struct fdy_ops512 {
-    __m512i u, s, a; /* byte-dot operands (unsigned, signed) and the activation codes */
-} fdy_ops512;
-
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_dp512(__m512i acc, __m512i u, __m512i s) {
-    const __m512i p = _mm512_maddubs_epi16(u, s);
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
-}
-
-FDY_TARGET_AVX512VNNI FDY_LEG_INLINE __m512i fdy_dp512_vnni(__m512i acc, __m512i u,
-                                                            __m512i s) {
-    return _mm512_dpbusd_epi32(acc, u, s);
-}
-
-#define FDY_LEG_SUMS512(SUFFIX, TARGET)                                                     \
-    TARGET FDY_LEG_INLINE __m512i fdy_sums512##SUFFIX(fdy_ops512 o, int off) {              \
-        const __m512i z = _mm512_setzero_si512();                                           \
-        const __m512i d = fdy_dp512##SUFFIX(z, o.u, o.s);                                   \
-        if (!off) {                                                                         \
-            return d;                                                                       \
-        }                                                                                   \
-        return _mm512_sub_epi32(d, fdy_dp512##SUFFIX(z, _mm512_set1_epi8((char)off), o.a)); \
-    }                                                                                       \
-    TARGET FDY_LEG_INLINE __m512i fdy_asums512##SUFFIX(fdy_ops512 o) {                      \
-        return fdy_dp512##SUFFIX(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);         \
-    }
-FDY_LEG_SUMS512(_vnni, FDY_TARGET_AVX512VNNI)
-
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_sums512(fdy_ops512 o, int off) {
-    __m512i p = _mm512_maddubs_epi16(o.u, o.s);
-    if (off) {
-        p = _mm512_sub_epi16(p, _mm512_maddubs_epi16(_mm512_set1_epi8((char)off), o.a));
-    }
-    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
-}
-
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_asums512(fdy_ops512 o) {
-    return fdy_dp512(_mm512_setzero_si512(), _mm512_set1_epi8(1), o.a);
-}
-
-/* the 32 bytes at p0 in the low half, those at p1 in the high half */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_load2x32(const void *p0, const void *p1) {
-    const __m256i lo = _mm256_loadu_si256((const __m256i *)p0);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo),
-                              _mm256_loadu_si256((const __m256i *)p1), 1);
-}
-
-/* two blocks of 16 packed-nibble bytes -> 64 bytes: [lo(q0), hi(q0), lo(q1), hi(q1)] */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_nibbles512(const uint8_t *q0, const uint8_t *q1) {
-    const __m256i v = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
-        _mm_loadu_si128((const __m128i *)q1), 1);
-    __m512i z = _mm512_castsi256_si512(v);
-    z = _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(1, 1, 0, 0));
-    const long long c4 = 0x0004000400040004LL; /* shift the odd 128-bit lanes by 4 */
-    z = _mm512_srlv_epi16(z, _mm512_set_epi64(c4, c4, 0, 0, c4, c4, 0, 0));
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
-}
-
-/* the 5th bits of two q5 blocks (qh: little-endian u32, bit k = element k) added to their
- * 4-bit codes q (the 64 bytes of fdy_nibbles512) */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_qh512(__m512i q, const uint8_t *qh0,
-                                                   const uint8_t *qh1) {
-    uint32_t h0, h1;
-    memcpy(&h0, qh0, 4);
-    memcpy(&h1, qh1, 4);
-    const __mmask64 m = (__mmask64)h0 | (__mmask64)h1 << 32;
-    return _mm512_mask_add_epi8(q, m, q, _mm512_set1_epi8(0x10));
-}
-
-/* s negated in the bytes where m is set (s must not hold -128) */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512i fdy_negate_where(__m512i s, __mmask64 m) {
-    return _mm512_mask_sub_epi8(s, m, _mm512_setzero_si512(), s);
-}
-
-/* the 8 f16 at p, p + stride, ..., p + 7 * stride (stride even, <= 36 bytes) as floats: the
- * words up to the last one loaded in at most four (masked) zmm loads, never past it, and
- * picked with word permutes -- fewer shuffle micro-ops than inserting them one by one */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m256 fdy_halves8_512(const void *p, int stride) {
-    const uint8_t *b = (const uint8_t *)p;
-    const int hs = stride / 2, nw = 7 * hs + 1; /* stride and words needed, in words */
-    const __m128i k8 = _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m512i idx = _mm512_zextsi128_si512(_mm_mullo_epi16(k8, _mm_set1_epi16((short)hs)));
-#define FDY_LEG_WORDS(j)                                                                 \
-    _mm512_maskz_loadu_epi16(nw >= 32 * (j + 1) ? ~(__mmask32)0                          \
-                             : nw > 32 * j      ? (__mmask32)((1u << (nw - 32 * j)) - 1) \
-                                                : 0,                                     \
-                             b + 64 * (j))
-    __m512i r = _mm512_permutex2var_epi16(FDY_LEG_WORDS(0), idx, FDY_LEG_WORDS(1));
-    if (nw > 64) {
-        __mmask32 hi = 0; /* the lanes whose word lies past the first 64 */
-        for (int k = 0; k < 8; k++) {
-            hi |= (__mmask32)(k * hs >= 64) << k;
-        }
-        const __m512i r2 = _mm512_permutex2var_epi16(
-            FDY_LEG_WORDS(2), _mm512_sub_epi16(idx, _mm512_set1_epi16(64)), FDY_LEG_WORDS(3));
-        r = _mm512_mask_blend_epi16(hi, r, r2);
-    }
-#undef FDY_LEG_WORDS
-    return _mm256_cvtph_ps(_mm512_castsi512_si128(r));
-}
-
-#define FDY_LEG_D8X(x) fdy_halves8_512(&(x)->d, (int)sizeof *(x))
-#define FDY_LEG_M8X(x) fdy_halves8_512(&(x)->m, (int)sizeof *(x))
-
-/* lanes 0..7 = d[2k], lanes 8..15 = d[2k + 1] */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_pair_scale(__m256 d, int k) {
-    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * k),
-                                           _mm256_set1_epi32(2 * k + 1), 1);
-    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(d));
-}
-
-/* 8 lanes of d0, then 8 lanes of d1 */
-FDY_TARGET_AVX512 FDY_LEG_INLINE __m512 fdy_scale2(float d0, float d1) {
-    return _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
-}
-
-/* two blocks: acc += (block sums) * d (lanes 0..7 / 8..15) */
-#define FDY_LEG_STEP512(V, OPS, OFF, acc, k, d) \
-    acc = _mm512_fmadd_ps(                      \
-        _mm512_cvtepi32_ps(fdy_sums512##V(OPS(x + i + (k), y + i + (k)), OFF)), d, acc)
-
-/* AVX-512 kernel of a one-scale format: eight blocks per iteration, then pairs, then one */
-#define FDY_LEG_DOT512(NAME, TARGET, V, WT, AT, OPS, OFF, W1, W8, BLOCK)        \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {         \
-        const WT *x = (const WT *)w;                                            \
-        const AT *y = (const AT *)a;                                            \
-        const int64_t nb = n / 32;                                              \
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();          \
-        int64_t i = 0;                                                          \
-        for (; i + 8 <= nb; i += 8) {                                           \
-            fdy_stream_prefetch(x + i, (int)((8 * sizeof(WT) + 63) / 64));      \
-            const __m256 d = _mm256_mul_ps(W8(x + i), FDY_LEG_D8X(y + i));      \
-            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0, fdy_pair_scale(d, 0));        \
-            FDY_LEG_STEP512(V, OPS, OFF, acc1, 2, fdy_pair_scale(d, 1));        \
-            FDY_LEG_STEP512(V, OPS, OFF, acc0, 4, fdy_pair_scale(d, 2));        \
-            FDY_LEG_STEP512(V, OPS, OFF, acc1, 6, fdy_pair_scale(d, 3));        \
-        }                                                                       \
-        for (; i + 2 <= nb; i += 2) {                                           \
-            FDY_LEG_STEP512(V, OPS, OFF, acc0, 0,                               \
-                            fdy_scale2(W1(x + i) * FDY_LEG_D1(y + i),           \
-                                       W1(x + i + 1) * FDY_LEG_D1(y + i + 1))); \
-        }                                                                       \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));            \
-        if (i < nb) {                                                           \
-            sum += BLOCK(x + i, y + i);                                         \
-        }                                                                       \
-        return sum;                                                             \
-    }
-
-#define FDY_LEG_STEPM512(V, OPS, k, d, m)                                         \
-    do {                                                                          \
-        const fdy_ops512 o_ = OPS(x + i + (k), y + i + (k));                      \
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_sums512##V(o_, 0)), d, acc); \
-        accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(fdy_asums512##V(o_)), m, accm); \
-    } while (0)
-
-/* AVX-512 kernel of q4_1 / q5_1 */
-#define FDY_LEG_DOTM512(NAME, TARGET, V, WT, AT, OPS, W1, W8, M1, M8, BLOCK)                 \
-    TARGET static float NAME(const void *w, const void *a, int64_t n) {                      \
-        const WT *x = (const WT *)w;                                                         \
-        const AT *y = (const AT *)a;                                                         \
-        const int64_t nb = n / 32;                                                           \
-        __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();                        \
-        int64_t i = 0;                                                                       \
-        for (; i + 8 <= nb; i += 8) {                                                        \
-            fdy_stream_prefetch(x + i, (int)((8 * sizeof(WT) + 63) / 64));                   \
-            const __m256 da = FDY_LEG_D8X(y + i);                                            \
-            const __m256 d = _mm256_mul_ps(W8(x + i), da), m = _mm256_mul_ps(M8(x + i), da); \
-            FDY_LEG_STEPM512(V, OPS, 0, fdy_pair_scale(d, 0), fdy_pair_scale(m, 0));         \
-            FDY_LEG_STEPM512(V, OPS, 2, fdy_pair_scale(d, 1), fdy_pair_scale(m, 1));         \
-            FDY_LEG_STEPM512(V, OPS, 4, fdy_pair_scale(d, 2), fdy_pair_scale(m, 2));         \
-            FDY_LEG_STEPM512(V, OPS, 6, fdy_pair_scale(d, 3), fdy_pair_scale(m, 3));         \
-        }                                                                                    \
-        for (; i + 2 <= nb; i += 2) {                                                        \
-            const float da0 = FDY_LEG_D1(y + i), da1 = FDY_LEG_D1(y + i + 1);                \
-            FDY_LEG_STEPM512(V, OPS, 0, fdy_scale2(W1(x + i) * da0, W1(x + i + 1) * da1),    \
-                             fdy_scale2(M1(x + i) * da0, M1(x + i + 1) * da1));              \
-        }                                                                                    \
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));                          \
-        if (i < nb) {                                                                        \
-            sum += BLOCK(x + i, y + i);                                                      \
-        }                                                                                    \
-        return sum;                                                                          \
-    }
-
+/* the activation quantizer's rounding (the dot kernels on AVX-512 CPUs are the 256-bit ones:
+ * fdy_leg_dot_tier) */
 FDY_TARGET_AVX512 static inline __m512i fdy_round512(__m512 v) {
     const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_abs_ps(_mm512_sub_ps(v, t));
@@ -725,27 +548,19 @@ FDY_TARGET_AVX512 static inline float fdy_quant_block_avx512(const float *x, int
 
 /* ---- every kernel of a format ---- */
 
-#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8, W8X)                                        \
+#define FDY_LEG_KERNELS(F, WT, AT, OFF, W1, W8)                                             \
     FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)                               \
     FDY_LEG_DOT256(F##_dot_avx2, FDY_TARGET_AVX2, , WT, AT, F##_ops256, OFF, W1, W8,        \
                    F##_block)                                                               \
     FDY_LEG_DOT256(F##_dot_avxvnni, FDY_TARGET_AVXVNNI, _vnni, WT, AT, F##_ops256, OFF, W1, \
                    W8, F##_block)                                                           \
-    FDY_LEG_DOT512(F##_dot_avx512, FDY_TARGET_AVX512, , WT, AT, F##_ops512, OFF, W1, W8X,   \
-                   F##_block)                                                               \
-    FDY_LEG_DOT512(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI, _vnni, WT, AT, F##_ops512,    \
-                   OFF, W1, W8X, F##_block)                                                 \
     FDY_LEG_VEC_DOT(F)
 
-#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, W8X, M1, M8, M8X)                            \
+#define FDY_LEG_KERNELS_MIN(F, WT, AT, W1, W8, M1, M8)                                      \
     FDY_LEG_DOT_PORTABLE(F##_dot_portable, WT, AT, F##_block)                               \
     FDY_LEG_DOTM256(F##_dot_avx2, FDY_TARGET_AVX2, , WT, AT, F##_ops256, W1, W8, M1, M8)    \
     FDY_LEG_DOTM256(F##_dot_avxvnni, FDY_TARGET_AVXVNNI, _vnni, WT, AT, F##_ops256, W1, W8, \
                     M1, M8)                                                                 \
-    FDY_LEG_DOTM512(F##_dot_avx512, FDY_TARGET_AVX512, , WT, AT, F##_ops512, W1, W8X, M1,   \
-                    M8X, F##_block)                                                         \
-    FDY_LEG_DOTM512(F##_dot_avx512vnni, FDY_TARGET_AVX512VNNI, _vnni, WT, AT, F##_ops512,   \
-                    W1, W8X, M1, M8X, F##_block)                                            \
     FDY_LEG_VEC_DOT(F)
 
 #endif /* __x86_64__ */
