@@ -25,7 +25,7 @@ typedef struct fdy_block_q4_1 {
     uint8_t qs[16];
 } fdy_block_q4_1;
 FDY_STATIC_ASSERT(sizeof(fdy_block_q4_1) == FDY_Q4_1_BLOCK_BYTES, "q4_1 block size");
-FDY_STATIC_ASSERT(offsetof(fdy_block_q4_1, m) == 2, "q4_1: m at offset 2 (fdy_df_dm_512)");
+FDY_STATIC_ASSERT(offsetof(fdy_block_q4_1, m) == 2, "q4_1: m at offset 2 (fdy_df_h2f)");
 
 /* sub 0: the low nibbles (elements 0..15), sub 1: the high nibbles (elements 16..31) */
 FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {

@@ -27,7 +27,7 @@ typedef struct fdy_block_q5_1 {
     uint8_t qs[16];
 } fdy_block_q5_1;
 FDY_STATIC_ASSERT(sizeof(fdy_block_q5_1) == FDY_Q5_1_BLOCK_BYTES, "q5_1 block size");
-FDY_STATIC_ASSERT(offsetof(fdy_block_q5_1, m) == 2, "q5_1: m at offset 2 (fdy_df_dm_512)");
+FDY_STATIC_ASSERT(offsetof(fdy_block_q5_1, m) == 2, "q5_1: m at offset 2 (fdy_df_h2f)");
 
 /* sub 0: elements 0..15 (low nibbles), sub 1: elements 16..31 (high nibbles) */
 FDY_FN void fdy_decode_q5_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {

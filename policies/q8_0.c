@@ -227,15 +227,13 @@ FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x
     const int64_t nb = n / 32;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t i = 0;
-    float dm[4];
 #define Q8_0_DF_BLOCK512(acc, k)                                                          \
     do {                                                                                  \
         const float *xb = x + 32 * (i + (k));                                             \
-        fdy_df_dm_512(b + i + (k), dm);                                                   \
         const __m512 s = _mm512_fmadd_ps(                                                 \
             fdy_df_s8x16_512(b[i + (k)].qs + 16), _mm512_loadu_ps(xb + 16),               \
             _mm512_mul_ps(fdy_df_s8x16_512(b[i + (k)].qs), _mm512_loadu_ps(xb)));         \
-        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(dm[0]), acc);                             \
+        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(*fdy_df_h2f(&b[i + (k)].d)), acc);       \
     } while (0)
     for (; i + 2 <= nb; i += 2) {
         fdy_stream_prefetch(b + i, 2); /* 68 bytes a pair of blocks */

@@ -250,19 +250,19 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibtables_512(const int8_t *tbl, 
     *thi = fdy_df_ramp_512((float)(off - 16));
 }
 
-/* the f16 at offset 0 of blk (a block's d) and the one at offset 2 (q4_1's and q5_1's m) as
- * floats in sp[0], sp[1], and two more floats in sp[2..3]: one 32-bit load and one vcvtph2ps.
- * The spill makes each later broadcast a load from sp: converting a scalar f16 and
- * broadcasting it from a register cost three shuffle-port micro-ops per scale, which made these
- * kernels shuffle-bound (docs/CPU_NOTES.md item 41) */
-FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_dm_512(const void *blk, float *sp) {
-    _mm_storeu_ps(sp, _mm_cvtph_ps(_mm_loadu_si32(blk)));
-    fdy_df_spill(sp);
+/* where the f16 at p is held as float (fdy_f16_table): a broadcast of it is one load.
+ * Converting a scalar f16 and broadcasting it from a register cost three shuffle-port
+ * micro-ops per scale, which made these kernels shuffle-bound (docs/CPU_NOTES.md item 41) */
+FDY_DF_INLINE const float *fdy_df_h2f(const void *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return &fdy_f16_table[h];
 }
 
-/* one block (codes qs, fifth bits qh, d and m in dm[0], dm[1] as fdy_df_dm_512 writes them) */
+/* one block (codes qs, fifth bits qh, d at *dp, the min at *mp when hasm) */
 FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uint32_t qh,
-                                                          const float *dm, int hbit, int hasm,
+                                                          const float *dp, const float *mp,
+                                                          int hbit, int hasm,
                                                           __m512 tlo, __m512 thi,
                                                           const float *x, __m512 *acc0,
                                                           __m512 *acc1) {
@@ -273,10 +273,10 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
         lo = _mm512_mask_permutexvar_ps(lo, (__mmask16)qh, v, thi);
         hi = _mm512_mask_permutexvar_ps(hi, (__mmask16)(qh >> 16), vh, thi);
     }
-    const __m512 vd = _mm512_set1_ps(dm[0]);
+    const __m512 vd = _mm512_set1_ps(*dp);
     const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
     if (hasm) {
-        const __m512 vm = _mm512_set1_ps(dm[1]);
+        const __m512 vm = _mm512_set1_ps(*mp);
         *acc0 = _mm512_fmadd_ps(_mm512_fmadd_ps(lo, vd, vm), x0, *acc0);
         *acc1 = _mm512_fmadd_ps(_mm512_fmadd_ps(hi, vd, vm), x1, *acc1);
     } else {
@@ -287,9 +287,9 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
 /* F_dotf_avx2 and F_dotf_avx512 of a nibble format with block type BT (fields qs, d) and the
  * expressions QH(b) (the qh bits as a uint32, or 0) and M(b) (the float min, or 0.0f) of a
  * block pointer b: two blocks per iteration into separate accumulators.  The AVX-512 kernel
- * reads d at offset 0 and (HASM) the min at offset 2 (fdy_df_dm_512) */
+ * reads d at offset 0 and (HASM) the min at offset 2 as f16 (fdy_df_h2f) */
 #define FDY_DF_NIB_KERNELS(F, BT, HBIT, HASM, TBL, OFF, QH, M)                                 \
-    _Static_assert(offsetof(BT, d) == 0, #F ": d at offset 0 (fdy_df_dm_512)");              \
+    _Static_assert(offsetof(BT, d) == 0, #F ": d at offset 0 (fdy_df_h2f)");                 \
     FDY_DF_TARGET_AVX2 static float F##_dotf_avx2(const void *w, const float *x, int64_t n) { \
         const BT *b = (const BT *)w;                                                          \
         const int64_t nb = n / 32;                                                            \
@@ -314,21 +314,20 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
         __m512 tlo, thi;                                                                      \
         fdy_df_nibtables_512(TBL, OFF, &tlo, &thi);                                           \
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
-        float dm0[4], dm1[4];                                                                 \
         int64_t i = 0;                                                                        \
         for (; i + 2 <= nb; i += 2) {                                                         \
             fdy_stream_prefetch(b + i, 1);                                                    \
-            fdy_df_dm_512(b + i, dm0);                                                        \
-            fdy_df_dm_512(b + i + 1, dm1);                                                    \
-            fdy_df_nibblk_512(b[i].qs, QH(b + i), dm0, HBIT, HASM, tlo, thi, x + 32 * i, &a0, \
-                              &a1);                                                           \
-            fdy_df_nibblk_512(b[i + 1].qs, QH(b + i + 1), dm1, HBIT, HASM, tlo, thi,          \
-                              x + 32 * i + 32, &a2, &a3);                                     \
+            fdy_df_nibblk_512(b[i].qs, QH(b + i), fdy_df_h2f(b + i),                          \
+                              fdy_df_h2f((const uint8_t *)(b + i) + 2), HBIT, HASM, tlo, thi, \
+                              x + 32 * i, &a0, &a1);                                          \
+            fdy_df_nibblk_512(b[i + 1].qs, QH(b + i + 1), fdy_df_h2f(b + i + 1),              \
+                              fdy_df_h2f((const uint8_t *)(b + i + 1) + 2), HBIT, HASM, tlo,  \
+                              thi, x + 32 * i + 32, &a2, &a3);                                \
         }                                                                                     \
         if (i < nb) {                                                                         \
-            fdy_df_dm_512(b + i, dm0);                                                        \
-            fdy_df_nibblk_512(b[i].qs, QH(b + i), dm0, HBIT, HASM, tlo, thi, x + 32 * i, &a0, \
-                              &a1);                                                           \
+            fdy_df_nibblk_512(b[i].qs, QH(b + i), fdy_df_h2f(b + i),                          \
+                              fdy_df_h2f((const uint8_t *)(b + i) + 2), HBIT, HASM, tlo, thi, \
+                              x + 32 * i, &a0, &a1);                                          \
         }                                                                                     \
         return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1),                      \
                                                   _mm512_add_ps(a2, a3)));                    \

@@ -148,6 +148,18 @@ static inline uint32_t fdy_cpu_enabled(void) {
     return f != UINT32_MAX ? f : fdy_cpu_features_enabled();
 }
 
+/* fdy_f16_table[h]: the f16 with bits h as float (fdy_half_to_float), filled at the first
+ * feature detection, so before any kernel that reads fdy_cpu_enabled() runs.  A kernel that
+ * needs one scale per block as a broadcast vector reads it here: a load and a broadcast from
+ * memory, no vector ALU operation (converting it in a register costs a shuffle-port micro-op
+ * or three; docs/CPU_NOTES.md item 41).  256 KB; the scales of one tensor touch few of its
+ * lines */
+extern float fdy_f16_table[65536]
+#if defined(__GNUC__)
+    __attribute__((visibility("hidden")))
+#endif
+    ;
+
 /* Software prefetch for the kernels that stream weight rows at M = 1 (decode): the hardware
  * prefetchers alone hold those kernels at 70-80% of the read bandwidth on some cores, so each
  * block also asks for the bytes fdy_stream_ahead past it: `lines` 64-byte lines, enough to

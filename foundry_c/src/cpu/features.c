@@ -1,6 +1,7 @@
 /* features.c - run-time detection of the processor's SIMD extensions.  Kernels ask
  * fdy_cpu_features_enabled() and pick their path; nothing is tied to the build machine.  Tests
  * narrow the set with fdy_cpu_set_feature_mask() to force each path. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -78,9 +79,24 @@ __attribute__((visibility("hidden")))
 #endif
 int32_t fdy_stream_ahead = FDY_STREAM_AHEAD;
 
+/* every f16 as float (policy.h: fdy_f16_table), filled once, before the first feature word
+ * any kernel reads is returned */
+#if defined(__GNUC__)
+__attribute__((visibility("hidden")))
+#endif
+float fdy_f16_table[65536];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+
+static void f16_fill(void) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        fdy_f16_table[h] = fdy_half_to_float((uint16_t)h);
+    }
+}
+
 uint32_t fdy_cpu_features(void) {
     uint32_t f = atomic_load(&fdy_detected);
     if (f == 0xffffffffu) {
+        pthread_once(&f16_once, f16_fill);
         const char *np = getenv("PYFOUNDRY_NO_PREFETCH");
         if (np && *np && *np != '0') {
             fdy_stream_ahead = 0;
