@@ -50,6 +50,15 @@ the first batch of more than one token (llama.cpp issue 20824).  Rebuild it with
 (drop the flags this CPU lacks), or pass --allow-amx to run it as it is."""
 
 
+def has_amx(llama_cpp):
+    """whether this llama-cpp-python build includes llama.cpp's AMX kernels (its system info
+    line lists the features it was built with, e.g. '... | AMX_INT8 = 1 | ...')"""
+    info = llama_cpp.llama_print_system_info()
+    if isinstance(info, bytes):
+        info = info.decode(errors="replace")
+    return any(f.strip().startswith("AMX") and f.strip().endswith("= 1") for f in info.split("|"))
+
+
 def weight_bytes(path):
     with pf.open(path) as f:
         return sum(t.nbytes for t in f.tensors.values()
@@ -170,7 +179,7 @@ def main():
         import llama_cpp  # noqa: F401
     except ImportError:
         sys.exit("llama-cpp-python is not installed: pip install '.[peers]'")
-    if not args.allow_amx and "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode():
+    if not args.allow_amx and has_amx(llama_cpp):
         sys.exit(AMX_MESSAGE)
     tmp = tempfile.TemporaryDirectory()
     files = args.models or default_files(tmp.name, not args.no_synthetic)
