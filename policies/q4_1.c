@@ -25,7 +25,6 @@ typedef struct fdy_block_q4_1 {
     uint8_t qs[16];
 } fdy_block_q4_1;
 FDY_STATIC_ASSERT(sizeof(fdy_block_q4_1) == FDY_Q4_1_BLOCK_BYTES, "q4_1 block size");
-FDY_STATIC_ASSERT(offsetof(fdy_block_q4_1, m) == 2, "q4_1: m at offset 2 (fdy_df_h2f)");
 
 /* sub 0: the low nibbles (elements 0..15), sub 1: the high nibbles (elements 16..31) */
 FDY_FN void fdy_decode_q4_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {
@@ -176,6 +175,7 @@ static void q4_1_to_i8(const void *restrict src, int8_t *restrict q, float *rest
 FDY_DF_PORTABLE_DECODE(q4_1, fdy_decode_q4_1, FDY_Q4_1_BLOCK_ELEMS, FDY_Q4_1_BLOCK_BYTES,
                        FDY_Q4_1_SUB_ELEMS)
 #if defined(__x86_64__)
+FDY_STATIC_ASSERT(offsetof(fdy_block_q4_1, m) == 2, "q4_1: m at offset 2 (fdy_df_h2f)");
 #define Q4_1_DF_M(b) fdy_df_half((b)->m)
 #endif
 FDY_DF_NIB_KERNELS(q4_1, fdy_block_q4_1, 0, 1, NULL, 0, FDY_DF_NO_QH, Q4_1_DF_M)

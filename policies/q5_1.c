@@ -27,7 +27,6 @@ typedef struct fdy_block_q5_1 {
     uint8_t qs[16];
 } fdy_block_q5_1;
 FDY_STATIC_ASSERT(sizeof(fdy_block_q5_1) == FDY_Q5_1_BLOCK_BYTES, "q5_1 block size");
-FDY_STATIC_ASSERT(offsetof(fdy_block_q5_1, m) == 2, "q5_1: m at offset 2 (fdy_df_h2f)");
 
 /* sub 0: elements 0..15 (low nibbles), sub 1: elements 16..31 (high nibbles) */
 FDY_FN void fdy_decode_q5_1(FDY_GLOBAL const uint8_t *blk, int sub, FDY_THREAD float *out) {
@@ -157,6 +156,7 @@ FDY_DF_PORTABLE_DECODE(q5_1, fdy_decode_q5_1, FDY_Q5_1_BLOCK_ELEMS, FDY_Q5_1_BLO
                        FDY_Q5_1_SUB_ELEMS)
 #if defined(__x86_64__)
 #define Q5_1_DF_QH(b) fdy_deq_le32((b)->qh)
+FDY_STATIC_ASSERT(offsetof(fdy_block_q5_1, m) == 2, "q5_1: m at offset 2 (fdy_df_h2f)");
 #define Q5_1_DF_M(b) fdy_df_half((b)->m)
 #endif
 FDY_DF_NIB_KERNELS(q5_1, fdy_block_q5_1, 1, 1, NULL, 0, Q5_1_DF_QH, Q5_1_DF_M)
