@@ -29,11 +29,16 @@ _CPU_FLAGS = ["avx2", "fma", "f16c", "avx512", "avx512vnni", "avxvnni", "neon", 
 
 
 def cpu_features():
-    """The SIMD extensions the processor has and those the kernels may use:
-    ``{"detected": [...], "enabled": [...]}``."""
-    det, en = _core.cpu_features()
+    """The SIMD extensions the processor has and those the kernels may use, and how far ahead
+    (bytes) the decode kernels prefetch the weights they stream:
+    ``{"detected": [...], "enabled": [...], "prefetch_ahead": n}``.  The distance is 16384 on
+    Intel CPUs and 4096 on others; ``PYFOUNDRY_PREFETCH_AHEAD=n`` (0 to 1048576) sets it and
+    ``PYFOUNDRY_NO_PREFETCH=1`` makes it 0, both read when the library first detects the CPU
+    (a tuning switch: results do not depend on it)."""
+    det, en, ahead = _core.cpu_features()
     return {"detected": [n for i, n in enumerate(_CPU_FLAGS) if det >> i & 1],
-            "enabled": [n for i, n in enumerate(_CPU_FLAGS) if en >> i & 1]}
+            "enabled": [n for i, n in enumerate(_CPU_FLAGS) if en >> i & 1],
+            "prefetch_ahead": ahead}
 
 
 def set_num_threads(n: int) -> None:

@@ -49,6 +49,10 @@ enum {
 uint32_t fdy_cpu_features(void);          /* what the processor has */
 uint32_t fdy_cpu_features_enabled(void);  /* what the kernels may use (detected & mask) */
 void fdy_cpu_set_feature_mask(uint32_t mask); /* tests force paths with this */
+/* bytes ahead of the block it reads that a streaming decode kernel prefetches (0: none): 16384
+ * on Intel CPUs, 4096 elsewhere, or PYFOUNDRY_PREFETCH_AHEAD / PYFOUNDRY_NO_PREFETCH as read at
+ * the first feature detection */
+int32_t fdy_cpu_prefetch_ahead(void);
 
 /* ---- policies (weight formats) ------------------------------------------------------------ */
 

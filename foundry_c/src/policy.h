@@ -163,10 +163,11 @@ extern float fdy_f16_table[65536]
 /* Software prefetch for the kernels that stream weight rows at M = 1 (decode): the hardware
  * prefetchers alone hold those kernels at 70-80% of the read bandwidth on some cores, so each
  * block also asks for the bytes fdy_stream_ahead past it: `lines` 64-byte lines, enough to
- * cover one block.  fdy_stream_ahead is FDY_STREAM_AHEAD bytes, 0 (the block itself, a no-op)
- * when the environment has PYFOUNDRY_NO_PREFETCH=1 at the first feature detection (a timing
- * switch).  Past the end of the weights it touches memory the kernel does not own: a prefetch
- * never faults, and the address is formed as an integer.  docs/CPU_NOTES.md item 28. */
+ * cover one block.  fdy_stream_ahead is set at the first feature detection: 16384 bytes on
+ * Intel CPUs, FDY_STREAM_AHEAD elsewhere, PYFOUNDRY_PREFETCH_AHEAD when the environment gives
+ * it, 0 (the block itself, a no-op) with PYFOUNDRY_NO_PREFETCH=1 (fdy_cpu_prefetch_ahead reads
+ * it).  Past the end of the weights it touches memory the kernel does not own: a prefetch
+ * never faults, and the address is formed as an integer.  docs/CPU_NOTES.md items 28, 42. */
 #define FDY_STREAM_AHEAD 4096
 extern int32_t fdy_stream_ahead
 #if defined(__GNUC__)

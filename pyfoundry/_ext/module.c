@@ -43,7 +43,7 @@ PyObject *fdy_raise(fdy_module_state *st, fdy_status status) {
 
 static PyObject *cpu_features(PyObject *self, PyObject *noargs) {
     uint32_t f = fdy_cpu_features(), e = fdy_cpu_features_enabled();
-    return Py_BuildValue("(II)", f, e);
+    return Py_BuildValue("(IIi)", f, e, (int)fdy_cpu_prefetch_ahead());
 }
 
 static PyObject *set_cpu_feature_mask(PyObject *self, PyObject *arg) {
@@ -57,7 +57,8 @@ static PyObject *set_cpu_feature_mask(PyObject *self, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"cpu_features", cpu_features, METH_NOARGS,
-     "cpu_features() -> (detected, enabled): bit sets of FDY_CPU_* flags"},
+     "cpu_features() -> (detected, enabled, prefetch_ahead): bit sets of FDY_CPU_* flags, and the\n"
+     "decode kernels' prefetch distance in bytes"},
     {"set_cpu_feature_mask", set_cpu_feature_mask, METH_O,
      "set_cpu_feature_mask(mask): restrict the SIMD paths kernels may use (tests)"},
     {NULL, NULL, 0, NULL},
