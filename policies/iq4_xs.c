@@ -193,6 +193,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float iq4_xs_vec_dot_avx2(con
         _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)fdy_iq4_xs_grid));
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 3); /* 136 bytes a super-block */
         const float d = y[i].d * fdy_kq_half(x[i].d);
         const __m256i sc = _mm256_broadcastsi128_si256(iq4_xs_scales16(&x[i]));
         __m256i sumi = _mm256_setzero_si256();
@@ -239,6 +240,7 @@ FDY_KQ_BODY512 float iq4_xs_vec_dot_body512(const void *w, const void *a, int64_
     }
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 3); /* 136 bytes a super-block */
         const float d = y[i].d * fdy_kq_half(x[i].d);
         const __m512i sc = _mm512_broadcast_i32x4(iq4_xs_scales16(&x[i]));
         __m512i sumi = _mm512_setzero_si512();

@@ -214,6 +214,7 @@ __attribute__((target(FDY_KQ_AVX2_TARGET))) static float q2_k_vec_dot_avx2(const
     __m256 acc = _mm256_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 2); /* 84 bytes a super-block */
         const float d = y[i].d * fdy_kq_half(x[i].d);
         const float dmin = y[i].d * fdy_kq_half(x[i].dmin);
         const __m128i s8 = _mm_loadu_si128((const __m128i *)x[i].scales);
@@ -258,6 +259,7 @@ FDY_KQ_BODY512 float q2_k_vec_dot_body512(const void *w, const void *a, int64_t 
     __m512 acc = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++) {
+        fdy_stream_prefetch(&x[i], 2); /* 84 bytes a super-block */
         /* (d, dmin) * d_a in lanes 0, 1 */
         int32_t dbits;
         memcpy(&dbits, &x[i].d, 4);
