@@ -146,8 +146,7 @@ Q8_0_QUANTIZE_ACT(q8_0_quantize_act_avx512, FDY_TARGET_AVX512, fdy_quant_block_a
 static void q8_0_quantize_act(const float *src, void *dst, int64_t n) {
     switch (fdy_leg_tier()) {
 #if defined(__x86_64__)
-    case FDY_LEG_AVX512:
-    case FDY_LEG_AVX512VNNI: q8_0_quantize_act_avx512(src, dst, n); return;
+    case FDY_LEG_AVX512: q8_0_quantize_act_avx512(src, dst, n); return;
     case FDY_LEG_AVX2:
     case FDY_LEG_AVXVNNI: q8_0_quantize_act_avx2(src, dst, n); return;
 #endif

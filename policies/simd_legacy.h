@@ -3,7 +3,7 @@
  * activation quantizers (quantize_act) of q8_0 / q8_1.
  *
  * Tiers, chosen per call from fdy_cpu_features_enabled():
- *   FDY_LEG_AVX512(VNNI)  AVX-512 F+BW+VL+DQ with FMA and F16C: the activation quantizers;
+ *   FDY_LEG_AVX512        AVX-512 F+BW+VL+DQ with FMA and F16C: the activation quantizers;
  *                         the dot kernels run the AVX2 / AVXVNNI tier (fdy_leg_dot_tier)
  *   FDY_LEG_AVX2 / AVXVNNI  AVX2+FMA+F16C: one block per ymm; AVX-VNNI's vpdpbusd if present
  *   FDY_LEG_PORTABLE      plain C (any other machine, aarch64 included)
@@ -51,7 +51,7 @@ typedef struct fdy_leg_q8_1 {
 _Static_assert(sizeof(fdy_leg_q8_0) == 34, "q8_0 block size");
 _Static_assert(sizeof(fdy_leg_q8_1) == 36, "q8_1 block size");
 
-enum { FDY_LEG_PORTABLE, FDY_LEG_AVX2, FDY_LEG_AVXVNNI, FDY_LEG_AVX512, FDY_LEG_AVX512VNNI };
+enum { FDY_LEG_PORTABLE, FDY_LEG_AVX2, FDY_LEG_AVXVNNI, FDY_LEG_AVX512 };
 
 /* the tier the enabled CPU features allow */
 static inline int fdy_leg_tier(void) {
@@ -62,7 +62,7 @@ static inline int fdy_leg_tier(void) {
         return FDY_LEG_PORTABLE;
     }
     if (f & FDY_CPU_AVX512) {
-        return (f & FDY_CPU_AVX512VNNI) ? FDY_LEG_AVX512VNNI : FDY_LEG_AVX512;
+        return FDY_LEG_AVX512;
     }
     return (f & FDY_CPU_AVXVNNI) ? FDY_LEG_AVXVNNI : FDY_LEG_AVX2;
 #else
@@ -77,7 +77,7 @@ static inline int fdy_leg_tier(void) {
 static inline int fdy_leg_dot_tier(void) {
     const int t = fdy_leg_tier();
 #if defined(__x86_64__)
-    if (t == FDY_LEG_AVX512 || t == FDY_LEG_AVX512VNNI) {
+    if (t == FDY_LEG_AVX512) {
         return (fdy_cpu_enabled() & FDY_CPU_AVXVNNI) ? FDY_LEG_AVXVNNI : FDY_LEG_AVX2;
     }
 #endif
@@ -231,8 +231,6 @@ static inline void fdy_leg_nibbles5(const uint8_t *qs, const uint8_t *qh, int of
 #define FDY_TARGET_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define FDY_TARGET_AVX512 \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define FDY_TARGET_AVX512VNNI \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define FDY_LEG_INLINE static inline __attribute__((always_inline))
 
 /* ---- AVX2 ---- */
