@@ -136,6 +136,7 @@ FDY_DF_PORTABLE_DECODE(iq4_nl, fdy_decode_iq4_nl, FDY_IQ4_NL_BLOCK_ELEMS, FDY_IQ
 #endif
 FDY_DF_NIB_KERNELS(iq4_nl, fdy_block_iq4_nl, 0, 0, fdy_iq4_nl_grid, 0, FDY_DF_NO_QH, FDY_DF_NO_M)
 FDY_DF_DISPATCH(iq4_nl)
+FDY_DF_NIB_ROWS(iq4_nl)
 
 FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,
                   .block_bytes = FDY_IQ4_NL_BLOCK_BYTES, .sub_elems = FDY_IQ4_NL_SUB_ELEMS,
@@ -143,5 +144,6 @@ FDY_POLICY_DEFINE(iq4_nl, .block_elems = FDY_IQ4_NL_BLOCK_ELEMS,
                   .tol_f32 = 1e-5f, .tol_q8 = 1e-2f, .decode = fdy_decode_iq4_nl,
                   .dequantize_fast = iq4_nl_dequantize, .quantize = iq4_nl_quantize,
                   .vec_dot = iq4_nl_vec_dot, .vec_dot_rows = iq4_nl_vec_dot_rows,
-                  .to_i8 = iq4_nl_to_i8, .vec_dot_f32 = iq4_nl_vec_dot_f32);
+                  .to_i8 = iq4_nl_to_i8, .vec_dot_f32 = iq4_nl_vec_dot_f32,
+                  .vec_dot_f32_rows = iq4_nl_vec_dot_f32_rows);
 #endif

@@ -174,7 +174,7 @@ static float q4_0_dotf_portable(const void *w, const float *x, int64_t n) {
 
 FDY_DF_NIB_KERNELS(q4_0, fdy_block_q4_0, 0, 0, NULL, 8, FDY_DF_NO_QH, FDY_DF_NO_M)
 FDY_DF_DISPATCH(q4_0)
-FDY_DF_ROWS(q4_0, fdy_block_q4_0, 32, 2)
+FDY_DF_ROWS_WIDE(q4_0, fdy_block_q4_0, 32, 2)
 
 FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_0_BLOCK_BYTES, .sub_elems = FDY_Q4_0_SUB_ELEMS,

@@ -180,7 +180,7 @@ FDY_STATIC_ASSERT(offsetof(fdy_block_q4_1, m) == 2, "q4_1: m at offset 2 (fdy_df
 #endif
 FDY_DF_NIB_KERNELS(q4_1, fdy_block_q4_1, 0, 1, NULL, 0, FDY_DF_NO_QH, Q4_1_DF_M)
 FDY_DF_DISPATCH(q4_1)
-FDY_DF_ROWS(q4_1, fdy_block_q4_1, 32, 2)
+FDY_DF_ROWS_WIDE(q4_1, fdy_block_q4_1, 32, 2)
 
 /* the 8-row interleaved layout of the decode GEMV (simd_legacy.h): with the min, no zero point */
 FDY_PACK8_NIB_KERNELS(q4_1, fdy_block_q4_1, (int)offsetof(fdy_block_q4_1, m), 0, fdy_leg_q8_1)

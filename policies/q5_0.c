@@ -148,6 +148,7 @@ FDY_DF_PORTABLE_DECODE(q5_0, fdy_decode_q5_0, FDY_Q5_0_BLOCK_ELEMS, FDY_Q5_0_BLO
 #endif
 FDY_DF_NIB_KERNELS(q5_0, fdy_block_q5_0, 1, 0, NULL, 16, Q5_0_DF_QH, FDY_DF_NO_M)
 FDY_DF_DISPATCH(q5_0)
+FDY_DF_NIB_ROWS(q5_0)
 
 FDY_POLICY_DEFINE(q5_0, .block_elems = FDY_Q5_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_0_BLOCK_BYTES, .sub_elems = FDY_Q5_0_SUB_ELEMS,
@@ -155,5 +156,6 @@ FDY_POLICY_DEFINE(q5_0, .block_elems = FDY_Q5_0_BLOCK_ELEMS,
                   .tol_roundtrip = 0.056f /* measured 0.0429 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_0, .dequantize_fast = q5_0_dequantize,
                   .quantize = q5_0_quantize, .vec_dot = q5_0_vec_dot, .vec_dot_rows = q5_0_vec_dot_rows,
-                  .to_i8 = q5_0_to_i8, .vec_dot_f32 = q5_0_vec_dot_f32);
+                  .to_i8 = q5_0_to_i8, .vec_dot_f32 = q5_0_vec_dot_f32,
+                  .vec_dot_f32_rows = q5_0_vec_dot_f32_rows);
 #endif

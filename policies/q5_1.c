@@ -161,6 +161,7 @@ FDY_STATIC_ASSERT(offsetof(fdy_block_q5_1, m) == 2, "q5_1: m at offset 2 (fdy_df
 #endif
 FDY_DF_NIB_KERNELS(q5_1, fdy_block_q5_1, 1, 1, NULL, 0, Q5_1_DF_QH, Q5_1_DF_M)
 FDY_DF_DISPATCH(q5_1)
+FDY_DF_NIB_ROWS(q5_1)
 
 FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q5_1_BLOCK_BYTES, .sub_elems = FDY_Q5_1_SUB_ELEMS,
@@ -168,5 +169,6 @@ FDY_POLICY_DEFINE(q5_1, .block_elems = FDY_Q5_1_BLOCK_ELEMS,
                   .tol_roundtrip = 0.05f /* measured 0.0375 */, .tol_f32 = 1e-5f, .tol_q8 = 1e-2f,
                   .decode = fdy_decode_q5_1, .dequantize_fast = q5_1_dequantize,
                   .quantize = q5_1_quantize, .vec_dot = q5_1_vec_dot, .vec_dot_rows = q5_1_vec_dot_rows,
-                  .to_i8 = q5_1_to_i8, .vec_dot_f32 = q5_1_vec_dot_f32);
+                  .to_i8 = q5_1_to_i8, .vec_dot_f32 = q5_1_vec_dot_f32,
+                  .vec_dot_f32_rows = q5_1_vec_dot_f32_rows);
 #endif

@@ -245,9 +245,58 @@ FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x
 #undef Q8_0_DF_BLOCK512
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
+
+/* four rows at a time, each with q8_0_dotf_avx512's arithmetic (and bits): the rows share the
+ * activation loads and the final reduction (fdy_df_reduce4_512); each row's stream is
+ * prefetched.  Rows past the last four run the one-row kernel.  docs/CPU_NOTES.md item 44 */
+FDY_DF_TARGET_AVX512 static void q8_0_dotf_rows_avx512(const void *w, size_t rb, const float *x,
+                                                       int64_t n, float *out, int64_t rows) {
+    const int64_t nb = n / 32;
+    int64_t r = 0;
+#define Q8_0_DF_ROWBLK512(b, acc)                                                         \
+    acc = _mm512_fmadd_ps(_mm512_fmadd_ps(fdy_df_s8x16_512((b)->qs + 16), x1,               \
+                                          _mm512_mul_ps(fdy_df_s8x16_512((b)->qs), x0)),    \
+                          _mm512_set1_ps(*fdy_df_h2f(&(b)->d)), acc)
+#define Q8_0_DF_BLK4(j, A0, A1, A2, A3)                                                   \
+    do {                                                                                  \
+        const __m512 x0 = _mm512_loadu_ps(x + 32 * (j)), x1 = _mm512_loadu_ps(x + 32 * (j) + 16); \
+        Q8_0_DF_ROWBLK512(b0 + (j), A0);                                                  \
+        Q8_0_DF_ROWBLK512(b1 + (j), A1);                                                  \
+        Q8_0_DF_ROWBLK512(b2 + (j), A2);                                                  \
+        Q8_0_DF_ROWBLK512(b3 + (j), A3);                                                  \
+    } while (0)
+    for (; r + 4 <= rows; r += 4) {
+        const uint8_t *p = (const uint8_t *)w + (size_t)r * rb;
+        const fdy_block_q8_0 *b0 = (const fdy_block_q8_0 *)p;
+        const fdy_block_q8_0 *b1 = (const fdy_block_q8_0 *)(p + rb);
+        const fdy_block_q8_0 *b2 = (const fdy_block_q8_0 *)(p + 2 * rb);
+        const fdy_block_q8_0 *b3 = (const fdy_block_q8_0 *)(p + 3 * rb);
+        const __m512 z = _mm512_setzero_ps();
+        __m512 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z;
+        int64_t i = 0;
+        for (; i + 2 <= nb; i += 2) {
+            fdy_stream_prefetch(b0 + i, 2);
+            fdy_stream_prefetch(b1 + i, 2);
+            fdy_stream_prefetch(b2 + i, 2);
+            fdy_stream_prefetch(b3 + i, 2);
+            Q8_0_DF_BLK4(i, a00, a10, a20, a30);
+            Q8_0_DF_BLK4(i + 1, a01, a11, a21, a31);
+        }
+        if (i < nb) {
+            Q8_0_DF_BLK4(i, a00, a10, a20, a30);
+        }
+        fdy_df_reduce4_512(_mm512_add_ps(a00, a01), _mm512_add_ps(a10, a11),
+                           _mm512_add_ps(a20, a21), _mm512_add_ps(a30, a31), out + r);
+    }
+#undef Q8_0_DF_BLK4
+#undef Q8_0_DF_ROWBLK512
+    for (; r < rows; r++) {
+        out[r] = q8_0_dotf_avx512((const uint8_t *)w + (size_t)r * rb, x, n);
+    }
+}
 #endif
 FDY_DF_DISPATCH(q8_0)
-FDY_DF_ROWS(q8_0, fdy_block_q8_0, 32, 1)
+FDY_DF_ROWS_WIDE(q8_0, fdy_block_q8_0, 32, 1)
 
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,

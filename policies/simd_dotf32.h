@@ -3,11 +3,13 @@
  * the weights in registers instead of writing them to a scratch row first; and the row-range
  * form vec_dot_f32_rows (FDY_DF_ROWS: q4_0, q4_1, q8_0, q4_k and q5_k with the steps below,
  * q6_k, iq4_xs, q3_k and q2_k with their own built on the placements below), which rearranges
- * x once per call.
+ * x once per call.  On AVX-512 CPUs the nibble formats (FDY_DF_NIB_KERNELS) and q8_0 have
+ * four-row kernels F_dotf_rows_avx512 instead, each row with the one-row kernel's bits.
  *
  * Tiers, chosen per call from the enabled CPU features (fdy_df_tier, the inline cached read):
  *   FDY_DF_AVX512    AVX-512 F+BW+VL+DQ with AVX2, FMA and F16C: 16 floats per vector; 4-bit
- *                    codes turn into floats with a 16-entry float table (vpermps)
+ *                    codes turn into floats with a 16-entry float table (vpermps); q4_0, q4_1
+ *                    and iq4_nl place their codes by variable shifts on a rearranged x
  *   FDY_DF_AVX2      AVX2 + FMA + F16C: codes built as bytes, widened 8 at a time
  *   FDY_DF_PORTABLE  plain C (every other processor)
  * No global -m flag: every SIMD function carries its own target attribute.
@@ -284,6 +286,191 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
     }
 }
 
+/* one block of a row of the four-row kernel: fdy_df_nibblk_512 as the one-row kernel calls it */
+#define FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, bp, xp, acc0, acc1)                            \
+    fdy_df_nibblk_512((bp)->qs, QH(bp), fdy_df_h2f(bp), fdy_df_h2f((const uint8_t *)(bp) + 2), \
+                      HBIT, HASM, tlo, thi, (xp), &(acc0), &(acc1))
+
+/* _mm512_reduce_add_ps of s0..s3 to out[0..3], the same additions in the same association
+ * (the 256-bit halves, the 128-bit halves, lanes (0, 2) and (1, 3), then those two), so a row
+ * of the four-row kernels sums to the one-row kernel's bits; nine shuffles for four rows
+ * where four reductions take sixteen */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_reduce4_512(__m512 s0, __m512 s1, __m512 s2,
+                                                          __m512 s3, float *out) {
+    /* [s.lo256 + s.hi256] of rows 0, 1 and of rows 2, 3 */
+    const __m512 u01 = _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(s0, s1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 u23 = _mm512_add_ps(_mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(s2, s3, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* 128-bit lane k: row k's low 128 + high 128 of the above */
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(u01, u23, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u01, u23, _MM_SHUFFLE(3, 1, 3, 1)));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    const __m512 r = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0,
+                                                             0, 0, 0, 0, 0), v);
+    _mm_storeu_ps(out, _mm512_castps512_ps128(r));
+}
+
+/* the row-range kernels rearrange the activation this many elements at a time, and keep the
+ * sums of this many rows between spans when a row is longer */
+#define FDY_DF_ROWS_SPAN 8192
+#define FDY_DF_ROWS_BATCH 64
+
+/* ---- AVX-512 row-range kernel of the nibble formats without fifth bits (q4_0, q4_1, iq4_nl),
+ * on a rearranged activation.  A block's 16 code bytes are broadcast to the four 128-bit lanes
+ * (a load, no shuffle); lane k of dword i then shifts right by 8k (low nibbles) or 8k + 4 (high
+ * nibbles), so its low 4 bits are the code of element 4i + k (or 16 + 4i + k), which vpermps
+ * maps through the value table.  Those two variable shifts replace the zero-extension and the
+ * shift of the one-row form: one shuffle-port micro-op fewer per block, the same count.  The
+ * activation is rearranged to match (in each 16 elements a 4 x 4 transpose, FDY_DF_ROWS_SPAN
+ * elements at a time), once per call.  Each weight and product is formed as in
+ * fdy_df_nibblk_512 (the weight value * d after the products, or fma(value, d, m) then the
+ * product); per row, blocks of even index go to one pair of accumulators and odd ones to
+ * another, and the rows' sums are reduced four at a time (fdy_df_reduce4_512).  Four rows per
+ * pass share the activation loads and the reduction; each row's stream is prefetched
+ * (fdy_stream_prefetch).  docs/CPU_NOTES.md item 44. ---- */
+
+/* xp = x (nb blocks of 32) with each 16 elements transposed as a 4 x 4 matrix */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibbc_prep(const float *x, int64_t nb, float *xp) {
+    const __m512i t = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (int64_t j = 0; j < 2 * nb; j++) {
+        _mm512_store_ps(xp + 16 * j, _mm512_permutexvar_ps(t, _mm512_loadu_ps(x + 16 * j)));
+    }
+}
+
+/* one block at b (d: f16 at byte 0; hasm: the min at byte 2; codes at byte qs) against the
+ * rearranged x0 (elements 0..15) and x1 (16..31) */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibbc_blk(const uint8_t *b, int qs, int hasm,
+                                                        __m512 tbl, __m512i sh0, __m512i sh4,
+                                                        __m512 x0, __m512 x1, __m512 *acc0,
+                                                        __m512 *acc1) {
+    const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(b + qs)));
+    const __m512 vd = _mm512_set1_ps(*fdy_df_h2f(b));
+    if (hasm) {
+        /* the block's 16 weights fma(value, d, m) first, then each code picks its weight */
+        const __m512 wt = _mm512_fmadd_ps(tbl, vd, _mm512_set1_ps(*fdy_df_h2f(b + 2)));
+        *acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srlv_epi32(v, sh0), wt), x0, *acc0);
+        *acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srlv_epi32(v, sh4), wt), x1, *acc1);
+    } else {
+        const __m512 lo = _mm512_permutexvar_ps(_mm512_srlv_epi32(v, sh0), tbl);
+        const __m512 hi = _mm512_permutexvar_ps(_mm512_srlv_epi32(v, sh4), tbl);
+        *acc0 = _mm512_fmadd_ps(_mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0)), vd, *acc0);
+    }
+}
+
+/* blocks [0, nb) of one row at b (block bytes bb) into its accumulators a[0..3]: even blocks
+ * into a[0], a[1], odd ones into a[2], a[3] */
+#define FDY_DF_NIBBC_ROW(b, bb, nb)                                                           \
+    do {                                                                                      \
+        int64_t i_ = 0;                                                                       \
+        for (; i_ + 2 <= (nb); i_ += 2) {                                                     \
+            fdy_stream_prefetch((b) + i_ * (bb), 1);                                          \
+            fdy_df_nibbc_blk((b) + i_ * (bb), qs, hasm, tbl, sh0, sh4,                        \
+                             _mm512_load_ps(xp + 32 * i_), _mm512_load_ps(xp + 32 * i_ + 16), \
+                             &a[0], &a[1]);                                                   \
+            fdy_df_nibbc_blk((b) + (i_ + 1) * (bb), qs, hasm, tbl, sh0, sh4,                  \
+                             _mm512_load_ps(xp + 32 * i_ + 32),                               \
+                             _mm512_load_ps(xp + 32 * i_ + 48), &a[2], &a[3]);                \
+        }                                                                                     \
+        if (i_ < (nb)) {                                                                      \
+            fdy_df_nibbc_blk((b) + i_ * (bb), qs, hasm, tbl, sh0, sh4,                        \
+                             _mm512_load_ps(xp + 32 * i_), _mm512_load_ps(xp + 32 * i_ + 16), \
+                             &a[0], &a[1]);                                                   \
+        }                                                                                     \
+    } while (0)
+
+/* one block of four rows (their accumulators A0..A3, four each) */
+#define FDY_DF_NIBBC_BLK4(p, bb, i, A0, A1, A2, A3, k)                                        \
+    do {                                                                                      \
+        const __m512 x0_ = _mm512_load_ps(xp + 32 * (i)), x1_ = _mm512_load_ps(xp + 32 * (i) + 16); \
+        fdy_df_nibbc_blk((p)[0] + (i) * (bb), qs, hasm, tbl, sh0, sh4, x0_, x1_, &A0[k], &A0[k + 1]); \
+        fdy_df_nibbc_blk((p)[1] + (i) * (bb), qs, hasm, tbl, sh0, sh4, x0_, x1_, &A1[k], &A1[k + 1]); \
+        fdy_df_nibbc_blk((p)[2] + (i) * (bb), qs, hasm, tbl, sh0, sh4, x0_, x1_, &A2[k], &A2[k + 1]); \
+        fdy_df_nibbc_blk((p)[3] + (i) * (bb), qs, hasm, tbl, sh0, sh4, x0_, x1_, &A3[k], &A3[k + 1]); \
+    } while (0)
+
+/* out[r] for rows r < rows of w (rb bytes apart), n elements each (blocks of bb bytes, codes
+ * at byte qs).  acc is read only for spans after the first, which wrote it: GCC cannot tell */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibbc_rows(const uint8_t *w, size_t rb,
+                                                         const float *x, int64_t n, float *out,
+                                                         int64_t rows, int bb, int qs, int hasm,
+                                                         __m512 tbl) {
+    _Alignas(64) float xp[FDY_DF_ROWS_SPAN];
+    __m512 acc[FDY_DF_ROWS_BATCH][4]; /* the rows' sums between spans (n > one span) */
+    const __m512i sh0 = _mm512_setr_epi32(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24);
+    const __m512i sh4 = _mm512_add_epi32(sh0, _mm512_set1_epi32(4));
+    const int spans = n > FDY_DF_ROWS_SPAN;
+    const int64_t batch = spans ? FDY_DF_ROWS_BATCH : rows;
+    for (int64_t r0 = 0; r0 < rows; r0 += batch) {
+        const int64_t nr = rows - r0 < batch ? rows - r0 : batch;
+        for (int64_t k0 = 0; k0 < n; k0 += FDY_DF_ROWS_SPAN) {
+            const int64_t nb = (n - k0 < FDY_DF_ROWS_SPAN ? n - k0 : FDY_DF_ROWS_SPAN) / 32;
+            const int last = k0 + FDY_DF_ROWS_SPAN >= n;
+            if (r0 == 0 || spans) {
+                fdy_df_nibbc_prep(x + k0, nb, xp);
+            }
+            const uint8_t *wk = w + (size_t)(k0 / 32) * (size_t)bb;
+            int64_t r = 0;
+            for (; r + 4 <= nr; r += 4) {
+                const uint8_t *p[4];
+                __m512 A0[4], A1[4], A2[4], A3[4];
+                for (int j = 0; j < 4; j++) {
+                    p[j] = wk + (size_t)(r0 + r + j) * rb;
+                    A0[j] = k0 ? acc[r][j] : _mm512_setzero_ps();
+                    A1[j] = k0 ? acc[r + 1][j] : _mm512_setzero_ps();
+                    A2[j] = k0 ? acc[r + 2][j] : _mm512_setzero_ps();
+                    A3[j] = k0 ? acc[r + 3][j] : _mm512_setzero_ps();
+                }
+                int64_t i = 0;
+                for (; i + 2 <= nb; i += 2) {
+                    for (int j = 0; j < 4; j++) {
+                        fdy_stream_prefetch(p[j] + i * bb, 1);
+                    }
+                    FDY_DF_NIBBC_BLK4(p, bb, i, A0, A1, A2, A3, 0);
+                    FDY_DF_NIBBC_BLK4(p, bb, i + 1, A0, A1, A2, A3, 2);
+                }
+                if (i < nb) {
+                    FDY_DF_NIBBC_BLK4(p, bb, i, A0, A1, A2, A3, 0);
+                }
+                if (last) {
+                    fdy_df_reduce4_512(
+                        _mm512_add_ps(_mm512_add_ps(A0[0], A0[1]), _mm512_add_ps(A0[2], A0[3])),
+                        _mm512_add_ps(_mm512_add_ps(A1[0], A1[1]), _mm512_add_ps(A1[2], A1[3])),
+                        _mm512_add_ps(_mm512_add_ps(A2[0], A2[1]), _mm512_add_ps(A2[2], A2[3])),
+                        _mm512_add_ps(_mm512_add_ps(A3[0], A3[1]), _mm512_add_ps(A3[2], A3[3])),
+                        out + r0 + r);
+                } else {
+                    for (int j = 0; j < 4; j++) {
+                        acc[r][j] = A0[j];
+                        acc[r + 1][j] = A1[j];
+                        acc[r + 2][j] = A2[j];
+                        acc[r + 3][j] = A3[j];
+                    }
+                }
+            }
+            for (; r < nr; r++) {
+                __m512 a[4];
+                for (int j = 0; j < 4; j++) {
+                    a[j] = k0 ? acc[r][j] : _mm512_setzero_ps();
+                }
+                FDY_DF_NIBBC_ROW(wk + (size_t)(r0 + r) * rb, bb, nb);
+                if (last) {
+                    out[r0 + r] = _mm512_reduce_add_ps(
+                        _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+                } else {
+                    for (int j = 0; j < 4; j++) {
+                        acc[r][j] = a[j];
+                    }
+                }
+            }
+        }
+    }
+}
+#pragma GCC diagnostic pop
+
 /* F_dotf_avx2 and F_dotf_avx512 of a nibble format with block type BT (fields qs, d) and the
  * expressions QH(b) (the qh bits as a uint32, or 0) and M(b) (the float min, or 0.0f) of a
  * block pointer b: two blocks per iteration into separate accumulators.  The AVX-512 kernel
@@ -313,6 +500,12 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
         const int64_t nb = n / 32;                                                            \
         __m512 tlo, thi;                                                                      \
         fdy_df_nibtables_512(TBL, OFF, &tlo, &thi);                                           \
+        if (!(HBIT)) { /* the row-range kernel's arithmetic (and bits) */                     \
+            float y = 0.0f;                                                                   \
+            fdy_df_nibbc_rows((const uint8_t *)w, (size_t)(nb * (int64_t)sizeof(BT)), x, n,   \
+                              &y, 1, (int)sizeof(BT), (int)offsetof(BT, qs), HASM, tlo);      \
+            return y;                                                                         \
+        }                                                                                     \
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                           \
         int64_t i = 0;                                                                        \
         for (; i + 2 <= nb; i += 2) {                                                         \
@@ -331,6 +524,56 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
         }                                                                                     \
         return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1),                      \
                                                   _mm512_add_ps(a2, a3)));                    \
+    }                                                                                         \
+    FDY_DF_TARGET_AVX512 static void F##_dotf_rows_avx512(const void *w, size_t rb,           \
+                                                         const float *x, int64_t n,           \
+                                                         float *out, int64_t rows) {          \
+        const int64_t nb = n / 32;                                                            \
+        __m512 tlo, thi;                                                                      \
+        fdy_df_nibtables_512(TBL, OFF, &tlo, &thi);                                           \
+        if (!(HBIT)) {                                                                        \
+            fdy_df_nibbc_rows((const uint8_t *)w, rb, x, n, out, rows, (int)sizeof(BT),       \
+                              (int)offsetof(BT, qs), HASM, tlo);                              \
+            return;                                                                           \
+        }                                                                                     \
+        int64_t r = 0;                                                                        \
+        for (; r + 4 <= rows; r += 4) {                                                       \
+            const uint8_t *p0 = (const uint8_t *)w + (size_t)r * rb;                          \
+            const BT *b0 = (const BT *)p0, *b1 = (const BT *)(p0 + rb);                       \
+            const BT *b2 = (const BT *)(p0 + 2 * rb), *b3 = (const BT *)(p0 + 3 * rb);        \
+            const __m512 z = _mm512_setzero_ps();                                             \
+            __m512 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;    \
+            __m512 a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;    \
+            int64_t i = 0;                                                                    \
+            for (; i + 2 <= nb; i += 2) {                                                     \
+                fdy_stream_prefetch(b0 + i, 1);                                               \
+                fdy_stream_prefetch(b1 + i, 1);                                               \
+                fdy_stream_prefetch(b2 + i, 1);                                               \
+                fdy_stream_prefetch(b3 + i, 1);                                               \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b0 + i, x + 32 * i, a00, a01);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b1 + i, x + 32 * i, a10, a11);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b2 + i, x + 32 * i, a20, a21);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b3 + i, x + 32 * i, a30, a31);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b0 + i + 1, x + 32 * i + 32, a02, a03); \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b1 + i + 1, x + 32 * i + 32, a12, a13); \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b2 + i + 1, x + 32 * i + 32, a22, a23); \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b3 + i + 1, x + 32 * i + 32, a32, a33); \
+            }                                                                                 \
+            if (i < nb) {                                                                     \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b0 + i, x + 32 * i, a00, a01);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b1 + i, x + 32 * i, a10, a11);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b2 + i, x + 32 * i, a20, a21);          \
+                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b3 + i, x + 32 * i, a30, a31);          \
+            }                                                                                 \
+            fdy_df_reduce4_512(_mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a02, a03)), \
+                               _mm512_add_ps(_mm512_add_ps(a10, a11), _mm512_add_ps(a12, a13)), \
+                               _mm512_add_ps(_mm512_add_ps(a20, a21), _mm512_add_ps(a22, a23)), \
+                               _mm512_add_ps(_mm512_add_ps(a30, a31), _mm512_add_ps(a32, a33)), \
+                               out + r);                                                      \
+        }                                                                                     \
+        for (; r < rows; r++) {                                                               \
+            out[r] = F##_dotf_avx512((const uint8_t *)w + (size_t)r * rb, x, n);              \
+        }                                                                                     \
     }
 
 /* ---- vec_dot_f32_rows of a 32-element nibble format with w = d * (code - 8) (q4_0): AVX2 ----
@@ -350,8 +593,6 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
  * activation is rearranged FDY_DF_ROWS_SPAN elements at a time (one span for rows up to that
  * long); two rows per pass share its loads, and the kernel prefetches both rows' streams
  * (FDY_DF_ROWS_PREFETCH). */
-#define FDY_DF_ROWS_SPAN 8192
-#define FDY_DF_ROWS_BATCH 64
 /* software prefetch distance of the two rows' streams, in bytes, for rows of rb bytes: two
  * rows ahead (the next pass's pair at the same offset), at least 1536.  Read from memory with
  * one thread, the q4_0 kernel ran at 230-316 ns per 2048-wide row without prefetch and 164-184
@@ -799,6 +1040,38 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
         }                                                                                     \
     }
 
+/* F_vec_dot_f32_rows of a format with the AVX2 row-range driver (as FDY_DF_ROWS) and an AVX-512
+ * row-range kernel F_dotf_rows_avx512 (the nibble formats' of FDY_DF_NIB_KERNELS, q8_0's): AVX-512
+ * CPUs run the latter, AVX2 ones the driver (docs/CPU_NOTES.md items 27 and 44) */
+#define FDY_DF_ROWS_WIDE(F, BT, BE, UPB)                                                       \
+    FDY_DF_ROWS_DRIVER(F##_dotf_rows_avx2, (int)sizeof(BT), BE, (int)offsetof(BT, qs), UPB,   \
+                       fdy_df_##F##_prep, fdy_df_##F##_step2)                                 \
+    static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
+                                     int64_t n, float *out, int64_t rows) {                   \
+        switch (fdy_df_tier()) {                                                              \
+        case FDY_DF_AVX512: F##_dotf_rows_avx512(w, row_bytes, x, n, out, rows); return;      \
+        case FDY_DF_AVX2: F##_dotf_rows_avx2(w, row_bytes, x, n, out, rows); return;          \
+        default: break;                                                                       \
+        }                                                                                     \
+        for (int64_t r = 0; r < rows; r++) {                                                  \
+            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
+        }                                                                                     \
+    }
+
+/* F_vec_dot_f32_rows of a nibble format without an AVX2 row-range kernel: the four-row
+ * kernel on AVX-512 CPUs, else F_vec_dot_f32 row by row */
+#define FDY_DF_NIB_ROWS(F)                                                                    \
+    static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
+                                     int64_t n, float *out, int64_t rows) {                   \
+        if (fdy_df_tier() == FDY_DF_AVX512) {                                                 \
+            F##_dotf_rows_avx512(w, row_bytes, x, n, out, rows);                              \
+            return;                                                                           \
+        }                                                                                     \
+        for (int64_t r = 0; r < rows; r++) {                                                  \
+            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
+        }                                                                                     \
+    }
+
 /* F_vec_dot_f32 and F_vec_dot_f32_rows of a format whose one kernel is the AVX2 row-range
  * driver over whole blocks (BB bytes, BE elements, codes at byte QS; the format defines
  * fdy_df_F_prep / fdy_df_F_step2 and F_dotf_portable first): a one-row call runs the driver over
@@ -843,6 +1116,8 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
         }                                                                                     \
     }
 #define FDY_DF_ROWS_KERNEL(F, BB, BE, QS) FDY_DF_DISPATCH(F) FDY_DF_ROWS_QS(F, BB, BE, QS, 1)
+#define FDY_DF_ROWS_WIDE(F, BT, BE, UPB) FDY_DF_ROWS_QS(F, BT, BE, 0, UPB)
+#define FDY_DF_NIB_ROWS(F) FDY_DF_ROWS_QS(F, 0, 0, 0, 1)
 #endif /* __x86_64__ */
 
 /* QH / M arguments of FDY_DF_NIB_KERNELS */

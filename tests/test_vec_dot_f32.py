@@ -72,7 +72,10 @@ def test_vec_dot_f32_matches_float64_dot(p, kind, cpu_tier):
         assert_within_f32_bound(p, y, wd, x, f"{kind} K={K} {cpu_tier}")
 
 
-ROWS_HOOKED = {"q4_0", "q4_1", "q8_0", "iq4_xs", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
+ROWS_HOOKED = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "iq4_xs", "q2_k", "q3_k", "q4_k",
+               "q5_k", "q6_k"}
+# formats whose AVX-512 row-range kernel gives each row its one-row kernel's bits
+AVX512_ROWS_SAME_BITS = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl"]
 
 
 def test_row_range_kernels_are_the_listed_formats():
@@ -114,6 +117,25 @@ def test_vec_dot_f32_rows_a_row_does_not_depend_on_the_call(p, cpu_tier):
         assert p.vec_dot_f32_rows(raw[r:r + 1], x)[0] == y[r]
     assert np.array_equal(p.vec_dot_f32_rows(raw[1:], x), y[1:])
     assert np.array_equal(p.vec_dot_f32_rows(raw[5:68], x), y[5:68])
+
+
+@pytest.mark.parametrize("name", AVX512_ROWS_SAME_BITS)
+def test_avx512_row_range_kernels_give_the_one_row_bits(name):
+    """with AVX-512, these formats' row-range kernels (four rows per pass, a rearranged x for
+    the nibble formats without fifth bits) and the one-row kernel are the same arithmetic: the
+    same bits for every row count (whole groups of four and the rows after them), odd and even
+    block counts, one span of x and three"""
+    if "avx512" not in pf.cpu_features()["detected"]:
+        pytest.skip("no AVX-512 on this CPU")
+    p = pf.policy(name)
+    rng = np.random.default_rng(11)
+    for rows, K in [(1, 32), (3, 96), (4, 64), (7, 576), (9, 1536), (5, 8192 + 96),
+                    (67, 8192 + 64)]:
+        raw, _ = rows_for(p, rows, K, rng, "random")
+        x = rng.standard_normal(K).astype(np.float32)
+        y = p.vec_dot_f32_rows(raw, x)
+        one = np.array([p.vec_dot_f32(raw[r], x) for r in range(rows)], np.float32)
+        assert np.array_equal(y.view(np.uint32), one.view(np.uint32)), (name, rows, K)
 
 
 @pytest.mark.parametrize("p", HOOKED, ids=[p.name for p in HOOKED])
