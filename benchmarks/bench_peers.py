@@ -12,7 +12,9 @@ Q4_K, written to a temporary folder.  For each file and thread count both engine
 llama.cpp through llama-cpp-python): prefill of a --prompt-token prompt in one
 batch, then --decode tokens one at a time.  Printed: tokens/s of both (median of --repeat),
 the ratio, and the decode bandwidth bound: bytes read per token (every weight once) over the
-read bandwidth measured in the same run, with each engine's decode as a percentage of it.
+read bandwidth (column GB/s: the mean of the read probe taken just before and just after that
+file's runs, as the machine's bandwidth moves within a run), with each engine's decode as a
+percentage of it.
 Unless --no-f32, pyfoundry's f32 variant decodes too, and its time is given relative to the q8
 variant's.  The engines take turns within each repeat (one model of each kept open), with a
 quarter-second pause before each turn so that the other engine's workers have stopped
@@ -34,7 +36,7 @@ import time
 import numpy as np
 
 import pyfoundry as pf
-from common import fetch_smollm2, read_bandwidth
+from common import fetch_smollm2, probe_buffer, read_bandwidth
 
 HERE = pathlib.Path(__file__).resolve().parent
 SETTLE_S = 0.25  # idle time before each engine's turn
@@ -184,7 +186,8 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     files = args.models or default_files(tmp.name, not args.no_synthetic)
     threads = [int(t) for t in args.threads.split(",")]
-    bw = {t: read_bandwidth(t) for t in threads}
+    probe = probe_buffer()
+    bw = {t: read_bandwidth(t, buf=probe) for t in threads}
     print(f"# {time.strftime('%Y-%m-%d')}; pyfoundry q8 variant vs llama.cpp "
           f"(llama-cpp-python {llama_cpp.__version__}); prompt {args.prompt}, decode "
           f"{args.decode}; median of {args.repeat}")
@@ -192,7 +195,7 @@ def main():
     f32 = not args.no_f32
     hdr = (f"{'model':<28} {'thr':>3} {'prefill pf':>10} {'llama.cpp':>9} {'ratio':>6} "
            f"{'decode pf':>9} {'llama.cpp':>9} {'ratio':>6} {'bound tok/s':>11} "
-           f"{'pf%':>4} {'ll%':>4}" + (f" {'f32 dec':>8} {'f32/q8 t':>8}" if f32 else ""))
+           f"{'GB/s':>5} {'pf%':>4} {'ll%':>4}" + (f" {'f32 dec':>8} {'f32/q8 t':>8}" if f32 else ""))
     print(hdr)
     print("-" * len(hdr))
     rng = np.random.default_rng(0)
@@ -204,11 +207,17 @@ def main():
         wb = weight_bytes(path)
         for t in threads:
             r = measure(path, t, prompt, args.decode, args.repeat, f32)
+            # the probe before (the last one taken) and right after this file's runs, averaged:
+            # the machine's bandwidth moves within a run, and a bound from the start alone
+            # misreads a slow spell
+            after = read_bandwidth(t, buf=probe)
+            gbs = (bw[t] + after) / 2
+            bw[t] = after
             (ppre, pdec), (lpre, ldec) = r["q8"], r["llama"]
-            bound = bw[t] * 1e9 / wb
+            bound = gbs * 1e9 / wb
             name = pathlib.Path(path).name[:28]
             line = (f"{name:<28} {t:>3} {ppre:10.1f} {lpre:9.1f} {ppre / lpre:6.2f} "
-                    f"{pdec:9.1f} {ldec:9.1f} {pdec / ldec:6.2f} {bound:11.1f} "
+                    f"{pdec:9.1f} {ldec:9.1f} {pdec / ldec:6.2f} {bound:11.1f} {gbs:5.1f} "
                     f"{100 * pdec / bound:4.0f} {100 * ldec / bound:4.0f}")
             row = {"t": t, "pre": ppre / lpre, "dec": pdec / ldec, "ll_bound": ldec / bound}
             if f32:

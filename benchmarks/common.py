@@ -25,11 +25,13 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def read_bandwidth(threads, total_bytes=1 << 30, repeat=5):
+def read_bandwidth(threads, total_bytes=1 << 30, repeat=5, buf=None):
     """GB/s of streaming a large buffer with wide loads (XOR-reduce) on `threads` threads of
     the core's pool (pyfoundry._core.bench_read): the read bandwidth a streaming kernel can
-    hope for.  Median of `repeat` passes after a warm-up."""
-    buf = np.random.default_rng(1).integers(0, 2**63, total_bytes // 8, dtype=np.int64)
+    hope for.  Median of `repeat` passes after a warm-up.  `buf` (an int64 array, e.g. from
+    probe_buffer) is streamed instead of a new one of total_bytes."""
+    if buf is None:
+        buf = probe_buffer(total_bytes)
     n0 = pf.get_num_threads()
     pf.set_num_threads(threads)
     try:
@@ -42,6 +44,11 @@ def read_bandwidth(threads, total_bytes=1 << 30, repeat=5):
     finally:
         pf.set_num_threads(n0)
     return buf.nbytes / statistics.median(times) / 1e9
+
+
+def probe_buffer(total_bytes=1 << 30):
+    """the int64 buffer read_bandwidth streams (random, so no page is shared or zero)"""
+    return np.random.default_rng(1).integers(0, 2**63, total_bytes // 8, dtype=np.int64)
 
 
 def fetch_smollm2():
