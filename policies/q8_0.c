@@ -221,19 +221,23 @@ FDY_DF_TARGET_AVX2 static float q8_0_dotf_avx2(const void *w, const float *x, in
     return fdy_df_hsum256(_mm256_add_ps(acc0, acc1));
 }
 
+/* one block against x0 (elements 0..15) and x1 (16..31): acc + d * sum q x, the products
+ * first, the scale after (both AVX-512 kernels below, so that they give the same bits) */
+FDY_DF_TARGET_AVX512 FDY_DF_INLINE __m512 q8_0_dotf_blk512(const fdy_block_q8_0 *b, __m512 x0,
+                                                          __m512 x1, __m512 acc) {
+    const __m512 s = _mm512_fmadd_ps(fdy_df_s8x16_512(b->qs + 16), x1,
+                                     _mm512_mul_ps(fdy_df_s8x16_512(b->qs), x0));
+    return _mm512_fmadd_ps(s, _mm512_set1_ps(*fdy_df_h2f(&b->d)), acc);
+}
+
 FDY_DF_TARGET_AVX512 static float q8_0_dotf_avx512(const void *w, const float *x, int64_t n) {
     const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)w;
     const int64_t nb = n / 32;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t i = 0;
 #define Q8_0_DF_BLOCK512(acc, k)                                                          \
-    do {                                                                                  \
-        const float *xb = x + 32 * (i + (k));                                             \
-        const __m512 s = _mm512_fmadd_ps(                                                 \
-            fdy_df_s8x16_512(b[i + (k)].qs + 16), _mm512_loadu_ps(xb + 16),               \
-            _mm512_mul_ps(fdy_df_s8x16_512(b[i + (k)].qs), _mm512_loadu_ps(xb)));         \
-        acc = _mm512_fmadd_ps(s, _mm512_set1_ps(*fdy_df_h2f(&b[i + (k)].d)), acc);       \
-    } while (0)
+    acc = q8_0_dotf_blk512(b + i + (k), _mm512_loadu_ps(x + 32 * (i + (k))),               \
+                           _mm512_loadu_ps(x + 32 * (i + (k)) + 16), acc)
     for (; i + 2 <= nb; i += 2) {
         fdy_stream_prefetch(b + i, 2); /* 68 bytes a pair of blocks */
         Q8_0_DF_BLOCK512(acc0, 0);
@@ -253,17 +257,13 @@ FDY_DF_TARGET_AVX512 static void q8_0_dotf_rows_avx512(const void *w, size_t rb,
                                                        int64_t n, float *out, int64_t rows) {
     const int64_t nb = n / 32;
     int64_t r = 0;
-#define Q8_0_DF_ROWBLK512(b, acc)                                                         \
-    acc = _mm512_fmadd_ps(_mm512_fmadd_ps(fdy_df_s8x16_512((b)->qs + 16), x1,               \
-                                          _mm512_mul_ps(fdy_df_s8x16_512((b)->qs), x0)),    \
-                          _mm512_set1_ps(*fdy_df_h2f(&(b)->d)), acc)
 #define Q8_0_DF_BLK4(j, A0, A1, A2, A3)                                                   \
     do {                                                                                  \
         const __m512 x0 = _mm512_loadu_ps(x + 32 * (j)), x1 = _mm512_loadu_ps(x + 32 * (j) + 16); \
-        Q8_0_DF_ROWBLK512(b0 + (j), A0);                                                  \
-        Q8_0_DF_ROWBLK512(b1 + (j), A1);                                                  \
-        Q8_0_DF_ROWBLK512(b2 + (j), A2);                                                  \
-        Q8_0_DF_ROWBLK512(b3 + (j), A3);                                                  \
+        A0 = q8_0_dotf_blk512(b0 + (j), x0, x1, A0);                                      \
+        A1 = q8_0_dotf_blk512(b1 + (j), x0, x1, A1);                                      \
+        A2 = q8_0_dotf_blk512(b2 + (j), x0, x1, A2);                                      \
+        A3 = q8_0_dotf_blk512(b3 + (j), x0, x1, A3);                                      \
     } while (0)
     for (; r + 4 <= rows; r += 4) {
         const uint8_t *p = (const uint8_t *)w + (size_t)r * rb;
@@ -289,7 +289,6 @@ FDY_DF_TARGET_AVX512 static void q8_0_dotf_rows_avx512(const void *w, size_t rb,
                            _mm512_add_ps(a20, a21), _mm512_add_ps(a30, a31), out + r);
     }
 #undef Q8_0_DF_BLK4
-#undef Q8_0_DF_ROWBLK512
     for (; r < rows; r++) {
         out[r] = q8_0_dotf_avx512((const uint8_t *)w + (size_t)r * rb, x, n);
     }

@@ -287,7 +287,7 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibblk_512(const uint8_t *qs, uin
 }
 
 /* one block of a row of the four-row kernel: fdy_df_nibblk_512 as the one-row kernel calls it */
-#define FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, bp, xp, acc0, acc1)                            \
+#define FDY_DF_NIB_BLK512(HBIT, HASM, QH, bp, xp, acc0, acc1)                                \
     fdy_df_nibblk_512((bp)->qs, QH(bp), fdy_df_h2f(bp), fdy_df_h2f((const uint8_t *)(bp) + 2), \
                       HBIT, HASM, tlo, thi, (xp), &(acc0), &(acc1))
 
@@ -550,20 +550,20 @@ FDY_DF_TARGET_AVX512 FDY_DF_INLINE void fdy_df_nibbc_rows(const uint8_t *w, size
                 fdy_stream_prefetch(b1 + i, 1);                                               \
                 fdy_stream_prefetch(b2 + i, 1);                                               \
                 fdy_stream_prefetch(b3 + i, 1);                                               \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b0 + i, x + 32 * i, a00, a01);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b1 + i, x + 32 * i, a10, a11);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b2 + i, x + 32 * i, a20, a21);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b3 + i, x + 32 * i, a30, a31);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b0 + i + 1, x + 32 * i + 32, a02, a03); \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b1 + i + 1, x + 32 * i + 32, a12, a13); \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b2 + i + 1, x + 32 * i + 32, a22, a23); \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b3 + i + 1, x + 32 * i + 32, a32, a33); \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b0 + i, x + 32 * i, a00, a01);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b1 + i, x + 32 * i, a10, a11);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b2 + i, x + 32 * i, a20, a21);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b3 + i, x + 32 * i, a30, a31);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b0 + i + 1, x + 32 * i + 32, a02, a03); \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b1 + i + 1, x + 32 * i + 32, a12, a13); \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b2 + i + 1, x + 32 * i + 32, a22, a23); \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b3 + i + 1, x + 32 * i + 32, a32, a33); \
             }                                                                                 \
             if (i < nb) {                                                                     \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b0 + i, x + 32 * i, a00, a01);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b1 + i, x + 32 * i, a10, a11);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b2 + i, x + 32 * i, a20, a21);          \
-                FDY_DF_NIB_BLK512(BT, HBIT, HASM, QH, b3 + i, x + 32 * i, a30, a31);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b0 + i, x + 32 * i, a00, a01);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b1 + i, x + 32 * i, a10, a11);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b2 + i, x + 32 * i, a20, a21);          \
+                FDY_DF_NIB_BLK512(HBIT, HASM, QH, b3 + i, x + 32 * i, a30, a31);          \
             }                                                                                 \
             fdy_df_reduce4_512(_mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a02, a03)), \
                                _mm512_add_ps(_mm512_add_ps(a10, a11), _mm512_add_ps(a12, a13)), \
