@@ -31,14 +31,17 @@ _CPU_FLAGS = ["avx2", "fma", "f16c", "avx512", "avx512vnni", "avxvnni", "neon", 
 def cpu_features():
     """The SIMD extensions the processor has and those the kernels may use, and how far ahead
     (bytes) the decode kernels prefetch the weights they stream:
-    ``{"detected": [...], "enabled": [...], "prefetch_ahead": n}``.  The distance is 16384 on
-    Intel CPUs and 4096 on others; ``PYFOUNDRY_PREFETCH_AHEAD=n`` (0 to 1048576) sets it and
-    ``PYFOUNDRY_NO_PREFETCH=1`` makes it 0, both read when the library first detects the CPU
-    (a tuning switch: results do not depend on it)."""
-    det, en, ahead = _core.cpu_features()
+    ``{"detected": [...], "enabled": [...], "prefetch_ahead": n, "prefetch_near": m}``.
+    Each block a kernel reads asks for the bytes ``prefetch_ahead`` past it into the L2 cache
+    and those ``prefetch_near`` past it into the L1.  The far distance is 16384 on Intel CPUs
+    and 4096 on others; the near one is 2048 on Intel CPUs and the far distance on others (one
+    level).  ``PYFOUNDRY_PREFETCH_AHEAD=n`` and ``PYFOUNDRY_PREFETCH_NEAR=n`` (0 to 1048576)
+    set them and ``PYFOUNDRY_NO_PREFETCH=1`` makes both 0, all read when the library first
+    detects the CPU (tuning switches: results do not depend on them)."""
+    det, en, ahead, near = _core.cpu_features()
     return {"detected": [n for i, n in enumerate(_CPU_FLAGS) if det >> i & 1],
             "enabled": [n for i, n in enumerate(_CPU_FLAGS) if en >> i & 1],
-            "prefetch_ahead": ahead}
+            "prefetch_ahead": ahead, "prefetch_near": near}
 
 
 def set_num_threads(n: int) -> None:

@@ -49,10 +49,13 @@ enum {
 uint32_t fdy_cpu_features(void);          /* what the processor has */
 uint32_t fdy_cpu_features_enabled(void);  /* what the kernels may use (detected & mask) */
 void fdy_cpu_set_feature_mask(uint32_t mask); /* tests force paths with this */
-/* bytes ahead of the block it reads that a streaming decode kernel prefetches (0: none): 16384
- * on Intel CPUs, 4096 elsewhere, or PYFOUNDRY_PREFETCH_AHEAD / PYFOUNDRY_NO_PREFETCH as read at
- * the first feature detection */
+/* bytes ahead of the block it reads that a streaming decode kernel prefetches to the L2 (the far
+ * distance; 0: none): 16384 on Intel CPUs, 4096 elsewhere, or PYFOUNDRY_PREFETCH_AHEAD /
+ * PYFOUNDRY_NO_PREFETCH as read at the first feature detection */
 int32_t fdy_cpu_prefetch_ahead(void);
+/* bytes ahead that it prefetches to the L1 (the near distance): 2048 on Intel CPUs, the far
+ * distance elsewhere, or PYFOUNDRY_PREFETCH_NEAR / PYFOUNDRY_NO_PREFETCH */
+int32_t fdy_cpu_prefetch_near(void);
 
 /* ---- policies (weight formats) ------------------------------------------------------------ */
 

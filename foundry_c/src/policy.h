@@ -162,22 +162,35 @@ extern float fdy_f16_table[65536]
 
 /* Software prefetch for the kernels that stream weight rows at M = 1 (decode): the hardware
  * prefetchers alone hold those kernels at 70-80% of the read bandwidth on some cores, so each
- * block also asks for the bytes fdy_stream_ahead past it: `lines` 64-byte lines, enough to
- * cover one block.  fdy_stream_ahead is set at the first feature detection: 16384 bytes on
- * Intel CPUs, FDY_STREAM_AHEAD elsewhere, PYFOUNDRY_PREFETCH_AHEAD when the environment gives
- * it, 0 (the block itself, a no-op) with PYFOUNDRY_NO_PREFETCH=1 (fdy_cpu_prefetch_ahead reads
- * it).  Past the end of the weights it touches memory the kernel does not own: a prefetch
- * never faults, and the address is formed as an integer.  docs/CPU_NOTES.md items 28, 42. */
+ * block also asks for the bytes fdy_stream_ahead past it into the L2 (prefetcht1) and those
+ * fdy_stream_near past it into the L1 (prefetcht0): `lines` 64-byte lines each, enough to
+ * cover one block.  The far request takes the line from memory or the L3 early; the near one
+ * moves it to the L1 from the L2, so the L1's few miss buffers are not held for a memory
+ * latency.  The distances are set at the first feature detection: far 16384 bytes on Intel
+ * CPUs and FDY_STREAM_AHEAD elsewhere, near 2048 on Intel CPUs and the far distance elsewhere
+ * (one level: on a Zen 3 the single L1 request measured best, and the two-level form was not
+ * measured there); PYFOUNDRY_PREFETCH_AHEAD / PYFOUNDRY_PREFETCH_NEAR when the environment
+ * gives them, both 0 (the block itself, a no-op) with PYFOUNDRY_NO_PREFETCH=1
+ * (fdy_cpu_prefetch_ahead / fdy_cpu_prefetch_near read them).  Past the end of the weights it
+ * touches memory the kernel does not own: a prefetch never faults, and the address is formed
+ * as an integer.  docs/CPU_NOTES.md items 28, 42, 46. */
 #define FDY_STREAM_AHEAD 4096
 extern int32_t fdy_stream_ahead
 #if defined(__GNUC__)
     __attribute__((visibility("hidden")))
 #endif
     ;
+extern int32_t fdy_stream_near
+#if defined(__GNUC__)
+    __attribute__((visibility("hidden")))
+#endif
+    ;
 static inline void fdy_stream_prefetch(const void *p, int lines) {
     const uintptr_t a = (uintptr_t)p + (uintptr_t)fdy_stream_ahead;
+    const uintptr_t b = (uintptr_t)p + (uintptr_t)fdy_stream_near;
     for (int i = 0; i < lines; i++) {
-        __builtin_prefetch((const void *)(a + 64 * (uintptr_t)i), 0, 3);
+        __builtin_prefetch((const void *)(a + 64 * (uintptr_t)i), 0, 2); /* prefetcht1 */
+        __builtin_prefetch((const void *)(b + 64 * (uintptr_t)i), 0, 3); /* prefetcht0 */
     }
 }
 

@@ -43,7 +43,8 @@ PyObject *fdy_raise(fdy_module_state *st, fdy_status status) {
 
 static PyObject *cpu_features(PyObject *self, PyObject *noargs) {
     uint32_t f = fdy_cpu_features(), e = fdy_cpu_features_enabled();
-    return Py_BuildValue("(IIi)", f, e, (int)fdy_cpu_prefetch_ahead());
+    return Py_BuildValue("(IIii)", f, e, (int)fdy_cpu_prefetch_ahead(),
+                         (int)fdy_cpu_prefetch_near());
 }
 
 static PyObject *set_cpu_feature_mask(PyObject *self, PyObject *arg) {
@@ -57,8 +58,8 @@ static PyObject *set_cpu_feature_mask(PyObject *self, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"cpu_features", cpu_features, METH_NOARGS,
-     "cpu_features() -> (detected, enabled, prefetch_ahead): bit sets of FDY_CPU_* flags, and the\n"
-     "decode kernels' prefetch distance in bytes"},
+     "cpu_features() -> (detected, enabled, prefetch_ahead, prefetch_near): bit sets of\n"
+     "FDY_CPU_* flags, and the decode kernels' two prefetch distances in bytes"},
     {"set_cpu_feature_mask", set_cpu_feature_mask, METH_O,
      "set_cpu_feature_mask(mask): restrict the SIMD paths kernels may use (tests)"},
     {NULL, NULL, 0, NULL},

@@ -18,17 +18,24 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+static int is_intel(void) {
+    uint32_t a, b, c, d;
+    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547u && d == 0x49656e69u &&
+           c == 0x6c65746eu; /* "GenuineIntel" */
+}
+
 /* the default distance of the streaming kernels' software prefetch on this CPU: 16 KB on
  * Intel processors (an AVX-512 Xeon decoded 6-14% faster with it than with 4 KB), 4 KB
  * elsewhere (on a Zen 3 4-16 KB measured alike and 16 KB lost on q8_0; docs/CPU_NOTES.md items
  * 28 and 42) */
 static int32_t default_stream_ahead(void) {
-    uint32_t a, b, c, d;
-    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547u && d == 0x49656e69u &&
-        c == 0x6c65746eu) { /* "GenuineIntel" */
-        return 16384;
-    }
-    return FDY_STREAM_AHEAD;
+    return is_intel() ? 16384 : FDY_STREAM_AHEAD;
+}
+
+/* the default near distance (policy.h: fdy_stream_prefetch): 2 KB on Intel processors, else
+ * the far distance itself (one level, as before the near prefetch) */
+static int32_t default_stream_near(int32_t ahead) {
+    return is_intel() ? 2048 : ahead;
 }
 
 static uint32_t detect(void) {
@@ -86,6 +93,10 @@ static uint32_t detect(void) {
 static int32_t default_stream_ahead(void) {
     return FDY_STREAM_AHEAD;
 }
+
+static int32_t default_stream_near(int32_t ahead) {
+    return ahead;
+}
 #endif
 
 static _Atomic uint32_t fdy_detected = 0xffffffffu;
@@ -96,6 +107,10 @@ static _Atomic uint32_t fdy_mask = 0xffffffffu;
 __attribute__((visibility("hidden")))
 #endif
 int32_t fdy_stream_ahead = FDY_STREAM_AHEAD;
+#if defined(__GNUC__)
+__attribute__((visibility("hidden")))
+#endif
+int32_t fdy_stream_near = FDY_STREAM_AHEAD;
 
 /* every f16 as float (policy.h: fdy_f16_table), filled once, before the first feature word
  * any kernel reads is returned */
@@ -111,24 +126,34 @@ static void f16_fill(void) {
     }
 }
 
+/* *out = the environment variable name's value when it is a whole number of bytes from 0 to
+ * 1 MiB (otherwise *out is left as it is) */
+static void env_distance(const char *name, int32_t *out) {
+    const char *s = getenv(name);
+    if (s && *s) {
+        char *end;
+        const long v = strtol(s, &end, 10);
+        if (*end == '\0' && v >= 0 && v <= (1L << 20)) {
+            *out = (int32_t)v;
+        }
+    }
+}
+
 uint32_t fdy_cpu_features(void) {
     uint32_t f = atomic_load(&fdy_detected);
     if (f == 0xffffffffu) {
         pthread_once(&f16_once, f16_fill);
         fdy_stream_ahead = default_stream_ahead();
-        /* PYFOUNDRY_PREFETCH_AHEAD=bytes (0 to 1 MiB) sets the distance, for tuning on other
-         * CPUs; PYFOUNDRY_NO_PREFETCH=1 turns the prefetch off (distance 0) */
-        const char *pa = getenv("PYFOUNDRY_PREFETCH_AHEAD");
-        if (pa && *pa) {
-            char *end;
-            const long v = strtol(pa, &end, 10);
-            if (*end == '\0' && v >= 0 && v <= (1L << 20)) {
-                fdy_stream_ahead = (int32_t)v;
-            }
-        }
+        /* PYFOUNDRY_PREFETCH_AHEAD=bytes and PYFOUNDRY_PREFETCH_NEAR=bytes (0 to 1 MiB) set
+         * the distances, for tuning on other CPUs; PYFOUNDRY_NO_PREFETCH=1 turns the prefetch
+         * off (both distances 0) */
+        env_distance("PYFOUNDRY_PREFETCH_AHEAD", &fdy_stream_ahead);
+        fdy_stream_near = default_stream_near(fdy_stream_ahead);
+        env_distance("PYFOUNDRY_PREFETCH_NEAR", &fdy_stream_near);
         const char *np = getenv("PYFOUNDRY_NO_PREFETCH");
         if (np && *np && *np != '0') {
             fdy_stream_ahead = 0;
+            fdy_stream_near = 0;
         }
         f = detect();
         atomic_store(&fdy_detected, f);
@@ -156,6 +181,11 @@ uint32_t fdy_cpu_features_enabled(void) {
 int32_t fdy_cpu_prefetch_ahead(void) {
     (void)fdy_cpu_features();
     return fdy_stream_ahead;
+}
+
+int32_t fdy_cpu_prefetch_near(void) {
+    (void)fdy_cpu_features();
+    return fdy_stream_near;
 }
 
 void fdy_cpu_set_feature_mask(uint32_t mask) {
