@@ -168,8 +168,8 @@ extern float fdy_f16_table[65536]
  * moves it to the L1 from the L2, so the L1's few miss buffers are not held for a memory
  * latency.  The distances are set at the first feature detection: far 16384 bytes on Intel
  * CPUs and FDY_STREAM_AHEAD elsewhere, near 2048 on Intel CPUs and the far distance elsewhere
- * (one level: on a Zen 3 the single L1 request measured best, and the two-level form was not
- * measured there); PYFOUNDRY_PREFETCH_AHEAD / PYFOUNDRY_PREFETCH_NEAR when the environment
+ * (both requests on one line, so the L1 request decides: the form items 28-32 measured on a
+ * Zen 3, where the two-level one was not measured); PYFOUNDRY_PREFETCH_AHEAD / PYFOUNDRY_PREFETCH_NEAR when the environment
  * gives them, both 0 (the block itself, a no-op) with PYFOUNDRY_NO_PREFETCH=1
  * (fdy_cpu_prefetch_ahead / fdy_cpu_prefetch_near read them).  Past the end of the weights it
  * touches memory the kernel does not own: a prefetch never faults, and the address is formed
