@@ -70,6 +70,16 @@ static inline float fdy_df_dot_f(const float *w, const float *x, int n) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+/* out[r] = dot(row r) for rows r < rows of w (row_bytes apart): the row-range hooks' fallback
+ * where no row-range kernel runs */
+static inline void fdy_df_rows_each(float (*dot)(const void *, const float *, int64_t),
+                                    const void *w, size_t row_bytes, const float *x, int64_t n,
+                                    float *out, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        out[r] = dot((const uint8_t *)w + (size_t)r * row_bytes, x, n);
+    }
+}
+
 /* a portable kernel from the format's decode function: each block decoded to floats (sub-block
  * by sub-block), then a float dot with 8 partial sums */
 #define FDY_DF_PORTABLE_DECODE(F, DECODE, BLOCK_ELEMS, BLOCK_BYTES, SUB_ELEMS)        \
@@ -1035,9 +1045,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
             F##_dotf_rows_avx2(w, row_bytes, x, n, out, rows);                                \
             return;                                                                           \
         }                                                                                     \
-        for (int64_t r = 0; r < rows; r++) {                                                  \
-            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
-        }                                                                                     \
+        fdy_df_rows_each(F##_vec_dot_f32, w, row_bytes, x, n, out, rows);                     \
     }
 
 /* F_vec_dot_f32_rows of a format with the AVX2 row-range driver (as FDY_DF_ROWS) and an AVX-512
@@ -1053,9 +1061,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
         case FDY_DF_AVX2: F##_dotf_rows_avx2(w, row_bytes, x, n, out, rows); return;          \
         default: break;                                                                       \
         }                                                                                     \
-        for (int64_t r = 0; r < rows; r++) {                                                  \
-            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
-        }                                                                                     \
+        fdy_df_rows_each(F##_vec_dot_f32, w, row_bytes, x, n, out, rows);                     \
     }
 
 /* F_vec_dot_f32_rows of a nibble format without an AVX2 row-range kernel: the four-row
@@ -1067,9 +1073,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
             F##_dotf_rows_avx512(w, row_bytes, x, n, out, rows);                              \
             return;                                                                           \
         }                                                                                     \
-        for (int64_t r = 0; r < rows; r++) {                                                  \
-            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
-        }                                                                                     \
+        fdy_df_rows_each(F##_vec_dot_f32, w, row_bytes, x, n, out, rows);                     \
     }
 
 /* F_vec_dot_f32 and F_vec_dot_f32_rows of a format whose one kernel is the AVX2 row-range
@@ -1096,9 +1100,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
             F##_dotf_rows_avx2(w, row_bytes, x, n, out, rows);                                \
             return;                                                                           \
         }                                                                                     \
-        for (int64_t r = 0; r < rows; r++) {                                                  \
-            out[r] = F##_dotf_portable((const uint8_t *)w + (size_t)r * row_bytes, x, n);     \
-        }                                                                                     \
+        fdy_df_rows_each(F##_dotf_portable, w, row_bytes, x, n, out, rows);                   \
     }
 
 #else
@@ -1111,9 +1113,7 @@ FDY_DF_TARGET_AVX2 FDY_DF_INLINE void fdy_df_k45_step2(const uint8_t *b0, const 
 #define FDY_DF_ROWS_QS(F, BT, BE, QS, UPB)                                                    \
     static void F##_vec_dot_f32_rows(const void *w, size_t row_bytes, const float *x,         \
                                      int64_t n, float *out, int64_t rows) {                   \
-        for (int64_t r = 0; r < rows; r++) {                                                  \
-            out[r] = F##_vec_dot_f32((const uint8_t *)w + (size_t)r * row_bytes, x, n);       \
-        }                                                                                     \
+        fdy_df_rows_each(F##_vec_dot_f32, w, row_bytes, x, n, out, rows);                     \
     }
 #define FDY_DF_ROWS_KERNEL(F, BB, BE, QS) FDY_DF_DISPATCH(F) FDY_DF_ROWS_QS(F, BB, BE, QS, 1)
 #define FDY_DF_ROWS_WIDE(F, BT, BE, UPB) FDY_DF_ROWS_QS(F, BT, BE, 0, UPB)
