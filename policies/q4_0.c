@@ -79,6 +79,7 @@ FDY_FN float fdy_doti_calc_q4_0(FDY_THREAD const uint32_t *r, int part, FDY_GLOB
 #include "simd_dequant.h"
 #include "simd_legacy.h"
 #include "simd_dotf32.h"
+#include "simd_amx.h"
 
 FDY_DEQ_INLINE void q4_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_0 *b = (const fdy_block_q4_0 *)src;
@@ -176,6 +177,9 @@ FDY_DF_NIB_KERNELS(q4_0, fdy_block_q4_0, 0, 0, NULL, 8, FDY_DF_NO_QH, FDY_DF_NO_
 FDY_DF_DISPATCH(q4_0)
 FDY_DF_ROWS_WIDE(q4_0, fdy_block_q4_0, 32, 2)
 
+/* the AMX layout of the f32 decode GEMV (simd_amx.h) */
+FDY_AMX_KERNELS(q4_0, FDY_AMX_Q4_0)
+
 FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_0_BLOCK_BYTES, .sub_elems = FDY_Q4_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0",
@@ -185,5 +189,6 @@ FDY_POLICY_DEFINE(q4_0, .block_elems = FDY_Q4_0_BLOCK_ELEMS,
                   .to_i8 = q4_0_to_i8, .vec_dot_f32 = q4_0_vec_dot_f32,
                   .pack_rows = 8, .pack = q4_0_pack,
                   .vec_dot_packed = q4_0_vec_dot_packed,
-                  .vec_dot_f32_rows = q4_0_vec_dot_f32_rows);
+                  .vec_dot_f32_rows = q4_0_vec_dot_f32_rows,
+                  FDY_AMX_FIELDS(q4_0, FDY_AMX_Q4_0));
 #endif

@@ -88,6 +88,7 @@ FDY_FN float fdy_doti_calc_q4_1(FDY_THREAD const uint32_t *r, int part, FDY_GLOB
 #include "simd_dequant.h"
 #include "simd_legacy.h"
 #include "simd_dotf32.h"
+#include "simd_amx.h"
 
 FDY_DEQ_INLINE void q4_1_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q4_1 *b = (const fdy_block_q4_1 *)src;
@@ -185,6 +186,9 @@ FDY_DF_ROWS_WIDE(q4_1, fdy_block_q4_1, 32, 2)
 /* the 8-row interleaved layout of the decode GEMV (simd_legacy.h): with the min, no zero point */
 FDY_PACK8_NIB_KERNELS(q4_1, fdy_block_q4_1, (int)offsetof(fdy_block_q4_1, m), 0, fdy_leg_q8_1)
 
+/* the AMX layout of the f32 decode GEMV (simd_amx.h) */
+FDY_AMX_KERNELS(q4_1, FDY_AMX_Q4_1)
+
 FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
                   .block_bytes = FDY_Q4_1_BLOCK_BYTES, .sub_elems = FDY_Q4_1_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_1",
@@ -193,5 +197,6 @@ FDY_POLICY_DEFINE(q4_1, .block_elems = FDY_Q4_1_BLOCK_ELEMS,
                   .quantize = q4_1_quantize, .vec_dot = q4_1_vec_dot, .vec_dot_rows = q4_1_vec_dot_rows,
                   .to_i8 = q4_1_to_i8, .vec_dot_f32 = q4_1_vec_dot_f32,
                   .pack_rows = 8, .pack = q4_1_pack, .vec_dot_packed = q4_1_vec_dot_packed,
-                  .vec_dot_f32_rows = q4_1_vec_dot_f32_rows);
+                  .vec_dot_f32_rows = q4_1_vec_dot_f32_rows,
+                  FDY_AMX_FIELDS(q4_1, FDY_AMX_Q4_1));
 #endif

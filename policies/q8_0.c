@@ -91,6 +91,7 @@ FDY_FN int fdy_actq_code_q8_0(float x, float id) {
 #include "simd_dequant.h"
 #include "simd_legacy.h"
 #include "simd_dotf32.h"
+#include "simd_amx.h"
 
 FDY_DEQ_INLINE void q8_0_dequantize_rows(const void *src, float *dst, int64_t n) {
     const fdy_block_q8_0 *b = (const fdy_block_q8_0 *)src;
@@ -297,6 +298,9 @@ FDY_DF_TARGET_AVX512 static void q8_0_dotf_rows_avx512(const void *w, size_t rb,
 FDY_DF_DISPATCH(q8_0)
 FDY_DF_ROWS_WIDE(q8_0, fdy_block_q8_0, 32, 1)
 
+/* the AMX layout of the f32 decode GEMV (simd_amx.h) */
+FDY_AMX_KERNELS(q8_0, FDY_AMX_Q8_0)
+
 FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .block_bytes = FDY_Q8_0_BLOCK_BYTES, .sub_elems = FDY_Q8_0_SUB_ELEMS,
                   .flags = FDY_POLICY_GGUF, .dot_type = "q8_0", .tol_roundtrip = 0.01f,
@@ -304,5 +308,6 @@ FDY_POLICY_DEFINE(q8_0, .block_elems = FDY_Q8_0_BLOCK_ELEMS,
                   .dequantize_fast = q8_0_dequantize, .quantize = q8_0_quantize,
                   .vec_dot = q8_0_vec_dot, .vec_dot_rows = q8_0_vec_dot_rows, .quantize_act = q8_0_quantize_act,
                   .to_i8 = q8_0_to_i8, .vec_dot_f32 = q8_0_vec_dot_f32,
-                  .vec_dot_f32_rows = q8_0_vec_dot_f32_rows);
+                  .vec_dot_f32_rows = q8_0_vec_dot_f32_rows,
+                  FDY_AMX_FIELDS(q8_0, FDY_AMX_Q8_0));
 #endif

@@ -25,7 +25,8 @@ from .gpu import cuda_available, metal_available
 
 __version__ = _core.version
 
-_CPU_FLAGS = ["avx2", "fma", "f16c", "avx512", "avx512vnni", "avxvnni", "neon", "dotprod"]
+_CPU_FLAGS = ["avx2", "fma", "f16c", "avx512", "avx512vnni", "avxvnni", "neon", "dotprod",
+              "amx"]
 
 
 def cpu_features():

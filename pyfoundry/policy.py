@@ -47,13 +47,20 @@ class Policy:
                                whose legacy kernels run their AVX2 tier (not with AVX-512), and
                                the decode GEMV streams it: the same integer block sums, float
                                accumulation in block order
+    amx_chunk_bytes : int      bytes per 16 rows x 64 elements of the format's AMX layout for
+                               the ``f32`` variant's decode GEMV (0: none).  On CPUs with AMX
+                               (``"amx"`` in :func:`pyfoundry.cpu_features`) pf.Model makes
+                               that copy of each matmul weight at its first one-token ``f32``
+                               forward; the kernel multiplies the weight codes with x as exact
+                               integers (a 32-bit fixed point per block of 32), within the
+                               format's ``f32`` tolerance
     tolerances : dict          test tolerances (relative L2): roundtrip, f32, q8
     """
 
     __slots__ = ("name", "gguf_type", "block_elems", "block_bytes", "sub_elems",
                  "bits_per_weight", "can_quantize", "is_gguf", "is_activation", "dot_type",
                  "has_to_i8", "has_vec_dot_f32", "has_vec_dot_f32_rows", "has_vec_dot_rows",
-                 "pack_rows", "tolerances")
+                 "pack_rows", "amx_chunk_bytes", "tolerances")
 
     def __init__(self, info: dict):
         self.name = info["name"]
@@ -71,6 +78,7 @@ class Policy:
         self.has_vec_dot_f32_rows = info["has_vec_dot_f32_rows"]
         self.has_vec_dot_rows = info["has_vec_dot_rows"]
         self.pack_rows = info["pack_rows"]
+        self.amx_chunk_bytes = info["amx_chunk_bytes"]
         self.tolerances = {"roundtrip": info["tol_roundtrip"], "f32": info["tol_f32"],
                            "q8": info["tol_q8"]}
 

@@ -214,7 +214,16 @@ struct fdy_policy {
     void (*pack)(const void *, size_t, void *, int64_t);
     void (*vec_dot_packed)(const void *, size_t, const void *, int64_t, float *, int64_t);
     void (*vec_dot_f32_rows)(const void *, size_t, const float *, int64_t, float *, int64_t);
+    int32_t amx_chunk_bytes;
+    void (*pack_amx)(const void *, size_t, void *, int64_t);
+    void (*vec_dot_f32_amx)(const void *, size_t, const void *, float *, int64_t);
 };
+typedef struct fdy_amx_act {
+    const int8_t *digits; const float *scale; const float *scale16; const float *sum;
+    int64_t n_chunks;
+} fdy_amx_act;
+size_t fdy_amx_bytes(int64_t n);
+int fdy_amx_prepare(const float *x, int64_t n, void *buf, fdy_amx_act *a);
 """
 
 

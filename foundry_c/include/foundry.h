@@ -44,7 +44,8 @@ enum {
     FDY_CPU_AVX512VNNI = 1u << 4,
     FDY_CPU_AVXVNNI = 1u << 5,
     FDY_CPU_NEON = 1u << 6,
-    FDY_CPU_DOTPROD = 1u << 7
+    FDY_CPU_DOTPROD = 1u << 7,
+    FDY_CPU_AMX = 1u << 8         /* AMX-TILE + AMX-INT8 with AVX-512, the OS permitting */
 };
 uint32_t fdy_cpu_features(void);          /* what the processor has */
 uint32_t fdy_cpu_features_enabled(void);  /* what the kernels may use (detected & mask) */
@@ -208,6 +209,9 @@ typedef struct fdy_weight {
     /* optional: rows 0 .. rows / R * R - 1 again in the policy's interleaved layout (R =
      * its pack_rows; see fdy_weight_pack), used by the q8 decode GEMV; NULL: none */
     const void *packed;
+    /* optional: rows 0 .. rows / 16 * 16 - 1 in the policy's AMX layout (see
+     * fdy_weight_pack_amx), used by the f32 decode GEMV on CPUs with AMX; NULL: none */
+    const void *amx;
 } fdy_weight;
 /* a malloc'ed copy of w's whole groups of rows in its policy's interleaved layout, or NULL
  * when the policy has none, this CPU would not use it, or w has fewer rows than one group;
@@ -215,6 +219,12 @@ typedef struct fdy_weight {
 void *fdy_weight_pack(const fdy_weight *w);
 /* the bytes fdy_weight_pack allocates for w's interleaved copy (whole pages; 0: no layout) */
 size_t fdy_weight_pack_size(const fdy_weight *w);
+/* a malloc'ed copy of w's whole groups of 16 rows in its policy's AMX layout (the f32
+ * variant's decode GEMV on CPUs with AMX), or NULL when the policy has none, AMX is not
+ * enabled, or w has fewer than 16 rows; free it with free() */
+void *fdy_weight_pack_amx(const fdy_weight *w);
+/* the bytes fdy_weight_pack_amx allocates (whole pages; 0: no layout) */
+size_t fdy_weight_amx_size(const fdy_weight *w);
 
 /* out (M, N) = act(x (M, K) @ w.T + bias (N)), or out += that when accumulate != 0 */
 fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const float *bias,
@@ -342,7 +352,8 @@ int64_t fdy_model_n_past(const fdy_model *m);
 int64_t fdy_model_kv_capacity(const fdy_model *m);
 int64_t fdy_model_max_context(const fdy_model *m);
 size_t fdy_model_kv_bytes(const fdy_model *m);
-/* bytes of the interleaved weight copies the model holds (made by its first q8 forward) */
+/* bytes of the weight copies the model holds: the interleaved ones (made by its first q8
+ * forward) and the AMX ones (made by its first f32 forward of one token) */
 size_t fdy_model_packed_bytes(const fdy_model *m);
 
 /* ---- sampler -----------------------------------------------------------------------------

@@ -61,7 +61,8 @@ struct fdy_model {
     fdy_buf rope_cs[FDY_MAX_ROPE_CFG]; /* (M, rot_dims / 2, 2) cos / sin of this call */
     fdy_mm_ws ws;              /* quantized activations of the matmul groups */
     int packed_done;           /* the q8 variant's interleaved weight copies are made */
-    size_t packed_bytes;       /* their bytes (fdy_weight_pack_size) */
+    int amx_done;              /* the f32 variant's AMX weight copies are made */
+    size_t packed_bytes;       /* the bytes of both (fdy_weight_pack_size, _amx_size) */
     /* buffers */
     float **bufs;              /* (n_bufs) each (cap_rows, width) */
     int64_t cap_rows;
@@ -94,6 +95,7 @@ void fdy_model_free(fdy_model *m) {
     fdy_mm_ws_free(&m->ws);
     for (int32_t i = 0; m->weights && i < m->n_weights; i++) {
         free((void *)m->weights[i].packed);
+        free((void *)m->weights[i].amx);
     }
     free(m->steps);
     free(m->rope_cfg);
@@ -328,6 +330,7 @@ fdy_status fdy_model_create(const fdy_instr *prog, int32_t n_instr, const fdy_we
     memcpy(m->weights, weights, (size_t)n_weights * sizeof *weights);
     for (int32_t i = 0; i < n_weights; i++) {
         m->weights[i].packed = NULL; /* made by the first q8 forward (pack_weights) */
+        m->weights[i].amx = NULL;    /* made by the first f32 decode forward (pack_amx) */
     }
     memcpy(m->widths, widths, (size_t)n_bufs * sizeof *widths);
     m->n_instr = n_instr;
@@ -553,6 +556,28 @@ static void pack_weights(fdy_model *m) {
     }
 }
 
+/* the AMX copies of the matmul weights whose policy has that layout (fdy_weight_pack_amx),
+ * made once, at the first f32 forward of one token on a CPU with AMX enabled: the f32 decode
+ * GEMV streams them (memory: one more copy of those weights' bytes).  PYFOUNDRY_NO_PACK=1
+ * leaves them out too. */
+static void pack_amx(fdy_model *m) {
+    m->amx_done = 1;
+    const char *np = getenv("PYFOUNDRY_NO_PACK");
+    if ((np && *np && *np != '0') || !(fdy_cpu_features_enabled() & FDY_CPU_AMX)) {
+        return;
+    }
+    for (int32_t i = 0; i < m->n_instr; i++) {
+        const fdy_instr *in = &m->prog[i];
+        if (in->op != FDY_I_MATMUL || m->weights[in->weight].amx) {
+            continue;
+        }
+        m->weights[in->weight].amx = fdy_weight_pack_amx(&m->weights[in->weight]);
+        if (m->weights[in->weight].amx) {
+            m->packed_bytes += fdy_weight_amx_size(&m->weights[in->weight]);
+        }
+    }
+}
+
 fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int64_t start_pos,
                              int variant, float *const *captures, int32_t n_captures,
                              int last_only, float *logits) {
@@ -577,6 +602,9 @@ fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int
     }
     if (variant == FDY_VARIANT_Q8 && !m->packed_done) {
         pack_weights(m);
+    }
+    if (variant == FDY_VARIANT_F32 && M == 1 && !m->amx_done) {
+        pack_amx(m);
     }
     for (int64_t t = 0; t < M; t++) {
         m->positions[t] = (int32_t)(start_pos + t);

@@ -193,6 +193,10 @@ int fdy_policy_pack_rows(const fdy_policy *p) {
     return p->pack && p->vec_dot_packed ? p->pack_rows : 0;
 }
 
+int fdy_policy_amx_chunk_bytes(const fdy_policy *p) {
+    return p->pack_amx && p->vec_dot_f32_amx ? p->amx_chunk_bytes : 0;
+}
+
 fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
                                   float *out) {
     if (!p->vec_dot_f32) {

@@ -67,6 +67,35 @@ typedef void (*fdy_vec_dot_f32_rows_fn)(const void *w, size_t row_bytes, const f
 typedef void (*fdy_pack_fn)(const void *src, size_t row_bytes, void *dst, int64_t n);
 typedef void (*fdy_vec_dot_packed_fn)(const void *groups, size_t group_bytes, const void *a,
                                       int64_t n, float *out, int64_t n_groups);
+/* the optional AMX layout of the f32 decode GEMV on CPUs with AMX (int8 tile multiplies):
+ * the float activation row x as exact integers, 32-bit fixed point per block of 32 elements
+ * (X_k = x_k * 2^S_b rounded to an integer, |X_k| < 2^30, S_b from the block's largest
+ * |x|), written as four signed base-256 digits; the weight codes as int8; the tile unit
+ * multiplies and sums them exactly as integers, so the only roundings are the fixed point of
+ * x (at most 2^-31 of the block's largest |x| per element) and the float steps that apply
+ * the scales.  fdy_amx_prepare (cpu/amx.c) writes the activation once per GEMV:
+ *   digits  per chunk of 64 elements (two blocks, K positions 0..31 and 32..63), an 8 x 64
+ *           int8 tile: row 2 p + h holds digit p (p = 0 lowest) of block h's 32 elements at
+ *           K positions 32 h .. 32 h + 31 and zeros at the other block's positions
+ *   scale   per block, 2^-S_b; scale16 = scale / 16 (the nibble formats' codes are x16)
+ *   sum     per block, sum_k X_k * 2^-S_b (the exact integer sum, rounded once to float):
+ *           the sum of x of the formats with a min
+ * An odd last block is padded with zero digits.  The layout of a weight (pack_amx): per
+ * group of 16 rows, per chunk, amx_chunk_bytes in the policy's order (its scales, then its
+ * codes as the tile unit reads them, or packed so that a few operations form them);
+ * vec_dot_f32_amx computes n_groups groups (group_bytes apart) into out[16 g + r].  The
+ * results are within the float32 dot-product bound of the other f32 kernels (tests hold them
+ * to it), not their bits. */
+typedef struct fdy_amx_act {
+    const int8_t *digits;
+    const float *scale, *scale16, *sum;
+    int64_t n_chunks;
+} fdy_amx_act;
+#define FDY_AMX_ROWS 16
+#define FDY_AMX_CHUNK 64
+typedef void (*fdy_pack_amx_fn)(const void *src, size_t row_bytes, void *dst, int64_t n);
+typedef void (*fdy_vec_dot_f32_amx_fn)(const void *groups, size_t group_bytes,
+                                        const fdy_amx_act *a, float *out, int64_t n_groups);
 
 struct fdy_policy {
     const char *name;        /* lower case, as users type it: "q4_k" */
@@ -96,6 +125,9 @@ struct fdy_policy {
     fdy_pack_fn pack;                 /* optional, with vec_dot_packed */
     fdy_vec_dot_packed_fn vec_dot_packed;
     fdy_vec_dot_f32_rows_fn vec_dot_f32_rows; /* optional: the f32 GEMV over a row range */
+    int32_t amx_chunk_bytes;                 /* bytes per 16 rows x 64 elements, 0: none */
+    fdy_pack_amx_fn pack_amx;               /* optional, with vec_dot_f32_amx */
+    fdy_vec_dot_f32_amx_fn vec_dot_f32_amx;
 };
 
 #define FDY_POLICY_DEFINE(pname, ...) \
@@ -117,6 +149,13 @@ int fdy_policy_has_vec_dot_f32(const fdy_policy *p);
 int fdy_policy_has_vec_dot_rows(const fdy_policy *p);
 /* rows per group of the policy's interleaved decode layout (pack / vec_dot_packed), 0: none */
 int fdy_policy_pack_rows(const fdy_policy *p);
+/* bytes per chunk of the policy's AMX layout (pack_amx / vec_dot_f32_amx), 0: none */
+int fdy_policy_amx_chunk_bytes(const fdy_policy *p);
+/* the AMX activation of x (n floats) in buf (fdy_amx_bytes(n) bytes, 64-byte aligned):
+ * 0, or -1 when x holds a value that is not finite (the plain kernels then run: they carry
+ * infinities and NaNs as float arithmetic does) */
+size_t fdy_amx_bytes(int64_t n);
+int fdy_amx_prepare(const float *x, int64_t n, void *buf, fdy_amx_act *a);
 fdy_status fdy_policy_vec_dot_f32(const fdy_policy *p, const void *w, const float *x, int64_t n,
                                   float *out);
 /* whether the policy has the vec_dot_f32_rows hook (the f32 decode GEMV's row-range kernel) */

@@ -32,7 +32,7 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
         const fdy_policy *p = fdy_policy_at(i);
         const char *dot = fdy_policy_dot_type(p);
         PyObject *d = Py_BuildValue(
-            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O,s:O,s:O,s:i,s:O}", "name", fdy_policy_name(p),
+            "{s:s,s:i,s:L,s:L,s:L,s:d,s:O,s:O,s:O,s:z,s:d,s:d,s:d,s:O,s:O,s:O,s:i,s:O,s:i}", "name", fdy_policy_name(p),
             "type", (int)fdy_policy_type(p), "block_elems", (long long)fdy_policy_block_elems(p),
             "block_bytes", (long long)fdy_policy_block_bytes(p), "sub_elems",
             (long long)fdy_policy_sub_elems(p), "bits_per_weight", fdy_policy_bits_per_weight(p),
@@ -45,7 +45,8 @@ static PyObject *policy_info(PyObject *module, PyObject *noargs) {
             fdy_policy_has_vec_dot_f32(p) ? Py_True : Py_False, "has_vec_dot_rows",
             fdy_policy_has_vec_dot_rows(p) ? Py_True : Py_False, "pack_rows",
             (int)fdy_policy_pack_rows(p), "has_vec_dot_f32_rows",
-            fdy_policy_has_vec_dot_f32_rows(p) ? Py_True : Py_False);
+            fdy_policy_has_vec_dot_f32_rows(p) ? Py_True : Py_False, "amx_chunk_bytes",
+            (int)fdy_policy_amx_chunk_bytes(p));
         if (!d) {
             Py_DECREF(list);
             return NULL;

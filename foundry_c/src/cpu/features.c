@@ -11,6 +11,20 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+/* the OS lets this process use the AMX tile data (Linux asks for it once per process:
+ * arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; the threads made later inherit it) */
+static int amx_permitted(void) {
+#if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
 
 static uint64_t xgetbv0(void) {
     uint32_t lo, hi;
@@ -67,6 +81,11 @@ static uint32_t detect(void) {
             f |= FDY_CPU_AVX512;
             if ((c >> 11) & 1) {
                 f |= FDY_CPU_AVX512VNNI;
+            }
+            /* AMX-TILE and AMX-INT8, the tile state enabled in XCR0 (bits 17, 18) */
+            const int amx = ((d >> 24) & 1) && ((d >> 25) & 1);
+            if (amx && (xcr0 & 0x60000) == 0x60000 && amx_permitted()) {
+                f |= FDY_CPU_AMX;
             }
         }
         __cpuid_count(7, 1, a, b, c, d);

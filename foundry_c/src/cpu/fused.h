@@ -23,10 +23,11 @@ void fdy_buf_free(fdy_buf *b);
 #define FDY_MM_MAX_PARTS 4
 
 /* activations quantized per distinct dot type of a group, and their dequantized copies (for
- * formats without an integer kernel) */
+ * formats without an integer kernel); the AMX form of the f32 activation */
 typedef struct fdy_mm_ws {
     fdy_buf xq[FDY_MM_MAX_PARTS];
     fdy_buf xd[FDY_MM_MAX_PARTS];
+    fdy_buf amx; /* the f32 activation for the AMX kernels (fdy_amx_prepare) */
 } fdy_mm_ws;
 
 void fdy_mm_ws_free(fdy_mm_ws *ws);

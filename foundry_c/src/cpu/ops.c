@@ -70,6 +70,7 @@ typedef struct mm_ctx {
     int64_t rows_per_task;
     fdy_dot_f32_fn dot;
     fdy_tile_f32_fn tile; /* the f32 GEMM's tile kernel */
+    const fdy_amx_act *amx; /* M = 1, f32: the activation for w->amx's kernel, else NULL */
 } mm_ctx;
 
 static inline void mm_store(const mm_ctx *c, int64_t m, int64_t n, float v) {
@@ -136,6 +137,7 @@ void fdy_mm_ws_free(fdy_mm_ws *ws) {
         fdy_buf_free(&ws->xq[i]);
         fdy_buf_free(&ws->xd[i]);
     }
+    fdy_buf_free(&ws->amx);
 }
 
 /* the calling thread's workspace for the stand-alone stages (fdy_matmul, the fused rmsnorm
@@ -281,9 +283,42 @@ static void mm_rows_f32_gemm(const mm_ctx *c, int64_t r0, int64_t r1, float *scr
  * policy's fused kernels (fdy_policy_dot_f32_rows, 64 rows per call) or, for a format without
  * them, one dequantized row at a time (in L1) and the float dot per token; more through the
  * float GEMM (scratch: f32_scratch_floats) */
+static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch);
+
+/* rows r0 .. r1 of the f32 variant (M = 1) from the AMX copy: the whole groups of 16 rows
+ * through the policy's vec_dot_f32_amx, the rows before and after them the plain way */
+static void mm_rows_f32_amx(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch) {
+    const fdy_policy *p = c->w->policy;
+    const int64_t R = FDY_AMX_ROWS, g0 = (r0 + R - 1) / R, g1 = r1 / R;
+    mm_ctx plain = *c;
+    plain.amx = NULL;
+    if (g1 <= g0) {
+        mm_rows_f32(&plain, r0, r1, scratch);
+        return;
+    }
+    if (r0 < g0 * R) {
+        mm_rows_f32(&plain, r0, g0 * R, scratch);
+    }
+    const size_t gb = (size_t)(c->amx->n_chunks * p->amx_chunk_bytes);
+    float v[256];
+    const int64_t step = 256 / R;
+    for (int64_t g = g0; g < g1; g += step) {
+        const int64_t ng = g1 - g < step ? g1 - g : step;
+        p->vec_dot_f32_amx((const uint8_t *)c->w->amx + (size_t)g * gb, gb, c->amx, v, ng);
+        mm_store_rows(c, 0, g * R, v, ng * R);
+    }
+    if (g1 * R < r1) {
+        mm_rows_f32(&plain, g1 * R, r1, scratch);
+    }
+}
+
 static void mm_rows_f32(const mm_ctx *c, int64_t r0, int64_t r1, float *scratch) {
     const uint8_t *wd = (const uint8_t *)c->w->data;
     const fdy_policy *p = c->w->policy;
+    if (c->amx) {
+        mm_rows_f32_amx(c, r0, r1, scratch);
+        return;
+    }
     if (c->M > FDY_VEC_DOT_F32_MAX_M) {
         mm_rows_f32_gemm(c, r0, r1, scratch);
         return;
@@ -429,14 +464,65 @@ void *fdy_weight_pack(const fdy_weight *w) {
     return dst;
 }
 
-/* r rows rounded up to whole groups of w's interleaved copy (r itself when it has none), so
- * that a task's rows are whole groups */
+size_t fdy_weight_amx_size(const fdy_weight *w) {
+    if (!w || !w->policy || fdy_policy_amx_chunk_bytes(w->policy) <= 0 ||
+        w->rows < FDY_AMX_ROWS || w->cols <= 0 || w->cols % 32 != 0 ||
+        w->policy->block_elems != 32) {
+        return 0;
+    }
+    const int64_t nc = (w->cols / 32 + 1) / 2;
+    const size_t bytes = (size_t)(w->rows / FDY_AMX_ROWS) * (size_t)nc *
+                         (size_t)w->policy->amx_chunk_bytes;
+    return (bytes + 4095) / 4096 * 4096;
+}
+
+void *fdy_weight_pack_amx(const fdy_weight *w) {
+    if (!w || !w->data || !(fdy_cpu_features_enabled() & FDY_CPU_AMX)) {
+        return NULL;
+    }
+    const size_t alloc = fdy_weight_amx_size(w); /* 0: no layout, or too few rows */
+    if (!alloc) {
+        return NULL;
+    }
+    const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
+    const int64_t ng = w->rows / FDY_AMX_ROWS, nc = (w->cols / 32 + 1) / 2;
+    const size_t gb = (size_t)nc * (size_t)w->policy->amx_chunk_bytes;
+    uint8_t *dst = (uint8_t *)aligned_alloc(4096, alloc); /* page-aligned, as fdy_weight_pack */
+    if (!dst) {
+        return NULL;
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        w->policy->pack_amx((const uint8_t *)w->data + (size_t)(g * FDY_AMX_ROWS * rb),
+                            (size_t)rb, dst + (size_t)g * gb, w->cols);
+    }
+    return dst;
+}
+
+/* r rows rounded up to whole groups of w's interleaved and AMX copies (r itself when it has
+ * none), so that a task's rows are whole groups */
 static int64_t whole_groups(const fdy_weight *w, int64_t r) {
     if (w->packed && w->policy->pack_rows > 1) {
         const int64_t R = w->policy->pack_rows;
         r = (r + R - 1) / R * R;
     }
+    if (w->amx) { /* 16 rows: a multiple of the interleaved layouts' 8 */
+        r = (r + FDY_AMX_ROWS - 1) / FDY_AMX_ROWS * FDY_AMX_ROWS;
+    }
     return r;
+}
+
+/* the AMX activation of x (one row of K) in buf when some weight of the call has an AMX copy
+ * and AMX is enabled: a, else NULL (then the plain kernels run) */
+static const fdy_amx_act *amx_activation(const float *x, int64_t K, fdy_buf *buf,
+                                         fdy_amx_act *a, fdy_status *s) {
+    *s = FDY_OK;
+    if (!(fdy_cpu_features_enabled() & FDY_CPU_AMX)) {
+        return NULL;
+    }
+    if ((*s = fdy_buf_reserve(buf, fdy_amx_bytes(K)))) {
+        return NULL;
+    }
+    return fdy_amx_prepare(x, K, buf->p, a) == 0 ? a : NULL;
 }
 
 /* quantize activation rows to the policy's dot_type into the grown buffer buf */
@@ -534,6 +620,17 @@ fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const floa
             fdy_policy_dequantize(dot, xq + m * c.xq_row, xd + m * c.K, c.K);
         }
         c.x = xd;
+    }
+    fdy_amx_act amx;
+    if (!dot && M == 1 && w->amx) {
+        fdy_mm_ws *aws = thread_ws();
+        if (!aws) {
+            return fdy_fail(FDY_ERR_NOMEM, "cannot allocate the activation workspace");
+        }
+        c.amx = amx_activation(x, c.K, &aws->amx, &amx, &s);
+        if (s) {
+            return s;
+        }
     }
     if ((s = fdy_scratch_reserve(f32_scratch_floats(w->policy, M, c.K) * sizeof(float)))) {
         return s;
@@ -660,6 +757,23 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
             }
             c->x = xd;
         }
+    }
+    /* the f32 parts with an AMX copy at M = 1: the activation in AMX form, once */
+    fdy_amx_act amx;
+    const fdy_amx_act *pa = NULL;
+    int prepared = 0;
+    for (int i = 0; i < n_parts; i++) {
+        mm_ctx *c = &g.part[i];
+        if (M != 1 || g.q8[i] || c->x != x || !c->w->amx) {
+            continue;
+        }
+        if (!prepared) {
+            prepared = 1;
+            if ((pa = amx_activation(x, c->K, &ws->amx, &amx, &s), s)) {
+                return s;
+            }
+        }
+        c->amx = pa;
     }
     if ((s = fdy_scratch_reserve(max_scratch * sizeof(float)))) {
         return s;
