@@ -207,24 +207,24 @@ typedef struct fdy_weight {
     int64_t rows;      /* N: output features */
     int64_t cols;      /* K: input features */
     /* optional: rows 0 .. rows / R * R - 1 again in the policy's interleaved layout (R =
-     * its pack_rows; see fdy_weight_pack), used by the q8 decode GEMV; NULL: none */
+     * its pack_rows; see fdy_weight_pack_into), used by the q8 decode GEMV; NULL: none */
     const void *packed;
     /* optional: rows 0 .. rows / 16 * 16 - 1 in the policy's AMX layout (see
-     * fdy_weight_pack_amx), used by the f32 decode GEMV on CPUs with AMX; NULL: none */
+     * fdy_weight_pack_amx_into), used by the f32 decode GEMV on CPUs with AMX; NULL: none */
     const void *amx;
 } fdy_weight;
-/* a malloc'ed copy of w's whole groups of rows in its policy's interleaved layout, or NULL
- * when the policy has none, this CPU would not use it, or w has fewer rows than one group;
- * free it with free() */
-void *fdy_weight_pack(const fdy_weight *w);
-/* the bytes fdy_weight_pack allocates for w's interleaved copy (whole pages; 0: no layout) */
+/* the bytes of w's interleaved copy (its whole groups of pack_rows rows in its policy's
+ * layout, rounded up to whole pages): 0 when the policy has no such layout, this CPU would not
+ * use it (no AVX2 + FMA + F16C), or w has fewer rows than one group */
 size_t fdy_weight_pack_size(const fdy_weight *w);
-/* a malloc'ed copy of w's whole groups of 16 rows in its policy's AMX layout (the f32
- * variant's decode GEMV on CPUs with AMX), or NULL when the policy has none, AMX is not
- * enabled, or w has fewer than 16 rows; free it with free() */
-void *fdy_weight_pack_amx(const fdy_weight *w);
-/* the bytes fdy_weight_pack_amx allocates (whole pages; 0: no layout) */
+/* writes that copy to dst (fdy_weight_pack_size(w) bytes): 1, or 0 when there is none */
+int fdy_weight_pack_into(const fdy_weight *w, void *dst);
+/* the bytes of w's AMX copy (its whole groups of 16 rows in its policy's AMX layout, whole
+ * pages), for the f32 variant's decode GEMV: 0 when the policy has no such layout, AMX is not
+ * enabled, or w has fewer than 16 rows */
 size_t fdy_weight_amx_size(const fdy_weight *w);
+/* writes that copy to dst (fdy_weight_amx_size(w) bytes): 1, or 0 when there is none */
+int fdy_weight_pack_amx_into(const fdy_weight *w, void *dst);
 
 /* out (M, N) = act(x (M, K) @ w.T + bias (N)), or out += that when accumulate != 0 */
 fdy_status fdy_matmul(const fdy_weight *w, const float *x, int64_t M, const float *bias,

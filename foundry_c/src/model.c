@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 #include "policy.h"
@@ -63,6 +64,9 @@ struct fdy_model {
     int packed_done;           /* the q8 variant's interleaved weight copies are made */
     int amx_done;              /* the f32 variant's AMX weight copies are made */
     size_t packed_bytes;       /* the bytes of both (fdy_weight_pack_size, _amx_size) */
+    uint8_t *packed_arena;     /* the interleaved copies (make_copies) */
+    uint8_t *amx_arena;        /* the AMX copies */
+    uint8_t *weight_used;      /* (n_weights) 1: a matmul instruction reads the weight */
     /* buffers */
     float **bufs;              /* (n_bufs) each (cap_rows, width) */
     int64_t cap_rows;
@@ -93,10 +97,9 @@ void fdy_model_free(fdy_model *m) {
         fdy_buf_free(&m->rope_cs[i]);
     }
     fdy_mm_ws_free(&m->ws);
-    for (int32_t i = 0; m->weights && i < m->n_weights; i++) {
-        free((void *)m->weights[i].packed);
-        free((void *)m->weights[i].amx);
-    }
+    free(m->packed_arena);
+    free(m->amx_arena);
+    free(m->weight_used);
     free(m->steps);
     free(m->rope_cfg);
     free(m->bufs);
@@ -322,15 +325,22 @@ fdy_status fdy_model_create(const fdy_instr *prog, int32_t n_instr, const fdy_we
     m->bufs = (float **)calloc((size_t)n_bufs, sizeof(float *));
     m->k_cache = (float **)calloc((size_t)(n_layers ? n_layers : 1), sizeof(float *));
     m->v_cache = (float **)calloc((size_t)(n_layers ? n_layers : 1), sizeof(float *));
-    if (!m->prog || !m->weights || !m->widths || !m->bufs || !m->k_cache || !m->v_cache) {
+    m->weight_used = (uint8_t *)calloc((size_t)(n_weights ? n_weights : 1), 1);
+    if (!m->prog || !m->weights || !m->widths || !m->bufs || !m->k_cache || !m->v_cache ||
+        !m->weight_used) {
         fdy_model_free(m);
         return fdy_fail(FDY_ERR_NOMEM, "out of memory");
     }
     memcpy(m->prog, prog, (size_t)n_instr * sizeof *prog);
     memcpy(m->weights, weights, (size_t)n_weights * sizeof *weights);
     for (int32_t i = 0; i < n_weights; i++) {
-        m->weights[i].packed = NULL; /* made by the first q8 forward (pack_weights) */
-        m->weights[i].amx = NULL;    /* made by the first f32 decode forward (pack_amx) */
+        m->weights[i].packed = NULL; /* made by the first q8 forward (make_copies) */
+        m->weights[i].amx = NULL;    /* made by the first f32 decode forward */
+    }
+    for (int32_t i = 0; i < n_instr; i++) {
+        if (prog[i].op == FDY_I_MATMUL && prog[i].weight >= 0 && prog[i].weight < n_weights) {
+            m->weight_used[prog[i].weight] = 1;
+        }
     }
     memcpy(m->widths, widths, (size_t)n_bufs * sizeof *widths);
     m->n_instr = n_instr;
@@ -533,48 +543,63 @@ static fdy_status run_fused(fdy_model *m, const int32_t *tokens, int64_t start_p
     return FDY_OK;
 }
 
-/* the interleaved copies of the matmul weights whose policy has one (fdy_weight_pack), made
- * once, at the first q8 forward: the decode GEMV streams them (memory: one more copy of those
- * weights' bytes).  A weight that cannot be packed
- * (no layout, or not worth it on this CPU, or no memory) keeps the plain kernels. */
-static void pack_weights(fdy_model *m) {
-    m->packed_done = 1;
-    /* PYFOUNDRY_NO_PACK=1: the plain kernels only (a debugging and timing switch) */
+/* one allocation for a model's copies of one kind, 2 MiB-aligned and advised for
+ * transparent huge pages: the decode streams every copy once per token, and with 4 KB pages
+ * each page cost a TLB miss (the AMX kernel's share of the SmolLM2 Q4_0 decode fell 4-7%,
+ * docs/CPU_NOTES.md item 47).  Freed with free(). */
+static uint8_t *arena_alloc(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    const size_t n = (bytes + huge - 1) / huge * huge;
+    uint8_t *p = (uint8_t *)aligned_alloc(huge, n);
+#if defined(MADV_HUGEPAGE)
+    if (p) {
+        (void)madvise(p, n, MADV_HUGEPAGE);
+    }
+#endif
+    return p;
+}
+
+/* the copies of one kind of the matmul weights that have one, made once, in one arena:
+ * the interleaved layout of the q8 decode GEMV (fdy_weight_pack_into, at the first q8
+ * forward) or the AMX layout of the f32 decode GEMV (fdy_weight_pack_amx_into, at the first
+ * f32 forward of one token).  Memory: one more copy of those weights' bytes.  A weight
+ * without a copy (no layout, not used on this CPU, or no memory) keeps the plain kernels;
+ * PYFOUNDRY_NO_PACK=1 makes none (a debugging and timing switch). */
+static void make_copies(fdy_model *m, int amx) {
     const char *np = getenv("PYFOUNDRY_NO_PACK");
     if (np && *np && *np != '0') {
         return;
     }
-    for (int32_t i = 0; i < m->n_instr; i++) {
-        const fdy_instr *in = &m->prog[i];
-        if (in->op != FDY_I_MATMUL || m->weights[in->weight].packed) {
-            continue;
-        }
-        m->weights[in->weight].packed = fdy_weight_pack(&m->weights[in->weight]);
-        if (m->weights[in->weight].packed) {
-            m->packed_bytes += fdy_weight_pack_size(&m->weights[in->weight]);
+    size_t (*size)(const fdy_weight *) = amx ? fdy_weight_amx_size : fdy_weight_pack_size;
+    int (*into)(const fdy_weight *, void *) = amx ? fdy_weight_pack_amx_into : fdy_weight_pack_into;
+    size_t total = 0;
+    for (int32_t i = 0; i < m->n_weights; i++) {
+        if (m->weight_used[i]) {
+            total += size(&m->weights[i]);
         }
     }
-}
-
-/* the AMX copies of the matmul weights whose policy has that layout (fdy_weight_pack_amx),
- * made once, at the first f32 forward of one token on a CPU with AMX enabled: the f32 decode
- * GEMV streams them (memory: one more copy of those weights' bytes).  PYFOUNDRY_NO_PACK=1
- * leaves them out too. */
-static void pack_amx(fdy_model *m) {
-    m->amx_done = 1;
-    const char *np = getenv("PYFOUNDRY_NO_PACK");
-    if ((np && *np && *np != '0') || !(fdy_cpu_features_enabled() & FDY_CPU_AMX)) {
+    uint8_t *arena = total ? arena_alloc(total) : NULL;
+    if (!arena) {
         return;
     }
-    for (int32_t i = 0; i < m->n_instr; i++) {
-        const fdy_instr *in = &m->prog[i];
-        if (in->op != FDY_I_MATMUL || m->weights[in->weight].amx) {
-            continue;
+    size_t off = 0;
+    for (int32_t i = 0; i < m->n_weights; i++) {
+        fdy_weight *w = &m->weights[i];
+        const size_t sz = m->weight_used[i] ? size(w) : 0;
+        if (sz && into(w, arena + off)) {
+            if (amx) {
+                w->amx = arena + off;
+            } else {
+                w->packed = arena + off;
+            }
+            off += sz;
         }
-        m->weights[in->weight].amx = fdy_weight_pack_amx(&m->weights[in->weight]);
-        if (m->weights[in->weight].amx) {
-            m->packed_bytes += fdy_weight_amx_size(&m->weights[in->weight]);
-        }
+    }
+    m->packed_bytes += off;
+    if (amx) {
+        m->amx_arena = arena;
+    } else {
+        m->packed_arena = arena;
     }
 }
 
@@ -601,10 +626,12 @@ fdy_status fdy_model_forward(fdy_model *m, const int32_t *tokens, int64_t M, int
         return s;
     }
     if (variant == FDY_VARIANT_Q8 && !m->packed_done) {
-        pack_weights(m);
+        m->packed_done = 1;
+        make_copies(m, 0);
     }
     if (variant == FDY_VARIANT_F32 && M == 1 && !m->amx_done) {
-        pack_amx(m);
+        m->amx_done = 1;
+        make_copies(m, 1);
     }
     for (int64_t t = 0; t < M; t++) {
         m->positions[t] = (int32_t)(start_pos + t);

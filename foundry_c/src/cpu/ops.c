@@ -420,8 +420,17 @@ static void mm_task_q8(void *vctx, int64_t task, int thread) {
     mm_rows_q8(c, r0, r1);
 }
 
+/* where the interleaved q8 kernel runs: its AVX2 tier (AVX-512 CPUs too: on an AVX-512 Xeon
+ * the packed kernel beat the AVX-512 rows kernels 1.2-1.8x, docs/CPU_NOTES.md item 39) */
+static int pack_wanted(const fdy_weight *w) {
+    const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
+    return w && w->policy && w->policy->pack && w->policy->vec_dot_packed &&
+           w->policy->pack_rows > 0 && w->rows >= w->policy->pack_rows &&
+           (fdy_cpu_features_enabled() & base) == base;
+}
+
 size_t fdy_weight_pack_size(const fdy_weight *w) {
-    if (!w || !w->policy || w->policy->pack_rows <= 0 || w->rows < w->policy->pack_rows) {
+    if (!pack_wanted(w)) {
         return 0;
     }
     const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
@@ -432,42 +441,23 @@ size_t fdy_weight_pack_size(const fdy_weight *w) {
     return (bytes + 4095) / 4096 * 4096;
 }
 
-void *fdy_weight_pack(const fdy_weight *w) {
-    if (!w || !w->policy || !w->data || !w->policy->pack || !w->policy->vec_dot_packed ||
-        w->policy->pack_rows <= 0 || w->rows < w->policy->pack_rows) {
-        return NULL;
-    }
-    /* where the AVX2 kernel can run (AVX-512 CPUs too: on an AVX-512 Xeon the packed kernel
-     * beat the AVX-512 rows kernels 1.2-1.8x, docs/CPU_NOTES.md item 39) */
-    const uint32_t f = fdy_cpu_features_enabled();
-    const uint32_t base = FDY_CPU_AVX2 | FDY_CPU_FMA | FDY_CPU_F16C;
-    if ((f & base) != base) {
-        return NULL;
-    }
-    const size_t alloc = fdy_weight_pack_size(w); /* 0: no whole group, or a bad row size */
-    if (!alloc) {
-        return NULL;
+int fdy_weight_pack_into(const fdy_weight *w, void *dst) {
+    if (!w || !w->data || !dst || !fdy_weight_pack_size(w)) {
+        return 0;
     }
     const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
     const int64_t R = w->policy->pack_rows, ng = w->rows / R;
-    /* page-aligned: malloc returns these large copies 16 bytes past a page start, which
-     * measured slower on the 1B Q4_0 decode (aligned: 1.04x; the other files unchanged;
-     * docs/CPU_NOTES.md item 32).  The size is rounded up to whole pages, as aligned_alloc asks */
-    uint8_t *dst = (uint8_t *)aligned_alloc(4096, alloc);
-    if (!dst) {
-        return NULL;
-    }
     for (int64_t g = 0; g < ng; g++) {
         w->policy->pack((const uint8_t *)w->data + (size_t)(g * R * rb), (size_t)rb,
-                        dst + (size_t)(g * R * rb), w->cols);
+                        (uint8_t *)dst + (size_t)(g * R * rb), w->cols);
     }
-    return dst;
+    return 1;
 }
 
 size_t fdy_weight_amx_size(const fdy_weight *w) {
     if (!w || !w->policy || fdy_policy_amx_chunk_bytes(w->policy) <= 0 ||
         w->rows < FDY_AMX_ROWS || w->cols <= 0 || w->cols % 32 != 0 ||
-        w->policy->block_elems != 32) {
+        w->policy->block_elems != 32 || !(fdy_cpu_features_enabled() & FDY_CPU_AMX)) {
         return 0;
     }
     const int64_t nc = (w->cols / 32 + 1) / 2;
@@ -476,26 +466,18 @@ size_t fdy_weight_amx_size(const fdy_weight *w) {
     return (bytes + 4095) / 4096 * 4096;
 }
 
-void *fdy_weight_pack_amx(const fdy_weight *w) {
-    if (!w || !w->data || !(fdy_cpu_features_enabled() & FDY_CPU_AMX)) {
-        return NULL;
-    }
-    const size_t alloc = fdy_weight_amx_size(w); /* 0: no layout, or too few rows */
-    if (!alloc) {
-        return NULL;
+int fdy_weight_pack_amx_into(const fdy_weight *w, void *dst) {
+    if (!w || !w->data || !dst || !fdy_weight_amx_size(w)) {
+        return 0;
     }
     const int64_t rb = fdy_policy_row_bytes(w->policy, w->cols);
     const int64_t ng = w->rows / FDY_AMX_ROWS, nc = (w->cols / 32 + 1) / 2;
     const size_t gb = (size_t)nc * (size_t)w->policy->amx_chunk_bytes;
-    uint8_t *dst = (uint8_t *)aligned_alloc(4096, alloc); /* page-aligned, as fdy_weight_pack */
-    if (!dst) {
-        return NULL;
-    }
     for (int64_t g = 0; g < ng; g++) {
         w->policy->pack_amx((const uint8_t *)w->data + (size_t)(g * FDY_AMX_ROWS * rb),
-                            (size_t)rb, dst + (size_t)g * gb, w->cols);
+                            (size_t)rb, (uint8_t *)dst + (size_t)g * gb, w->cols);
     }
-    return dst;
+    return 1;
 }
 
 /* r rows rounded up to whole groups of w's interleaved and AMX copies (r itself when it has
