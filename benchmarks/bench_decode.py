@@ -11,7 +11,8 @@ count (1, 2): prefill of --prompt tokens in one batch, then --decode tokens one 
 process; RssAnon is read from /proc/self/status after the runs, and the model's share of it
 (RssAnon after minus RssAnon before the model was opened) is compared with its budget: KV cache
 + activations + 10% of the file size + the interleaved weight copies the q8 variant makes for
-its decode GEMV (Model.packed_bytes: Q4_0 and Q4_1 weights on CPUs with AVX2, FMA and F16C).
+its decode GEMV (Model.packed_bytes: the q8 variant's copies of Q4_0 and Q4_1 weights on CPUs
+with AVX2, FMA and F16C, the f32 variant's of Q4_0, Q4_1 and Q8_0 weights on CPUs with AMX).
 """
 import argparse
 import json

@@ -33,7 +33,10 @@ def cpu_features():
     """The SIMD extensions the processor has and those the kernels may use, and how far ahead
     (bytes) the decode kernels prefetch the weights they stream:
     ``{"detected": [...], "enabled": [...], "prefetch_ahead": n, "prefetch_near": m}``.
-    Each block a kernel reads asks for the bytes ``prefetch_ahead`` past it into the L2 cache
+    The names: avx2, fma, f16c, avx512 (F, BW, VL and DQ), avx512vnni, avxvnni, neon,
+    dotprod, and amx (AMX-TILE and AMX-INT8 with AVX-512, the OS having granted this process
+    the tile state: the f32 variant's decode then multiplies Q4_0, Q4_1 and Q8_0 weights on the
+    tile unit; :attr:`pyfoundry.Model.packed_bytes`).  Each block a kernel reads asks for the bytes ``prefetch_ahead`` past it into the L2 cache
     and those ``prefetch_near`` past it into the L1.  The far distance is 16384 on Intel CPUs
     and 4096 on others; the near one is 2048 on Intel CPUs and the far distance on others (one
     level).  ``PYFOUNDRY_PREFETCH_AHEAD=n`` and ``PYFOUNDRY_PREFETCH_NEAR=n`` (0 to 1048576)

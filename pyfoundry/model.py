@@ -399,10 +399,12 @@ class Model:
 
     @property
     def packed_bytes(self) -> int:
-        """Bytes of the interleaved copies of weights the CPU decode streams instead of the
-        file's layout (Q4_0 and Q4_1 matmul weights on x86 CPUs with AVX2, FMA and
-        F16C), made by the first q8-variant forward; 0 before it, with the f32 variant, on
-        other CPUs and with ``PYFOUNDRY_NO_PACK=1``."""
+        """Bytes of the copies of weights the CPU decode streams instead of the file's
+        layout: the q8 variant's interleaved copies (Q4_0 and Q4_1 matmul weights on x86 CPUs
+        with AVX2, FMA and F16C), made by the first q8-variant forward, and the f32 variant's
+        tile copies (Q4_0, Q4_1 and Q8_0 matmul weights on CPUs with AMX, ``"amx"`` in
+        :func:`pyfoundry.cpu_features`), made by the first one-token f32 forward.  0 before
+        those, on other CPUs and with ``PYFOUNDRY_NO_PACK=1``."""
         return getattr(self._core, "packed_bytes", 0)
 
     def reset(self) -> None:

@@ -57,6 +57,7 @@ def header_cdef():
         out.append(re.sub(r"(\d+)u\b", r"\1", line))
     src = re.sub(r"/\*.*?\*/", "", (ROOT / "foundry_c" / "src" / "policy.h").read_text(),
                  flags=re.S)
+    out += re.findall(r"typedef struct fdy_\w+ \{[^}]*\} fdy_\w+;", src)  # the hooks' types
     out += re.findall(r"typedef \w+ \(\*fdy_\w+_fn\)\([^;]*\);", src)
     out.append(re.search(r"struct fdy_policy \{.*?\};", src, re.S).group(0))
     return "\n".join(out)

@@ -545,8 +545,9 @@ static fdy_status run_fused(fdy_model *m, const int32_t *tokens, int64_t start_p
 
 /* one allocation for a model's copies of one kind, 2 MiB-aligned and advised for
  * transparent huge pages: the decode streams every copy once per token, and with 4 KB pages
- * each page cost a TLB miss (the AMX kernel's share of the SmolLM2 Q4_0 decode fell 4-7%,
- * docs/CPU_NOTES.md item 47).  Freed with free(). */
+ * each page cost a TLB miss (docs/CPU_NOTES.md item 47: the GEMV kernels 5-15% faster).
+ * Each copy starts on a page, as the sizes are whole pages (a copy 16 bytes past a page start
+ * measured slower, item 32).  Freed with free(). */
 static uint8_t *arena_alloc(size_t bytes) {
     const size_t huge = (size_t)2 << 20;
     const size_t n = (bytes + huge - 1) / huge * huge;
