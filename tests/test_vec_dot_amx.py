@@ -38,6 +38,18 @@ def test_amx_hooks_are_the_listed_formats():
         assert p.amx_chunk_bytes == 16 * 2 * p.block_bytes
 
 
+def test_amx_feature_flag():
+    f = pf.cpu_features()
+    if "amx" in f["detected"]:
+        assert "avx512" in f["detected"]  # detected only with AVX-512
+    try:
+        pf.set_cpu_features([n for n in f["detected"] if n != "amx"])
+        assert "amx" not in pf.cpu_features()["enabled"]
+    finally:
+        pf.set_cpu_features(None)
+    assert pf.cpu_features()["enabled"] == f["detected"]
+
+
 def prepare(lib, x):
     ffi, C = lib
     buf = np.zeros(C.fdy_amx_bytes(len(x)) + 64, np.uint8)
