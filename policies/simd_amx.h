@@ -137,7 +137,7 @@ FDY_AMX_TARGET FDY_AMX_INLINE void fdy_amx_form(const uint8_t *q, uint8_t *b) {
  * bytes, the far request at fdy_stream_ahead and the near one at FDY_AMX_NEAR_X times
  * fdy_stream_near (the kernel forms a step ahead of its multiplies, so its loads come a step
  * earlier than the plain kernels').  On the AVX-512 Xeon of item 47, a single-thread pass over
- * 24 MB of q4_0 rows (L3) ran 1.17-1.25 ns per block with 1x, 1.17-1.22 with 2x and
+ * 24 MB of q4_0 rows (L3) ran 1.25-1.85 ns per block with 1x, 1.17-1.22 with 2x and
  * 1.21-1.22 with 4x (noisy); one request per 64-byte line instead of per 256 bytes was no
  * faster in the model. */
 #define FDY_AMX_PF_STEP 256
