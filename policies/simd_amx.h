@@ -10,7 +10,7 @@
  * sums make the integer sum_k X_k code(n, k) = ((C3 * 256 + C2) * 65536 + (C1 * 256 + C0)):
  * the two halves exactly in int32, then one float multiply-add; times d * 2^-S_b (and, with a
  * min, plus m * sum_b) into the row's float accumulator.  So the result differs from the
- * exact dot product of the decoded weights with x by the fixed point of x (at most 2^-31 of
+ * exact dot product of the decoded weights with x by the fixed point of x (at most 2^-30 of
  * the block's largest |x| per element) and a few float roundings per block: inside the
  * float32 dot-product bound of the f32 kernels (they round once per product and sum).
  *

@@ -72,8 +72,9 @@ typedef void (*fdy_vec_dot_packed_fn)(const void *groups, size_t group_bytes, co
  * (X_k = x_k * 2^S_b rounded to an integer, |X_k| < 2^30, S_b from the block's largest
  * |x|), written as four signed base-256 digits; the weight codes as int8; the tile unit
  * multiplies and sums them exactly as integers, so the only roundings are the fixed point of
- * x (at most 2^-31 of the block's largest |x| per element) and the float steps that apply
- * the scales.  fdy_amx_prepare (cpu/amx.c) writes the activation once per GEMV:
+ * x (at most 2^-30 of the block's largest |x| per element; for blocks below 2^-90, S_b stops
+ * at 120 and the error at 2^-121) and the float steps that apply the scales.
+ * fdy_amx_prepare (cpu/amx.c) writes the activation once per GEMV:
  *   digits  per chunk of 64 elements (two blocks, K positions 0..31 and 32..63), an 8 x 64
  *           int8 tile: row 2 p + h holds digit p (p = 0 lowest) of block h's 32 elements at
  *           K positions 32 h .. 32 h + 31 and zeros at the other block's positions
