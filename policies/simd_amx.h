@@ -37,6 +37,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "policy.h"
@@ -47,47 +48,51 @@ enum { FDY_AMX_Q4_0, FDY_AMX_Q4_1, FDY_AMX_Q8_0 };
 #define FDY_AMX_CB(fmt) ((fmt) == FDY_AMX_Q8_0 ? 1088 : (fmt) == FDY_AMX_Q4_1 ? 640 : 576)
 #define FDY_AMX_CODES(fmt) ((fmt) == FDY_AMX_Q4_1 ? 128 : 64)
 
-/* code(n, k) of element k of a row's block b (GGUF layout: f16 d, [f16 m,] codes) */
-static inline int fdy_amx_code(const uint8_t *blk, int fmt, int k) {
-    if (fmt == FDY_AMX_Q8_0) {
-        return (int)(int8_t)blk[2 + k];
-    }
-    const uint8_t *qs = blk + (fmt == FDY_AMX_Q4_1 ? 4 : 2);
-    return k < 16 ? qs[k] & 0x0F : qs[k - 16] >> 4;
-}
-
-/* 16 rows (row_bytes apart, n elements each) as one group of the AMX layout at dst */
-static inline void fdy_amx_pack(const void *src, size_t row_bytes, void *dst, int64_t n,
-                                 int fmt) {
-    const int bb = fmt == FDY_AMX_Q8_0 ? 34 : fmt == FDY_AMX_Q4_1 ? 20 : 18;
+/* 16 rows (row_bytes apart, n elements each) as one group of the AMX layout at dst, read
+ * through the policy's to_i8 (the codes, and its scale and min per 16 elements, equal in the
+ * two halves of a block; the scales and mins came from f16 and go back to it exactly).
+ * Returns 0, or -1 without the memory for one row's codes. */
+static inline int fdy_amx_pack(const void *src, size_t row_bytes, void *dst, int64_t n, int fmt,
+                               fdy_to_i8_fn to_i8) {
     const int64_t nb = n / 32, nc = (nb + 1) / 2;
     const int cb = FDY_AMX_CB(fmt), co = FDY_AMX_CODES(fmt);
+    int8_t *q = (int8_t *)malloc((size_t)n);
+    float *sc = (float *)malloc((size_t)(n / 16) * sizeof(float));
+    float *mn = (float *)malloc((size_t)(n / 16) * sizeof(float));
+    const int rc = q && sc && mn ? 0 : -1;
     uint8_t *out = (uint8_t *)dst;
-    for (int64_t c = 0; c < nc; c++, out += cb) {
-        memset(out, 0, (size_t)cb);
-        for (int h = 0; h < 2 && 2 * c + h < nb; h++) {
-            for (int r = 0; r < FDY_AMX_ROWS; r++) {
-                const uint8_t *blk = (const uint8_t *)src + (size_t)r * row_bytes +
-                                     (size_t)(2 * c + h) * (size_t)bb;
-                memcpy(out + 2 * (16 * h + r), blk, 2);
-                if (fmt == FDY_AMX_Q4_1) {
-                    memcpy(out + 64 + 2 * (16 * h + r), blk + 2, 2);
-                }
-                for (int e = 0; e < 32; e++) {
-                    const int k = 32 * h + e; /* K position in the chunk */
-                    const int q = fdy_amx_code(blk, fmt, e);
-                    if (fmt == FDY_AMX_Q8_0) {
-                        out[co + 64 * (k / 4) + 4 * r + k % 4] = (uint8_t)(int8_t)q;
-                    } else {
-                        const int v = fmt == FDY_AMX_Q4_0 ? q ^ 8 : q;
-                        /* k = 8 i + 4 t + j: byte 64 i + 4 r + j, low nibble for t = 0 */
-                        const int i = k / 8, t = (k / 4) % 2, j = k % 4;
-                        out[co + 64 * i + 4 * r + j] |= (uint8_t)(v << (4 * t));
-                    }
+    if (rc == 0) {
+        memset(out, 0, (size_t)(nc * cb)); /* an odd last block: zero codes and scales */
+    }
+    for (int r = 0; r < FDY_AMX_ROWS && rc == 0; r++) {
+        to_i8((const uint8_t *)src + (size_t)r * row_bytes, q, sc, mn, n);
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *c = out + (b / 2) * cb;
+            const int h = (int)(b & 1);
+            const uint16_t d = fdy_float_to_half(sc[2 * b]);
+            memcpy(c + 2 * (16 * h + r), &d, 2);
+            if (fmt == FDY_AMX_Q4_1) {
+                const uint16_t m = fdy_float_to_half(mn[2 * b]);
+                memcpy(c + 64 + 2 * (16 * h + r), &m, 2);
+            }
+            for (int e = 0; e < 32; e++) {
+                const int k = 32 * h + e; /* K position in the chunk */
+                const int v = q[32 * b + e];
+                if (fmt == FDY_AMX_Q8_0) {
+                    c[co + 64 * (k / 4) + 4 * r + k % 4] = (uint8_t)(int8_t)v;
+                } else {
+                    /* k = 8 i + 4 t + j: byte 64 i + 4 r + j, low nibble for t = 0; q4_0's
+                     * code - 8 as 4 bits (code ^ 8) */
+                    const int i = k / 8, t = (k / 4) % 2, j = k % 4;
+                    c[co + 64 * i + 4 * r + j] |= (uint8_t)((v & 15) << (4 * t));
                 }
             }
         }
     }
+    free(q);
+    free(sc);
+    free(mn);
+    return rc;
 }
 
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 11)
@@ -262,8 +267,8 @@ FDY_AMX_TARGET FDY_AMX_INLINE void fdy_amx_run(const uint8_t *w, size_t gb,
 /* the hooks of format F (fmt one of FDY_AMX_*), for its FDY_POLICY_DEFINE via
  * FDY_AMX_FIELDS(F) */
 #define FDY_AMX_KERNELS(F, FMT)                                                           \
-    static void F##_pack_amx(const void *src, size_t row_bytes, void *dst, int64_t n) {    \
-        fdy_amx_pack(src, row_bytes, dst, n, FMT);                                        \
+    static int F##_pack_amx(const void *src, size_t row_bytes, void *dst, int64_t n) {     \
+        return fdy_amx_pack(src, row_bytes, dst, n, FMT, F##_to_i8);                       \
     }                                                                                      \
     FDY_AMX_TARGET static void F##_vec_dot_f32_amx(const void *groups, size_t gb,         \
                                                      const fdy_amx_act *a, float *out,     \

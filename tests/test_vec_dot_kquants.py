@@ -215,7 +215,7 @@ struct fdy_policy {
     void (*vec_dot_packed)(const void *, size_t, const void *, int64_t, float *, int64_t);
     void (*vec_dot_f32_rows)(const void *, size_t, const float *, int64_t, float *, int64_t);
     int32_t amx_chunk_bytes;
-    void (*pack_amx)(const void *, size_t, void *, int64_t);
+    int (*pack_amx)(const void *, size_t, void *, int64_t);
     void (*vec_dot_f32_amx)(const void *, size_t, const void *, float *, int64_t);
 };
 typedef struct fdy_amx_act {

@@ -94,7 +94,8 @@ typedef struct fdy_amx_act {
 } fdy_amx_act;
 #define FDY_AMX_ROWS 16
 #define FDY_AMX_CHUNK 64
-typedef void (*fdy_pack_amx_fn)(const void *src, size_t row_bytes, void *dst, int64_t n);
+/* 0, or -1 when it could not (no memory): the copy is then not used */
+typedef int (*fdy_pack_amx_fn)(const void *src, size_t row_bytes, void *dst, int64_t n);
 typedef void (*fdy_vec_dot_f32_amx_fn)(const void *groups, size_t group_bytes,
                                         const fdy_amx_act *a, float *out, int64_t n_groups);
 

@@ -474,8 +474,10 @@ int fdy_weight_pack_amx_into(const fdy_weight *w, void *dst) {
     const int64_t ng = w->rows / FDY_AMX_ROWS, nc = (w->cols / 32 + 1) / 2;
     const size_t gb = (size_t)nc * (size_t)w->policy->amx_chunk_bytes;
     for (int64_t g = 0; g < ng; g++) {
-        w->policy->pack_amx((const uint8_t *)w->data + (size_t)(g * FDY_AMX_ROWS * rb),
-                            (size_t)rb, (uint8_t *)dst + (size_t)g * gb, w->cols);
+        if (w->policy->pack_amx((const uint8_t *)w->data + (size_t)(g * FDY_AMX_ROWS * rb),
+                                (size_t)rb, (uint8_t *)dst + (size_t)g * gb, w->cols) != 0) {
+            return 0;
+        }
     }
     return 1;
 }
