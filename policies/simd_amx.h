@@ -112,16 +112,11 @@ typedef struct fdy_amx_cfg {
 } fdy_amx_cfg;
 
 /* tiles 0, 1: C (8 x 16 int32); 2, 3: B (16 x 64 codes); 4 .. 7: A (8 x 64 digits) */
-FDY_AMX_TARGET FDY_AMX_INLINE void fdy_amx_config(void) {
-    fdy_amx_cfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.rows[t] = (t == 2 || t == 3) ? 16 : 8;
-        c.colsb[t] = 64;
-    }
-    _tile_loadconfig(&c);
-}
+static const fdy_amx_cfg fdy_amx_tiles = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {8, 8, 16, 16, 8, 8, 8, 8},
+};
 
 /* the 16 f16 at p as floats */
 FDY_AMX_TARGET FDY_AMX_INLINE __m512 fdy_amx_h16(const uint8_t *p) {
@@ -237,7 +232,7 @@ FDY_AMX_TARGET FDY_AMX_INLINE void fdy_amx_run(const uint8_t *w, size_t gb,
     _Alignas(64) uint8_t bs[2][4][1024];
     _Alignas(64) int32_t cs[2][4][128];
 #define FDY_AMX_NCH(S) (nc - 4 * ((S) % nq) < 4 ? (int)(nc - 4 * ((S) % nq)) : 4)
-    fdy_amx_config();
+    _tile_loadconfig(&fdy_amx_tiles);
     const int64_t near_ = (int64_t)fdy_stream_near * FDY_AMX_NEAR_X;
     __m512 acc = _mm512_setzero_ps();
     if (steps > 0) {

@@ -753,7 +753,8 @@ fdy_status fdy_matmul_group(const float *x, int64_t M, int n_parts, const fdy_mm
         }
         if (!prepared) {
             prepared = 1;
-            if ((pa = amx_activation(x, c->K, &ws->amx, &amx, &s), s)) {
+            pa = amx_activation(x, c->K, &ws->amx, &amx, &s);
+            if (s) {
                 return s;
             }
         }
